@@ -1,0 +1,59 @@
+# Everything runs from the repository's own virtualenv; every target installs first.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+BUF := node_modules/.bin/buf
+DIR ?=
+ARGS ?=
+
+.PHONY: install proto run run-embed run-search test test-fast bench lint index query clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+proto: install
+	$(PY) protos/generate.py
+
+run: run-embed
+
+run-embed: install
+	$(PY) -m embed_service
+
+run-search: install
+	$(PY) -m search_service
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m 'not slow'
+
+bench: install
+	$(PY) -m tests.bench $(ARGS)
+
+$(BUF): package.json
+	npm install --no-audit --no-fund --silent
+	@touch $@
+
+lint: install $(BUF)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+	@mkdir -p build/buf-deps/google/rpc
+	@cp "$$($(PY) -c 'import google.rpc.status_pb2 as s, pathlib; print(pathlib.Path(s.__file__).parent / "status.proto")')" build/buf-deps/google/rpc/status.proto
+	$(BUF) lint
+
+index: install
+	$(VENV)/bin/imagesearch index "$(DIR)" $(ARGS)
+
+query: install
+	$(VENV)/bin/imagesearch query $(ARGS)
+
+clean:
+	rm -rf build .mypy_cache .ruff_cache .pytest_cache

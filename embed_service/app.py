@@ -1,0 +1,75 @@
+"""The embed_service process: server first (NOT_SERVING), then the model, then SERVING."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from imagesearch.serving import GrpcServer, host_of
+from imagesearch.v1 import embed_service_pb2 as pb
+from imagesearch.v1 import embed_service_pb2_grpc as pb_grpc
+
+from embed_service.config import EmbedSettings
+from embed_service.engine import EmbedEngine
+from embed_service.errors import ModelNotReady
+from embed_service.model import ClipModel
+from embed_service.server import EmbedServicer
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EmbedService"].full_name
+
+
+class EmbedApp:
+    """Owns the server and the engine; `start`, `load`, `stop` in that order."""
+
+    def __init__(self, settings: EmbedSettings) -> None:
+        self.settings = settings
+        self.engine: EmbedEngine | None = None
+        servicer = EmbedServicer(self._require_engine)
+        self._server = GrpcServer(
+            settings.addr,
+            service_names=[SERVICE_NAME],
+            register=lambda s: pb_grpc.add_EmbedServiceServicer_to_server(servicer, s),
+            max_message_bytes=settings.max_message_mb * 1024 * 1024,
+        )
+        self.address = settings.addr
+
+    async def start(self) -> str:
+        port = await self._server.start()
+        self.address = host_of(self.settings.addr, port)
+        log.info("embed_service listening on %s (loading %s)", self.address, self.settings.model)
+        return self.address
+
+    async def load(self) -> None:
+        """Loads and warms the model, then reports SERVING. Raises ModelLoadError."""
+        s = self.settings
+        model = await asyncio.to_thread(
+            ClipModel.load, s.model, device=s.device, precision=s.precision, threads=s.torch_threads
+        )
+        engine = EmbedEngine(model, s)
+        await engine.start()
+        await engine.warm_up()
+        self.engine = engine
+        await self._server.set_serving()
+        log.info("embed_service ready: %s", engine.info())
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        await self._server.stop(self.settings.grace_s if grace_s is None else grace_s)
+        if self.engine is not None:
+            await self.engine.stop()
+
+    async def run_until_signalled(self) -> None:
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        await stopping.wait()
+        log.info("stopping: draining in-flight calls for up to %.0f s", self.settings.grace_s)
+        await self.stop()
+
+    def _require_engine(self) -> EmbedEngine:
+        if self.engine is None:
+            raise ModelNotReady("the model is still loading; retry in a few seconds")
+        return self.engine

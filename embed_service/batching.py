@@ -1,0 +1,135 @@
+"""Dynamic batching: items from many concurrent callers share one forward pass.
+
+A single worker task takes the first waiting item, then gathers more until the
+batch is full or `max_wait_s` has passed since that first item, and runs the batch
+on one dedicated thread (the model is not re-entrant, and one forward at a time
+lets torch use every core). While a batch runs, the next one fills up, so under
+load batches are full and waiting costs nothing. Items whose caller went away are
+dropped before the forward pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+@dataclass(slots=True)
+class _Pending(Generic[In, Out]):
+    item: In
+    future: asyncio.Future[Out]
+
+
+@dataclass(slots=True)
+class BatchStats:
+    """What the batcher ran: how many batches of each size."""
+
+    sizes: Counter[int] = field(default_factory=Counter)
+
+    @property
+    def batches(self) -> int:
+        return sum(self.sizes.values())
+
+    @property
+    def items(self) -> int:
+        return sum(size * count for size, count in self.sizes.items())
+
+
+class DynamicBatcher(Generic[In, Out]):
+    """Gathers items into batches of at most `max_batch` and runs `run_batch` on them."""
+
+    def __init__(
+        self,
+        run_batch: Callable[[list[In]], Sequence[Out]],
+        *,
+        executor: Executor,
+        max_batch: int,
+        max_wait_s: float,
+        name: str,
+    ) -> None:
+        self._run_batch = run_batch
+        self._executor = executor
+        self._max_batch = max_batch
+        self._max_wait_s = max_wait_s
+        self._name = name
+        self._queue: asyncio.Queue[_Pending[In, Out]] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+        self.stats = BatchStats()
+
+    async def start(self) -> None:
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._work(), name=f"batcher-{self._name}")
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+        while not self._queue.empty():
+            self._queue.get_nowait().future.cancel()
+
+    async def submit(self, items: Sequence[In]) -> list[Out]:
+        """Runs every item through a batch, possibly shared with other callers."""
+        if self._worker is None:
+            raise RuntimeError(f"batcher {self._name} is not started")
+        loop = asyncio.get_running_loop()
+        pending = [_Pending[In, Out](item, loop.create_future()) for item in items]
+        for entry in pending:
+            self._queue.put_nowait(entry)
+        try:
+            return list(await asyncio.gather(*(entry.future for entry in pending)))
+        except BaseException:
+            # The caller is gone (cancelled) or one item failed: drop what has not run.
+            for entry in pending:
+                entry.future.cancel()
+            raise
+
+    async def _gather(self) -> list[_Pending[In, Out]]:
+        loop = asyncio.get_running_loop()
+        batch = [await self._queue.get()]
+        deadline = loop.time() + self._max_wait_s
+        while len(batch) < self._max_batch:
+            if not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+                continue
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                break
+        return batch
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            live = [entry for entry in await self._gather() if not entry.future.done()]
+            if not live:
+                continue
+            try:
+                results = await loop.run_in_executor(
+                    self._executor, self._run_batch, [entry.item for entry in live]
+                )
+            except Exception as exc:
+                log.exception("batch of %d failed in %s", len(live), self._name)
+                for entry in live:
+                    if not entry.future.done():
+                        entry.future.set_exception(exc)
+                continue
+            self.stats.sizes[len(live)] += 1
+            for entry, result in zip(live, results, strict=True):
+                if not entry.future.done():
+                    entry.future.set_result(result)

@@ -1,0 +1,67 @@
+"""Settings of embed_service, read once from the environment and `.env`."""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
+
+
+class EmbedSettings(BaseSettings):
+    """Every knob of embed_service; each field is the variable EMBED_<NAME>."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EMBED_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    model: str = Field(
+        default="openai/clip-vit-base-patch32",
+        description="A Hugging Face hub id or a local directory saved with save_pretrained.",
+    )
+    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
+    precision: Precision = Field(
+        default="auto",
+        description=(
+            "auto: fp16 on CUDA, bf16 on CPUs with AVX512-BF16/AMX, else fp32. "
+            "int8: dynamic int8 linear layers on CPU; faster on AVX2-only CPUs, "
+            "vectors differ slightly from fp32."
+        ),
+    )
+    addr: str = Field(default="127.0.0.1:50051", description="host:port to listen on.")
+    max_batch_size: int = Field(default=64, ge=1, description="Most items in one request.")
+    model_batch_size: int = Field(default=16, ge=1, description="Most items in one forward pass.")
+    batch_wait_ms: float = Field(
+        default=5.0, ge=0, description="How long a forward pass waits for more items to join it."
+    )
+    queue_size: int = Field(
+        default=256, ge=1, description="Items admitted at once; past it, RESOURCE_EXHAUSTED."
+    )
+    threads: int = Field(default=0, ge=0, description="torch threads; 0 means one per core.")
+    decode_workers: int = Field(default=0, ge=0, description="Decode threads; 0: one per core.")
+    max_image_pixels: int = Field(
+        default=50_000_000, ge=1, description="Larger images are refused before decoding."
+    )
+    max_message_mb: int = Field(default=64, ge=1, description="Largest request accepted, MiB.")
+    grace_s: float = Field(default=10.0, ge=0, description="Shutdown grace for in-flight calls.")
+    log_level: str = Field(default="INFO")
+
+    @model_validator(mode="after")
+    def _queue_holds_a_request(self) -> EmbedSettings:
+        if self.queue_size < self.max_batch_size:
+            raise ValueError(
+                f"EMBED_QUEUE_SIZE ({self.queue_size}) must be at least "
+                f"EMBED_MAX_BATCH_SIZE ({self.max_batch_size})"
+            )
+        return self
+
+    @property
+    def torch_threads(self) -> int:
+        return self.threads or (os.cpu_count() or 1)
+
+    @property
+    def decode_threads(self) -> int:
+        return self.decode_workers or (os.cpu_count() or 1)

@@ -1,0 +1,184 @@
+"""The embedding engine: prepare (decode, tokenize) -> core (batched forward) -> post.
+
+Domain code only: no gRPC here. Decoding runs on a pool of CPU threads (Pillow
+releases the GIL), the forward passes on one model thread behind the dynamic
+batchers, and admission is bounded so an overloaded service answers at once
+instead of piling up work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from embed_service.batching import BatchStats, DynamicBatcher
+from embed_service.config import EmbedSettings
+from embed_service.errors import InvalidRequest, ItemError, Overloaded, TextEmpty
+from embed_service.images import Preprocessing, prepare
+from embed_service.model import ClipModel
+
+Pixels = npt.NDArray[np.float32]
+Vector = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingResult:
+    """A vector, or the reason there is none."""
+
+    vector: Vector | None = None
+    error: ItemError | None = None
+    truncated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    model_id: str
+    dimension: int
+    fingerprint: str
+    device: str
+    precision: str
+    max_batch_size: int
+    max_text_tokens: int
+    image_size: int
+
+
+class EmbedEngine:
+    """Embeds images and texts with one loaded model, batching across callers."""
+
+    def __init__(self, model: ClipModel, settings: EmbedSettings) -> None:
+        self._model = model
+        self._settings = settings
+        self._decode_pool = ThreadPoolExecutor(settings.decode_threads, "decode")
+        self._model_thread = ThreadPoolExecutor(1, "model")
+        wait_s = settings.batch_wait_ms / 1000
+        self._images = DynamicBatcher[Pixels, Vector](
+            self._embed_pixels,
+            executor=self._model_thread,
+            max_batch=settings.model_batch_size,
+            max_wait_s=wait_s,
+            name="images",
+        )
+        self._texts = DynamicBatcher[str, tuple[Vector, bool]](
+            self._embed_texts,
+            executor=self._model_thread,
+            max_batch=settings.model_batch_size,
+            max_wait_s=wait_s,
+            name="texts",
+        )
+        self._admitted = 0
+
+    @property
+    def image_batches(self) -> BatchStats:
+        return self._images.stats
+
+    @property
+    def text_batches(self) -> BatchStats:
+        return self._texts.stats
+
+    def info(self) -> ModelInfo:
+        m = self._model
+        return ModelInfo(
+            model_id=m.model_id,
+            dimension=m.dimension,
+            fingerprint=m.fingerprint,
+            device=str(m.device),
+            precision=m.precision,
+            max_batch_size=self._settings.max_batch_size,
+            max_text_tokens=m.max_text_tokens,
+            image_size=m.image_size,
+        )
+
+    async def start(self) -> None:
+        await self._images.start()
+        await self._texts.start()
+
+    async def warm_up(self) -> None:
+        """Runs each tower once so the first caller does not pay for lazy init."""
+        size = self._model.image_size
+        pixels = np.zeros((3, size, size), dtype=np.float32)
+        await self._images.submit([pixels])
+        await self._texts.submit(["a photo"])
+
+    async def stop(self) -> None:
+        await self._images.stop()
+        await self._texts.stop()
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+        self._model_thread.shutdown(wait=True)
+
+    async def embed_images(self, images: Sequence[bytes]) -> list[EmbeddingResult]:
+        """One result per image, in order; a bad image gets an error, the rest are embedded."""
+        with self._admit(len(images), "images"):
+            loop = asyncio.get_running_loop()
+            spec = self._model.preprocessing
+            job = functools.partial(
+                _prepare_or_error, spec=spec, limit=self._settings.max_image_pixels
+            )
+            prepared = await asyncio.gather(
+                *(loop.run_in_executor(self._decode_pool, job, data) for data in images)
+            )
+            good = [p for p in prepared if not isinstance(p, ItemError)]
+            vectors = iter(await self._images.submit(good))
+            return [
+                EmbeddingResult(error=p)
+                if isinstance(p, ItemError)
+                else EmbeddingResult(next(vectors))
+                for p in prepared
+            ]
+
+    async def embed_texts(self, texts: Sequence[str]) -> list[EmbeddingResult]:
+        """One result per text, in order; over-long texts are cut and marked truncated."""
+        with self._admit(len(texts), "texts"):
+            good = [text for text in texts if text.strip()]
+            results = iter(await self._texts.submit(good))
+            out = []
+            for text in texts:
+                if text.strip():
+                    vector, cut = next(results)
+                    out.append(EmbeddingResult(vector, truncated=cut))
+                else:
+                    out.append(EmbeddingResult(error=TextEmpty("the text is empty")))
+            return out
+
+    @contextlib.contextmanager
+    def _admit(self, count: int, field: str) -> Iterator[None]:
+        limit = self._settings.max_batch_size
+        if count == 0:
+            raise InvalidRequest(f"{field} is empty: send at least one", field=field)
+        if count > limit:
+            raise InvalidRequest(
+                f"{count} {field} in one request; the most is {limit} (EMBED_MAX_BATCH_SIZE). "
+                "Split the batch into several requests.",
+                field=field,
+                reason="BATCH_TOO_LARGE",
+            )
+        if self._admitted + count > self._settings.queue_size:
+            raise Overloaded(
+                f"the service is busy ({self._admitted} items in flight, limit "
+                f"{self._settings.queue_size}); retry with backoff or add replicas"
+            )
+        self._admitted += count
+        try:
+            yield
+        finally:
+            self._admitted -= count
+
+    def _embed_pixels(self, batch: list[Pixels]) -> list[Vector]:
+        return list(self._model.embed_pixels(np.stack(batch)))
+
+    def _embed_texts(self, batch: list[str]) -> list[tuple[Vector, bool]]:
+        tokens = self._model.tokenize(batch)
+        return list(zip(self._model.embed_tokens(tokens), tokens.truncated, strict=True))
+
+
+def _prepare_or_error(data: bytes, *, spec: Preprocessing, limit: int) -> Pixels | ItemError:
+    try:
+        return prepare(data, spec, max_pixels=limit)
+    except ItemError as exc:
+        return exc

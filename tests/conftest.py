@@ -1,0 +1,51 @@
+"""Fixtures shared by every test: a tiny CLIP on disk and a running embed_service."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from imagesearch.v1 import embed_service_pb2_grpc
+
+from embed_service.app import EmbedApp
+from embed_service.config import EmbedSettings
+from tests.tiny_clip import build_clip
+
+# Tests never reach a hub; a stray hub id fails fast instead of waiting on the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_clip(tmp_path_factory.mktemp("clip") / "tiny-clip")
+
+
+def embed_settings(clip_dir: Path, **overrides: object) -> EmbedSettings:
+    values: dict[str, object] = {
+        "model": str(clip_dir),
+        "addr": "127.0.0.1:0",
+        "device": "cpu",
+        "threads": 2,
+        "grace_s": 1.0,
+    }
+    values.update(overrides)
+    # model_validate skips the environment and .env: tests see only what they set.
+    return EmbedSettings.model_validate(values)
+
+
+@pytest.fixture(scope="session")
+async def embed_app(clip_dir: Path) -> AsyncIterator[EmbedApp]:
+    app = EmbedApp(embed_settings(clip_dir))
+    await app.start()
+    await app.load()
+    yield app
+    await app.stop(0)
+
+
+@pytest.fixture(scope="session")
+async def embed_stub(embed_app: EmbedApp) -> AsyncIterator[embed_service_pb2_grpc.EmbedServiceStub]:
+    async with grpc.aio.insecure_channel(embed_app.address) as channel:
+        yield embed_service_pb2_grpc.EmbedServiceStub(channel)
