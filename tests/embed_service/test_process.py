@@ -12,18 +12,22 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_a_missing_model_directory_exits_non_zero_with_a_clear_message(tmp_path: Path) -> None:
-    missing = tmp_path / "no-such-model"
-    env = {**os.environ, "EMBED_MODEL": str(missing), "EMBED_ADDR": "127.0.0.1:0"}
-    done = subprocess.run(
+def run_embed_service(cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """Runs `python -m embed_service` to its exit, on a free port."""
+    return subprocess.run(
         [sys.executable, "-m", "embed_service"],
-        env=env,
-        cwd=tmp_path,
+        env={**os.environ, "EMBED_ADDR": "127.0.0.1:0", **env},
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
+
+
+def test_a_missing_model_directory_exits_non_zero_with_a_clear_message(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-model"
+    done = run_embed_service(tmp_path, EMBED_MODEL=str(missing))
     assert done.returncode == 2
     assert str(missing) in done.stderr
     assert "EMBED_MODEL" in done.stderr
@@ -33,21 +37,11 @@ def test_a_missing_model_directory_exits_non_zero_with_a_clear_message(tmp_path:
 def test_an_unreachable_hub_id_exits_non_zero_and_says_how_to_use_a_local_copy(
     tmp_path: Path,
 ) -> None:
-    env = {
-        **os.environ,
-        "EMBED_MODEL": "openai/clip-vit-base-patch32",
-        "EMBED_ADDR": "127.0.0.1:0",
-        "HF_HUB_OFFLINE": "1",
-        "HF_HOME": str(tmp_path / "hf"),
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "embed_service"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    done = run_embed_service(
+        tmp_path,
+        EMBED_MODEL="openai/clip-vit-base-patch32",
+        HF_HUB_OFFLINE="1",
+        HF_HOME=str(tmp_path / "hf"),
     )
     assert done.returncode == 2
     assert "openai/clip-vit-base-patch32" in done.stderr
