@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+import operator
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -73,7 +74,7 @@ def validate_namespace(value: str, *, field: str = "namespace") -> str:
     if len(value) > MAX_NAMESPACE_LENGTH or not value.isascii():
         raise InvalidNamespace(
             f"{field} is invalid: namespaces are up to {MAX_NAMESPACE_LENGTH} ASCII "
-            '(characters; "" is the default namespace)',
+            'characters ("" is the default namespace)',
             field=field,
         )
     return value
@@ -194,6 +195,16 @@ def _same(a: Any, b: Any) -> bool:
     return isinstance(a, bool) == isinstance(b, bool) and _is_number(a) == _is_number(b) and a == b
 
 
+# $eq/$ne compare with one value, $in/$nin with several; all four look at every list element.
+_MEMBERSHIP = ("$eq", "$ne", "$in", "$nin")
+_ORDER: dict[str, Callable[[float, float], bool]] = {
+    "$gt": operator.gt,
+    "$gte": operator.ge,
+    "$lt": operator.lt,
+    "$lte": operator.le,
+}
+
+
 def matches(condition: Condition | None, metadata: Mapping[str, Any]) -> bool:
     """Pinecone's answer to "does this record's metadata match the filter?"."""
     if condition is None:
@@ -210,21 +221,10 @@ def matches(condition: Condition | None, metadata: Mapping[str, Any]) -> bool:
         return present is operand
     if not present:
         return False
-    if op == "$eq":
-        return any(_same(v, operand) for v in values)
-    if op == "$ne":
-        return not any(_same(v, operand) for v in values)
-    if op == "$in":
-        return any(_same(v, o) for v in values for o in operand)  # type: ignore[union-attr]
-    if op == "$nin":
-        return not any(_same(v, o) for v in values for o in operand)  # type: ignore[union-attr]
+    if op in _MEMBERSHIP:
+        options = operand if isinstance(operand, tuple) else (operand,)
+        hit = any(_same(v, o) for v in values for o in options)
+        return hit if op in ("$eq", "$in") else not hit
     if not _is_number(value):
         return False
-    bound = float(operand)  # type: ignore[arg-type]
-    number = float(value)  # type: ignore[arg-type]
-    return {
-        "$gt": number > bound,
-        "$gte": number >= bound,
-        "$lt": number < bound,
-        "$lte": number <= bound,
-    }[op]
+    return _ORDER[op](float(value), float(operand))  # type: ignore[arg-type]

@@ -129,3 +129,9 @@ def test_ids_and_namespaces_follow_pinecone_limits() -> None:
             validate_id(bad)
     with pytest.raises(InvalidNamespace):
         validate_namespace("n" * 513)
+
+
+def test_a_bad_namespace_message_reads_as_a_sentence() -> None:
+    with pytest.raises(InvalidNamespace) as caught:
+        validate_namespace("n" * 513)
+    assert 'up to 512 ASCII characters ("" is the default namespace)' in str(caught.value)
