@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml
 proto: install
 	$(PY) protos/generate.py
 
-run: run-embed
+run: install
+	PY=$(PY) scripts/run.sh
 
 run-embed: install
 	$(PY) -m embed_service

@@ -6,6 +6,8 @@ import asyncio
 import logging
 import sys
 
+from imagesearch.serving import configure_logging
+
 from embed_service.app import EmbedApp
 from embed_service.config import EmbedSettings
 from embed_service.errors import ModelLoadError
@@ -26,11 +28,7 @@ async def _main(settings: EmbedSettings) -> int:
 
 def main() -> None:
     settings = EmbedSettings()
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(settings.log_level)
     sys.exit(asyncio.run(_main(settings)))
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 
-from imagesearch.serving import GrpcServer, host_of
+from imagesearch.serving import GrpcServer, host_of, wait_for_signal
 from imagesearch.v1 import embed_service_pb2 as pb
 from imagesearch.v1 import embed_service_pb2_grpc as pb_grpc
 
@@ -61,11 +60,7 @@ class EmbedApp:
             await self.engine.stop()
 
     async def run_until_signalled(self) -> None:
-        stopping = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stopping.set)
-        await stopping.wait()
+        await wait_for_signal()
         log.info("stopping: draining in-flight calls for up to %.0f s", self.settings.grace_s)
         await self.stop()
 

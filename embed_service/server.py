@@ -41,15 +41,21 @@ class EmbedServicer(pb_grpc.EmbedServiceServicer):
     async def EmbedImages(
         self, request: pb.EmbedImagesRequest, context: grpc.aio.ServicerContext
     ) -> pb.EmbedImagesResponse:
-        results = await self._engine().embed_images(request.images)
-        return pb.EmbedImagesResponse(embeddings=_embeddings(results))
+        engine = self._engine()
+        results = await engine.embed_images(request.images)
+        return pb.EmbedImagesResponse(
+            embeddings=_embeddings(results), model_fingerprint=engine.info().fingerprint
+        )
 
     @handle_errors
     async def EmbedTexts(
         self, request: pb.EmbedTextsRequest, context: grpc.aio.ServicerContext
     ) -> pb.EmbedTextsResponse:
-        results = await self._engine().embed_texts(request.texts)
-        return pb.EmbedTextsResponse(embeddings=_embeddings(results))
+        engine = self._engine()
+        results = await engine.embed_texts(request.texts)
+        return pb.EmbedTextsResponse(
+            embeddings=_embeddings(results), model_fingerprint=engine.info().fingerprint
+        )
 
     @handle_errors
     async def GetModelInfo(

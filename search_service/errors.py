@@ -5,8 +5,16 @@
     │   ├── InvalidFilter            a filter outside Pinecone's filter language
     │   ├── InvalidMetadata          metadata outside Pinecone's value rules
     │   ├── InvalidId                an id outside 1-512 ASCII characters
-    │   └── InvalidNamespace         a namespace outside 0-512 ASCII characters
-    └── NotFound                   an id that is not stored -> NOT_FOUND
+    │   ├── InvalidNamespace         a namespace outside 0-512 ASCII characters
+    │   ├── InvalidVector            a vector of the wrong dimension, or all zeros
+    │   └── ImageRejected            embed_service could not embed one image (its reason)
+    ├── NotFound                   an id that is not stored -> NOT_FOUND
+    ├── ModelMismatch              the store was filled by another model -> FAILED_PRECONDITION
+    ├── Overloaded                 a dependency is at capacity -> RESOURCE_EXHAUSTED
+    ├── Unavailable                a dependency cannot be reached -> UNAVAILABLE
+    │   └── EmbedUnavailable         embed_service is down or not ready
+    ├── Unauthenticated            the store refused the credentials -> UNAUTHENTICATED
+    └── PermissionDenied           the credentials may not do this -> PERMISSION_DENIED
 
 The mapping to gRPC status codes lives in one place, `server.py`.
 """
@@ -46,5 +54,41 @@ class InvalidNamespace(InvalidArgument):
     reason = "INVALID_NAMESPACE"
 
 
+class InvalidVector(InvalidArgument):
+    reason = "INVALID_VECTOR"
+
+
+class ImageRejected(InvalidArgument):
+    """One image embed_service refused; `reason` is embed_service's (IMAGE_UNREADABLE...)."""
+
+    def __init__(self, message: str, *, field: str, reason: str) -> None:
+        super().__init__(message, field=field)
+        self.reason = reason
+
+
 class NotFound(SearchError):
     reason = "NOT_FOUND"
+
+
+class ModelMismatch(SearchError):
+    reason = "MODEL_MISMATCH"
+
+
+class Overloaded(SearchError):
+    reason = "OVERLOADED"
+
+
+class Unavailable(SearchError):
+    reason = "UNAVAILABLE"
+
+
+class EmbedUnavailable(Unavailable):
+    reason = "EMBED_UNAVAILABLE"
+
+
+class Unauthenticated(SearchError):
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(SearchError):
+    reason = "PERMISSION_DENIED"

@@ -85,8 +85,12 @@ def validate_metadata(metadata: Mapping[str, Any], *, field: str = "metadata") -
     clean: Metadata = {}
     for key, value in metadata.items():
         where = f"{field}.{key}"
-        if not isinstance(key, str) or not key:
-            raise InvalidMetadata(f"{field} keys must be non-empty strings", field=field)
+        if not isinstance(key, str) or not key or key.startswith("$") or '"' in key:
+            raise InvalidMetadata(
+                f"{field} key {key!r} is invalid: keys are non-empty strings that do not "
+                "start with '$' or contain '\"'",
+                field=field,
+            )
         if value is None:
             continue
         if isinstance(value, bool | str):
@@ -135,6 +139,8 @@ def _parse_clause(raw: Any, where: str) -> Condition:
                 raise InvalidFilter(f"{path} must be a non-empty array of filters", field=path)
             parts = tuple(_parse_clause(item, f"{path}[{i}]") for i, item in enumerate(value))
             conditions.append(And(parts) if key == "$and" else Or(parts))
+        elif '"' in key:
+            raise InvalidFilter(f"{path}: field names cannot contain '\"'", field=path)
         elif key.startswith("$"):
             raise InvalidFilter(
                 f"{path}: unknown operator {key!r} at the top of a filter; only $and and $or "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from pathlib import Path
 
 from PIL import Image, ImageDraw
 
@@ -60,3 +61,20 @@ def png_claiming(width: int, height: int) -> bytes:
         + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
         + chunk(b"IEND", b"")
     )
+
+
+CLASSES = ("red", "green", "blue")
+
+
+def image_folder(root: Path, *, classes: tuple[str, ...] = CLASSES, per_class: int = 4) -> Path:
+    """Class folders of JPEGs and PNGs (colour = class, shape varies), as labelled sets are."""
+    for colour in classes:
+        folder = root / colour
+        folder.mkdir(parents=True, exist_ok=True)
+        for shape in range(per_class):
+            image = picture(colour, shape=shape, size=(64 + 16 * shape, 48 + 8 * shape))
+            if shape % 2:
+                (folder / f"{colour}-{shape}.png").write_bytes(encode(image, "PNG"))
+            else:
+                (folder / f"{colour}-{shape}.jpg").write_bytes(encode(image, "JPEG", quality=90))
+    return root

@@ -7,7 +7,10 @@ in-flight calls finish within the grace period.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
+import sys
 from collections.abc import Callable, Sequence
 
 import grpc
@@ -70,3 +73,20 @@ def host_of(addr: str, port: int) -> str:
     """The address clients should dial, with the real port when 0 was asked for."""
     host = addr.rsplit(":", 1)[0]
     return f"{host}:{port}"
+
+
+async def wait_for_signal() -> None:
+    """Returns on the first SIGTERM or SIGINT; the caller then drains and stops."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )

@@ -1,0 +1,19 @@
+"""Vector stores behind one Protocol (`base.VectorStore`); `make_store` picks one."""
+
+from __future__ import annotations
+
+from search_service.config import SearchSettings
+from search_service.stores.base import VectorStore
+
+
+def make_store(settings: SearchSettings) -> VectorStore:
+    """The store the settings ask for; each implementation is imported only when chosen."""
+    match settings.store_kind:
+        case "local":
+            from search_service.stores.local import LocalStore
+
+            return LocalStore(settings.data_dir, index_threshold=settings.index_threshold)
+        case "pinecone":
+            raise ValueError("VECTOR_STORE=pinecone is not built yet; use local")
+        case other:
+            raise ValueError(f"unknown VECTOR_STORE {other!r}; use local or pinecone")

@@ -25,29 +25,29 @@ _sym_db = _symbol_database.Default()
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"imagesearch/v1/embed_service.proto\x12\x0eimagesearch.v1\x1a\x17google/rpc/status.proto\"$\n\x12\x45mbedImagesRequest\x12\x0e\n\x06images\x18\x01 \x03(\x0c\"D\n\x13\x45mbedImagesResponse\x12-\n\nembeddings\x18\x01 \x03(\x0b\x32\x19.imagesearch.v1.Embedding\"\"\n\x11\x45mbedTextsRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"C\n\x12\x45mbedTextsResponse\x12-\n\nembeddings\x18\x01 \x03(\x0b\x32\x19.imagesearch.v1.Embedding\"Q\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12!\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status\x12\x11\n\ttruncated\x18\x03 \x01(\x08\"\x15\n\x13GetModelInfoRequest\"\xd3\x01\n\x14GetModelInfoResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\x05\x12\x13\n\x0b\x66ingerprint\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12,\n\tprecision\x18\x05 \x01(\x0e\x32\x19.imagesearch.v1.Precision\x12\x16\n\x0emax_batch_size\x18\x06 \x01(\x05\x12\x17\n\x0fmax_text_tokens\x18\x07 \x01(\x05\x12\x12\n\nimage_size\x18\x08 \x01(\x05*l\n\tPrecision\x12\x19\n\x15PRECISION_UNSPECIFIED\x10\x00\x12\x15\n\x11PRECISION_FLOAT32\x10\x01\x12\x16\n\x12PRECISION_BFLOAT16\x10\x02\x12\x15\n\x11PRECISION_FLOAT16\x10\x03\x32\x96\x02\n\x0c\x45mbedService\x12V\n\x0b\x45mbedImages\x12\".imagesearch.v1.EmbedImagesRequest\x1a#.imagesearch.v1.EmbedImagesResponse\x12S\n\nEmbedTexts\x12!.imagesearch.v1.EmbedTextsRequest\x1a\".imagesearch.v1.EmbedTextsResponse\x12Y\n\x0cGetModelInfo\x12#.imagesearch.v1.GetModelInfoRequest\x1a$.imagesearch.v1.GetModelInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"imagesearch/v1/embed_service.proto\x12\x0eimagesearch.v1\x1a\x17google/rpc/status.proto\"$\n\x12\x45mbedImagesRequest\x12\x0e\n\x06images\x18\x01 \x03(\x0c\"_\n\x13\x45mbedImagesResponse\x12-\n\nembeddings\x18\x01 \x03(\x0b\x32\x19.imagesearch.v1.Embedding\x12\x19\n\x11model_fingerprint\x18\x02 \x01(\t\"\"\n\x11\x45mbedTextsRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"^\n\x12\x45mbedTextsResponse\x12-\n\nembeddings\x18\x01 \x03(\x0b\x32\x19.imagesearch.v1.Embedding\x12\x19\n\x11model_fingerprint\x18\x02 \x01(\t\"Q\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12!\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status\x12\x11\n\ttruncated\x18\x03 \x01(\x08\"\x15\n\x13GetModelInfoRequest\"\xd3\x01\n\x14GetModelInfoResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\x05\x12\x13\n\x0b\x66ingerprint\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12,\n\tprecision\x18\x05 \x01(\x0e\x32\x19.imagesearch.v1.Precision\x12\x16\n\x0emax_batch_size\x18\x06 \x01(\x05\x12\x17\n\x0fmax_text_tokens\x18\x07 \x01(\x05\x12\x12\n\nimage_size\x18\x08 \x01(\x05*l\n\tPrecision\x12\x19\n\x15PRECISION_UNSPECIFIED\x10\x00\x12\x15\n\x11PRECISION_FLOAT32\x10\x01\x12\x16\n\x12PRECISION_BFLOAT16\x10\x02\x12\x15\n\x11PRECISION_FLOAT16\x10\x03\x32\x96\x02\n\x0c\x45mbedService\x12V\n\x0b\x45mbedImages\x12\".imagesearch.v1.EmbedImagesRequest\x1a#.imagesearch.v1.EmbedImagesResponse\x12S\n\nEmbedTexts\x12!.imagesearch.v1.EmbedTextsRequest\x1a\".imagesearch.v1.EmbedTextsResponse\x12Y\n\x0cGetModelInfo\x12#.imagesearch.v1.GetModelInfoRequest\x1a$.imagesearch.v1.GetModelInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'imagesearch.v1.embed_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PRECISION']._serialized_start=612
-  _globals['_PRECISION']._serialized_end=720
+  _globals['_PRECISION']._serialized_start=666
+  _globals['_PRECISION']._serialized_end=774
   _globals['_EMBEDIMAGESREQUEST']._serialized_start=79
   _globals['_EMBEDIMAGESREQUEST']._serialized_end=115
   _globals['_EMBEDIMAGESRESPONSE']._serialized_start=117
-  _globals['_EMBEDIMAGESRESPONSE']._serialized_end=185
-  _globals['_EMBEDTEXTSREQUEST']._serialized_start=187
-  _globals['_EMBEDTEXTSREQUEST']._serialized_end=221
-  _globals['_EMBEDTEXTSRESPONSE']._serialized_start=223
-  _globals['_EMBEDTEXTSRESPONSE']._serialized_end=290
-  _globals['_EMBEDDING']._serialized_start=292
-  _globals['_EMBEDDING']._serialized_end=373
-  _globals['_GETMODELINFOREQUEST']._serialized_start=375
-  _globals['_GETMODELINFOREQUEST']._serialized_end=396
-  _globals['_GETMODELINFORESPONSE']._serialized_start=399
-  _globals['_GETMODELINFORESPONSE']._serialized_end=610
-  _globals['_EMBEDSERVICE']._serialized_start=723
-  _globals['_EMBEDSERVICE']._serialized_end=1001
+  _globals['_EMBEDIMAGESRESPONSE']._serialized_end=212
+  _globals['_EMBEDTEXTSREQUEST']._serialized_start=214
+  _globals['_EMBEDTEXTSREQUEST']._serialized_end=248
+  _globals['_EMBEDTEXTSRESPONSE']._serialized_start=250
+  _globals['_EMBEDTEXTSRESPONSE']._serialized_end=344
+  _globals['_EMBEDDING']._serialized_start=346
+  _globals['_EMBEDDING']._serialized_end=427
+  _globals['_GETMODELINFOREQUEST']._serialized_start=429
+  _globals['_GETMODELINFOREQUEST']._serialized_end=450
+  _globals['_GETMODELINFORESPONSE']._serialized_start=453
+  _globals['_GETMODELINFORESPONSE']._serialized_end=664
+  _globals['_EMBEDSERVICE']._serialized_start=777
+  _globals['_EMBEDSERVICE']._serialized_end=1055
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,316 @@
+"""`imagesearch`: index folders and CIFAR archives, query, and inspect a search_service.
+
+Results go to stdout (a table, or one JSON document with --json); progress and
+errors go to stderr. Exit status: 0 done; 1 nothing could be stored or the request
+was refused; 2 the service could not be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from imagesearch_client.client import ImageRecord, ImageSearchClient, Match
+from imagesearch_client.contact_sheet import Tile, contact_sheet
+from imagesearch_client.errors import ImageSearchError, Unavailable
+from imagesearch_client.sources import (
+    SourceImage,
+    cifar_count,
+    cifar_images,
+    folder_images,
+    image_files,
+)
+
+BATCH = 32
+
+
+@dataclass
+class IndexReport:
+    seen: int = 0
+    stored: int = 0
+    skipped: int = 0
+    failures: list[dict[str, str]] = field(default_factory=list)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    sys.exit(run(argv))
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        with ImageSearchClient(args.target, timeout_s=args.timeout) as client:
+            code: int = args.handler(client, args)
+            return code
+    except Unavailable as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    except ImageSearchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        for where, why in exc.fields.items():
+            print(f"  {where}: {why}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+# --- index ---------------------------------------------------------------------------
+
+
+def _index(client: ImageSearchClient, args: argparse.Namespace) -> int:
+    root = Path(args.dir)
+    if not root.is_dir():
+        raise ValueError(f"{root} is not a directory")
+    files = image_files(root)
+    images = folder_images(root, files, label_from_dir=args.label_from_dir)
+    return _ingest(client, args, images, len(files), f"indexing {root}")
+
+
+def _index_cifar(client: ImageSearchClient, args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    total = cifar_count(path, split=args.split)
+    if args.limit:
+        total = min(total, args.limit)
+    images = itertools.islice(cifar_images(path, split=args.split), total)
+    return _ingest(client, args, images, total, f"indexing {path.name}")
+
+
+def _ingest(
+    client: ImageSearchClient,
+    args: argparse.Namespace,
+    images: Iterable[SourceImage],
+    total: int,
+    title: str,
+) -> int:
+    client.wait_ready(timeout_s=args.timeout)
+    report = IndexReport()
+    progress = tqdm(total=total, desc=title, unit="img", file=sys.stderr, disable=args.quiet)
+    batches = _new_batches(client, images, args.namespace, report, progress)
+    sent: dict[int, list[SourceImage]] = {}
+
+    def requests() -> Iterator[list[ImageRecord]]:
+        for n, batch in enumerate(batches):
+            sent[n] = batch
+            yield [ImageRecord(image=s.image, id=s.id, metadata=s.metadata) for s in batch]
+
+    for n, outcomes in enumerate(client.ingest(requests(), namespace=args.namespace)):
+        for source, outcome in zip(sent.pop(n), outcomes, strict=True):
+            if outcome.ok:
+                report.stored += 1
+            else:
+                report.failures.append(
+                    {"name": source.name, "reason": outcome.reason, "message": outcome.message}
+                )
+        progress.update(len(outcomes))
+    progress.close()
+    _print_report(report, args.json)
+    # Failing is when nothing is in the store for all that was read, not a bad file or two.
+    nothing_stored = report.failures and report.stored + report.skipped == 0
+    return 1 if nothing_stored else 0
+
+
+def _new_batches(
+    client: ImageSearchClient,
+    images: Iterable[SourceImage],
+    namespace: str,
+    report: IndexReport,
+    progress: tqdm[Any],
+) -> Iterator[list[SourceImage]]:
+    """Batches of images that are not stored yet (nor repeated within this run)."""
+    seen_ids: set[str] = set()
+    iterator = iter(images)
+    while chunk := list(itertools.islice(iterator, BATCH)):
+        report.seen += len(chunk)
+        stored = {r.id for r in client.fetch([s.id for s in chunk], namespace=namespace)}
+        fresh = []
+        for source in chunk:
+            if source.id in stored or source.id in seen_ids:
+                report.skipped += 1
+            else:
+                seen_ids.add(source.id)
+                fresh.append(source)
+        progress.update(len(chunk) - len(fresh))
+        if fresh:
+            yield fresh
+
+
+def _print_report(report: IndexReport, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(asdict(report), indent=2))
+        return
+    print(
+        f"stored {report.stored}, already stored {report.skipped}, "
+        f"failed {len(report.failures)} (of {report.seen} images)"
+    )
+    for failure in report.failures:
+        print(f"  {failure['name']}: {failure['reason']}: {failure['message']}")
+
+
+# --- query ---------------------------------------------------------------------------
+
+
+def _query(client: ImageSearchClient, args: argparse.Namespace) -> int:
+    given = [x is not None for x in (args.image, args.text, args.id)]
+    if sum(given) != 1:
+        raise ValueError("give exactly one of IMAGE, --text or --id")
+    image = Path(args.image).read_bytes() if args.image else None
+    matches = client.query(
+        image=image,
+        text=args.text,
+        id=args.id,
+        top_k=args.top_k,
+        filter=json.loads(args.filter) if args.filter else None,
+        namespace=args.namespace,
+        min_score=args.min_score,
+    )
+    if args.json:
+        print(json.dumps({"matches": [asdict(m) for m in matches]}, indent=2))
+    else:
+        _print_matches(matches)
+    if args.grid:
+        _write_grid(client, args, image, matches)
+    return 0
+
+
+def _print_matches(matches: Sequence[Match]) -> None:
+    rows = [
+        (str(rank), m.id, f"{m.score:.4f}", str(m.metadata.get("path", "")),
+         str(m.metadata.get("label", "")))
+        for rank, m in enumerate(matches, 1)
+    ]  # fmt: skip
+    _print_table(("#", "id", "score", "path", "label"), rows)
+    if not matches:
+        print("no matches")
+
+
+def _write_grid(
+    client: ImageSearchClient, args: argparse.Namespace, image: bytes | None, matches: list[Match]
+) -> None:
+    root = Path(args.root)
+    query_lines = ("query", args.text or args.id or Path(args.image).name)
+    if image is None and args.id:
+        found = client.fetch([args.id], namespace=args.namespace)
+        image = _file_of(root, found[0].metadata) if found else None
+    tiles = [Tile(image, query_lines)]
+    for m in matches:
+        label = str(m.metadata.get("label", m.id))
+        tiles.append(Tile(_file_of(root, m.metadata), (f"{m.score:.3f}", label)))
+    out = contact_sheet(tiles, Path(args.grid))
+    print(f"wrote {out}", file=sys.stderr)
+
+
+def _file_of(root: Path, metadata: dict[str, Any]) -> bytes | None:
+    path = metadata.get("path")
+    if not isinstance(path, str):
+        return None
+    try:
+        return (root / path).read_bytes()
+    except OSError:
+        return None
+
+
+# --- stats, fetch, delete ----------------------------------------------------------------
+
+
+def _stats(client: ImageSearchClient, args: argparse.Namespace) -> int:
+    stats = client.stats()
+    if args.json:
+        print(json.dumps(asdict(stats), indent=2))
+        return 0
+    print(f"store: {stats.store}; model: {stats.model_id or '-'} ({stats.dimension}-d)")
+    print(f"fingerprint: {stats.model_fingerprint or '-'}")
+    rows = [(name, str(count)) for name, count in sorted(stats.namespaces.items())]
+    _print_table(("namespace", "vectors"), [*rows, ("total", str(stats.total))])
+    return 0
+
+
+def _fetch(client: ImageSearchClient, args: argparse.Namespace) -> int:
+    records = client.fetch(args.ids, namespace=args.namespace)
+    out = [
+        {"id": r.id, "metadata": r.metadata, **({"values": r.values} if args.values else {})}
+        for r in records
+    ]
+    missing = sorted(set(args.ids) - {r.id for r in records})
+    print(json.dumps({"records": out, "missing": missing}, indent=2))
+    return 0 if records or not args.ids else 1
+
+
+def _delete(client: ImageSearchClient, args: argparse.Namespace) -> int:
+    if args.ids:
+        client.delete(ids=args.ids, namespace=args.namespace)
+    elif args.filter:
+        client.delete(filter=json.loads(args.filter), namespace=args.namespace)
+    else:
+        client.delete(delete_all=True, namespace=args.namespace)
+    print("deleted", file=sys.stderr)
+    return 0
+
+
+def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
+    for row in (header, *rows):
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+# --- arguments -----------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imagesearch", description=__doc__)
+    parser.add_argument(
+        "--target", help="search_service address (default: $SEARCH_ADDR or 127.0.0.1:50052)"
+    )
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Any, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.set_defaults(handler=handler)
+        sub.add_argument("--namespace", default="", help='namespace ("" is the default)')
+        sub.add_argument("--json", action="store_true", help="print one JSON document")
+        return sub
+
+    index = command("index", _index, "index every image under DIR (recursively)")
+    index.add_argument("dir", metavar="DIR")
+    index.add_argument(
+        "--label-from-dir", action="store_true", help="store each parent folder's name as label"
+    )
+    index.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    cifar = command("index-cifar", _index_cifar, "index a CIFAR-10/100 python-format archive")
+    cifar.add_argument("path", metavar="ARCHIVE", help="cifar-10-python.tar.gz or cifar-100-...")
+    cifar.add_argument("--split", choices=("train", "test"), default="train")
+    cifar.add_argument("--limit", type=int, default=0, help="index only the first N images")
+    cifar.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    query = command("query", _query, "find the stored images most similar to a query")
+    query.add_argument("image", nargs="?", metavar="IMAGE", help="an image file")
+    query.add_argument("--text", help="a text description instead of an image")
+    query.add_argument("--id", help="a stored id instead of an image ('more like this')")
+    query.add_argument("--top-k", type=int, default=10)
+    query.add_argument("--filter", help='a Pinecone filter, e.g. \'{"label": "cat"}\'')
+    query.add_argument("--min-score", type=float)
+    query.add_argument("--grid", metavar="PNG", help="write a contact sheet of the matches")
+    query.add_argument("--root", default=".", help="folder that stored paths are relative to")
+
+    command("stats", _stats, "counts per namespace and the model that filled the store")
+
+    fetch = command("fetch", _fetch, "print stored records by id")
+    fetch.add_argument("ids", nargs="+", metavar="ID")
+    fetch.add_argument("--values", action="store_true", help="include the vectors")
+
+    delete = command("delete", _delete, "delete records by id, by filter, or --all")
+    chosen = delete.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("--ids", nargs="+", metavar="ID")
+    chosen.add_argument("--filter", help="a Pinecone filter")
+    chosen.add_argument("--all", action="store_true", help="everything in the namespace")
+    return parser

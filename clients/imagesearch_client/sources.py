@@ -1,0 +1,162 @@
+"""Where images to index come from: a folder tree, or the CIFAR python-format archives."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+
+
+@dataclass(frozen=True, slots=True)
+class SourceImage:
+    """One image to index: its id, bytes, metadata, and a name to report it by."""
+
+    id: str
+    image: bytes
+    name: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def content_id(image: bytes) -> str:
+    """The id search_service gives an image without one: the SHA-256 of its bytes."""
+    return hashlib.sha256(image).hexdigest()
+
+
+def image_files(root: Path) -> list[Path]:
+    """Image files under root, recursively, in a stable order; hidden entries skipped."""
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+
+
+def folder_images(root: Path, files: list[Path], *, label_from_dir: bool) -> Iterator[SourceImage]:
+    """Reads files one at a time: memory holds only what the caller keeps."""
+    for path in files:
+        relative = path.relative_to(root).as_posix()
+        data = path.read_bytes()
+        metadata: dict[str, Any] = {"path": relative}
+        if label_from_dir and path.parent != root:
+            metadata["label"] = path.parent.name
+        yield SourceImage(content_id(data), data, relative, metadata)
+
+
+# --- CIFAR -------------------------------------------------------------------------
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """CIFAR batches are pickles; load only numpy arrays and builtins from them, not code."""
+
+    ALLOWED = frozenset(
+        {
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy", "ndarray"),
+            ("_codecs", "encode"),  # how protocol-2 pickles spell bytes
+            ("numpy", "dtype"),
+            ("numpy.core.multiarray", "scalar"),
+            ("numpy._core.multiarray", "scalar"),
+        }
+    )
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR archive")
+        return super().find_class(module, name)
+
+
+@dataclass(frozen=True, slots=True)
+class CifarLayout:
+    prefix: str  # "CIFAR10" or "CIFAR100"
+    meta: str
+    names_key: bytes
+    labels_key: bytes
+    train: tuple[str, ...]
+    test: tuple[str, ...]
+
+
+CIFAR10 = CifarLayout(
+    "CIFAR10",
+    "cifar-10-batches-py/batches.meta",
+    b"label_names",
+    b"labels",
+    tuple(f"cifar-10-batches-py/data_batch_{i}" for i in range(1, 6)),
+    ("cifar-10-batches-py/test_batch",),
+)
+CIFAR100 = CifarLayout(
+    "CIFAR100",
+    "cifar-100-python/meta",
+    b"fine_label_names",
+    b"fine_labels",
+    ("cifar-100-python/train",),
+    ("cifar-100-python/test",),
+)
+
+
+def cifar_count(path: Path, *, split: str = "train") -> int:
+    with tarfile.open(path, "r:*") as archive:
+        layout = _layout(archive)
+        return sum(
+            len(_load(archive, member)[layout.labels_key]) for member in _members(layout, split)
+        )
+
+
+def cifar_images(path: Path, *, split: str = "train") -> Iterator[SourceImage]:
+    """Images of a CIFAR-10/100 python archive as PNGs, ids like CIFAR10.123, label = class."""
+    with tarfile.open(path, "r:*") as archive:
+        layout = _layout(archive)
+        names = [n.decode() for n in _load(archive, layout.meta)[layout.names_key]]
+        index = 0
+        for member in _members(layout, split):
+            batch = _load(archive, member)
+            pixels = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            for row, label in zip(pixels, batch[layout.labels_key], strict=True):
+                buffer = io.BytesIO()
+                Image.fromarray(row.transpose(1, 2, 0)).save(buffer, format="PNG")
+                record_id = (
+                    f"{layout.prefix}.{index}"
+                    if split == "train"
+                    else (f"{layout.prefix}.{split}.{index}")
+                )
+                metadata = {"label": names[label], "dataset": layout.prefix, "split": split}
+                yield SourceImage(record_id, buffer.getvalue(), record_id, metadata)
+                index += 1
+
+
+def _members(layout: CifarLayout, split: str) -> tuple[str, ...]:
+    if split not in ("train", "test"):
+        raise ValueError(f"split is {split!r}; use train or test")
+    return layout.train if split == "train" else layout.test
+
+
+def _layout(archive: tarfile.TarFile) -> CifarLayout:
+    names = set(archive.getnames())
+    for layout in (CIFAR10, CIFAR100):
+        if layout.meta in names:
+            return layout
+    raise ValueError(
+        "not a CIFAR python-format archive: expected cifar-10-python.tar.gz or "
+        "cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html"
+    )
+
+
+def _load(archive: tarfile.TarFile, member: str) -> dict[bytes, Any]:
+    handle = archive.extractfile(member)
+    if handle is None:
+        raise ValueError(f"{member} is missing from the archive")
+    with handle:
+        loaded: dict[bytes, Any] = _CifarUnpickler(handle, encoding="bytes").load()
+    return loaded

@@ -1,0 +1,79 @@
+"""The search_service process: open the store, check the model, serve until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from imagesearch.serving import GrpcServer, host_of, wait_for_signal
+from imagesearch.v1 import search_service_pb2 as pb
+from imagesearch.v1 import search_service_pb2_grpc as pb_grpc
+
+from search_service.config import SearchSettings
+from search_service.embed_client import EmbedClient
+from search_service.server import SearchServicer
+from search_service.service import SearchService
+from search_service.stores import make_store
+from search_service.stores.base import VectorStore
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SearchService"].full_name
+
+
+class SearchApp:
+    """Owns the server, the store and the embed client; `start` then `stop`."""
+
+    def __init__(self, settings: SearchSettings, store: VectorStore | None = None) -> None:
+        self.settings = settings
+        max_bytes = settings.max_message_mb * 1024 * 1024
+        self.embed = EmbedClient(
+            settings.embed_target, timeout_s=settings.embed_timeout_s, max_message_bytes=max_bytes
+        )
+        self.store = store if store is not None else make_store(settings)
+        self.service = SearchService(self.store, self.embed)
+        servicer = SearchServicer(self.service)
+        self._server = GrpcServer(
+            settings.addr,
+            service_names=[SERVICE_NAME],
+            register=lambda s: pb_grpc.add_SearchServiceServicer_to_server(servicer, s),
+            max_message_bytes=max_bytes,
+        )
+        self.address = settings.addr
+        self._connecting: asyncio.Task[None] | None = None
+
+    async def start(self) -> str:
+        """Opens the store and listens; health turns SERVING once embed_service does."""
+        await self.service.open()
+        port = await self._server.start()
+        self.address = host_of(self.settings.addr, port)
+        log.info(
+            "search_service listening on %s (%s store, embed_service at %s)",
+            self.address,
+            self.store.name,
+            self.settings.embed_target,
+        )
+        self._connecting = asyncio.create_task(self._connect(), name="connect-embed")
+        return self.address
+
+    async def wait_serving(self) -> None:
+        """Returns once health says SERVING (embed_service answered and the model checked)."""
+        if self._connecting is not None:
+            await asyncio.shield(self._connecting)
+
+    async def _connect(self) -> None:
+        await self.service.connect()
+        await self._server.set_serving()
+        log.info("search_service ready: embed_service at %s serves", self.settings.embed_target)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+        await self._server.stop(self.settings.grace_s if grace_s is None else grace_s)
+        await self.store.close()
+        await self.embed.close()
+
+    async def run_until_signalled(self) -> None:
+        await wait_for_signal()
+        log.info("stopping: draining in-flight calls for up to %.0f s", self.settings.grace_s)
+        await self.stop()

@@ -1,0 +1,78 @@
+"""Settings of search_service, read once from the environment and `.env`.
+
+Variable names are the ones both seeds and ARCHITECTURE.md use (SEARCH_ADDR,
+EMBED_TARGET, DATA_DIR, PINECONE_*), so a seed's `.env` works unchanged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+StoreKind = Literal["local", "pinecone"]
+
+
+def _env(name: str) -> AliasChoices:
+    # Accept the field name too, so tests can build settings with model_validate.
+    return AliasChoices(name, name.lower())
+
+
+class SearchSettings(BaseSettings):
+    """Every knob of search_service; each field is the variable named in its alias."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    addr: str = Field(
+        default="127.0.0.1:50052", validation_alias=_env("SEARCH_ADDR"),
+        description="host:port to listen on.",
+    )  # fmt: skip
+    embed_target: str = Field(
+        default="127.0.0.1:50051", validation_alias=_env("EMBED_TARGET"),
+        description="Where embed_service listens (a gRPC target).",
+    )  # fmt: skip
+    embed_timeout_s: float = Field(
+        default=30.0, gt=0, validation_alias=_env("SEARCH_EMBED_TIMEOUT_S"),
+        description="Deadline of each call to embed_service, retries included.",
+    )  # fmt: skip
+    vector_store: StoreKind | None = Field(
+        default=None, validation_alias=_env("VECTOR_STORE"),
+        description="local or pinecone; unset: pinecone when PINECONE_API_KEY is set.",
+    )  # fmt: skip
+    data_dir: Path = Field(
+        default=Path(".imagesearch"), validation_alias=_env("DATA_DIR"),
+        description="Where the local store keeps its files.",
+    )  # fmt: skip
+    index_threshold: int = Field(
+        default=10_000, ge=1, validation_alias=_env("SEARCH_INDEX_THRESHOLD"),
+        description="Unindexed vectors that start a background HNSW build (local store).",
+    )  # fmt: skip
+    pinecone_api_key: SecretStr | None = Field(
+        default=None, validation_alias=_env("PINECONE_API_KEY")
+    )
+    pinecone_index: str = Field(default="image-search", validation_alias=_env("PINECONE_INDEX"))
+    pinecone_cloud: str = Field(default="aws", validation_alias=_env("PINECONE_CLOUD"))
+    pinecone_region: str = Field(default="us-east-1", validation_alias=_env("PINECONE_REGION"))
+    pinecone_host: str | None = Field(
+        default=None, validation_alias=_env("PINECONE_HOST"),
+        description="Control-plane URL; unset means Pinecone's own.",
+    )  # fmt: skip
+    max_message_mb: int = Field(
+        default=64, ge=1, validation_alias=_env("SEARCH_MAX_MESSAGE_MB"),
+        description="Largest request accepted, MiB.",
+    )  # fmt: skip
+    grace_s: float = Field(
+        default=10.0, ge=0, validation_alias=_env("SEARCH_GRACE_S"),
+        description="Shutdown grace for in-flight calls.",
+    )  # fmt: skip
+    log_level: str = Field(default="INFO", validation_alias=_env("SEARCH_LOG_LEVEL"))
+
+    @property
+    def store_kind(self) -> StoreKind:
+        if self.vector_store is not None:
+            return self.vector_store
+        return "pinecone" if self.pinecone_api_key else "local"

@@ -1,0 +1,149 @@
+"""search_service's client of embed_service: the generated stub, deadlines, retries.
+
+Retries come from the channel's service config (UNAVAILABLE and RESOURCE_EXHAUSTED,
+with backoff), never from loops here. The reconnect backoff is capped at a few
+seconds so a restarted embed_service is picked up quickly. gRPC errors become
+domain errors here, so service.py never sees grpc.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from imagesearch.status import reason_of
+from imagesearch.v1 import embed_service_pb2 as pb
+from imagesearch.v1 import embed_service_pb2_grpc as pb_grpc
+
+from search_service.errors import EmbedUnavailable, InvalidArgument, Overloaded, SearchError
+from search_service.stores.base import ModelInfo, Vector
+
+SERVICE = "imagesearch.v1.EmbedService"
+SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{"service": SERVICE}],
+                "retryPolicy": {
+                    "maxAttempts": 4,
+                    "initialBackoff": "0.2s",
+                    "maxBackoff": "2s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
+                },
+            }
+        ]
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Embedded:
+    """One input's vector, or why embed_service refused it (reason, message)."""
+
+    vector: Vector | None
+    reason: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Embeddings:
+    items: list[Embedded]
+    fingerprint: str
+
+
+class EmbedClient:
+    def __init__(
+        self, target: str, *, timeout_s: float, max_message_bytes: int = 64 * 1024 * 1024
+    ) -> None:
+        self.target = target
+        self._timeout_s = timeout_s
+        self._channel = grpc.aio.insecure_channel(
+            target,
+            options=[
+                ("grpc.service_config", SERVICE_CONFIG),
+                ("grpc.enable_retries", 1),
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.initial_reconnect_backoff_ms", 200),
+                ("grpc.min_reconnect_backoff_ms", 200),
+                ("grpc.max_reconnect_backoff_ms", 2000),
+            ],
+        )
+        self._stub = pb_grpc.EmbedServiceStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def wait_until_serving(self) -> None:
+        """Returns once embed_service's health says SERVING (its model is loaded).
+
+        Watches the health stream with wait_for_ready, so it waits through
+        embed_service not listening yet and through its model loading, without polling.
+        """
+        health = health_pb2_grpc.HealthStub(self._channel)
+        serving = health_pb2.HealthCheckResponse.SERVING
+        while True:
+            try:
+                watch = health.Watch(
+                    health_pb2.HealthCheckRequest(service=SERVICE), wait_for_ready=True
+                )
+                async for reply in watch:
+                    if reply.status == serving:
+                        watch.cancel()
+                        return
+            except grpc.aio.AioRpcError as error:
+                # The stream ends when embed_service stops; watch again once it is back.
+                if error.code() == grpc.StatusCode.CANCELLED:
+                    raise
+
+    async def model_info(self, timeout_s: float | None = None) -> ModelInfo:
+        reply = await self._call(
+            self._stub.GetModelInfo, pb.GetModelInfoRequest(), timeout_s or self._timeout_s
+        )
+        return ModelInfo(
+            model_id=reply.model_id, dimension=reply.dimension, fingerprint=reply.fingerprint
+        )
+
+    async def embed_images(self, images: Sequence[bytes]) -> Embeddings:
+        reply = await self._call(
+            self._stub.EmbedImages, pb.EmbedImagesRequest(images=images), self._timeout_s
+        )
+        return Embeddings([_embedded(e) for e in reply.embeddings], reply.model_fingerprint)
+
+    async def embed_text(self, text: str) -> tuple[Embedded, str]:
+        reply = await self._call(
+            self._stub.EmbedTexts, pb.EmbedTextsRequest(texts=[text]), self._timeout_s
+        )
+        return _embedded(reply.embeddings[0]), reply.model_fingerprint
+
+    async def _call(self, method: Any, request: Any, timeout_s: float) -> Any:
+        try:
+            reply = await method(request, timeout=timeout_s)
+        except grpc.aio.AioRpcError as error:
+            raise self._domain_error(error) from None
+        return reply
+
+    def _domain_error(self, error: grpc.aio.AioRpcError) -> SearchError:
+        code, detail = error.code(), error.details() or ""
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return EmbedUnavailable(
+                f"embed_service at {self.target} did not answer ({code.name}: {detail}); "
+                "check that it is running and that EMBED_TARGET points at it"
+            )
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return Overloaded(f"embed_service is at capacity: {detail}; retry shortly")
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            return InvalidArgument(f"embed_service refused the request: {detail}", field="")
+        return EmbedUnavailable(f"embed_service failed ({code.name}): {detail}")
+
+
+def _embedded(embedding: pb.Embedding) -> Embedded:
+    if embedding.HasField("error"):
+        return Embedded(None, reason_of(embedding.error), embedding.error.message)
+    return Embedded(np.asarray(embedding.values, dtype=np.float32))

@@ -1,0 +1,214 @@
+"""The gRPC servicer of SearchService: proto -> service call -> proto, nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+from imagesearch.status import grpc_errors, make_status, to_rpc_status
+from imagesearch.v1 import search_service_pb2 as pb
+from imagesearch.v1 import search_service_pb2_grpc as pb_grpc
+
+from search_service.errors import (
+    InvalidArgument,
+    ModelMismatch,
+    NotFound,
+    Overloaded,
+    PermissionDenied,
+    SearchError,
+    Unauthenticated,
+    Unavailable,
+)
+from search_service.service import ImageItem, ItemResult, QuerySpec, SearchService, VectorItem
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NAMESPACE = "__default__"
+# Batches of one ingest stream that are embedded and stored at once; answers stay in order.
+INGEST_PIPELINE_DEPTH = 2
+
+STATUS_CODES: dict[type[Exception], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    ModelMismatch: grpc.StatusCode.FAILED_PRECONDITION,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+}
+handle_errors = grpc_errors(STATUS_CODES, log)
+
+
+class SearchServicer(pb_grpc.SearchServiceServicer):
+    def __init__(self, service: SearchService) -> None:
+        self._service = service
+
+    @handle_errors
+    async def UpsertImages(
+        self, request: pb.UpsertImagesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpsertImagesResponse:
+        results = await self._service.upsert_images(request.namespace, _images(request.records))
+        return pb.UpsertImagesResponse(results=_results(results))
+
+    async def IngestImages(
+        self,
+        requests: AsyncIterator[pb.IngestImagesRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.IngestImagesResponse]:
+        # Up to INGEST_PIPELINE_DEPTH batches are in flight, so embedding the next batch
+        # overlaps storing this one; each answer is sent only once its batch is stored.
+        pending: list[asyncio.Task[list[ItemResult]]] = []
+        try:
+            async for request in requests:
+                pending.append(
+                    asyncio.create_task(
+                        self._service.upsert_images(request.namespace, _images(request.records))
+                    )
+                )
+                if len(pending) >= INGEST_PIPELINE_DEPTH:
+                    yield pb.IngestImagesResponse(results=_results(await pending.pop(0)))
+            while pending:
+                yield pb.IngestImagesResponse(results=_results(await pending.pop(0)))
+        except SearchError as exc:
+            await _abort(context, exc)
+        finally:
+            for task in pending:
+                task.cancel()
+
+    @handle_errors
+    async def UpsertVectors(
+        self, request: pb.UpsertVectorsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpsertVectorsResponse:
+        items = [VectorItem(r.id, r.values, _dict(r.metadata)) for r in request.records]
+        results = await self._service.upsert_vectors(request.namespace, items)
+        return pb.UpsertVectorsResponse(results=_results(results))
+
+    @handle_errors
+    async def Query(
+        self, request: pb.QueryRequest, context: grpc.aio.ServicerContext
+    ) -> pb.QueryResponse:
+        which = request.WhichOneof("query")
+        spec = QuerySpec(
+            image=request.image if which == "image" else None,
+            text=request.text if which == "text" else None,
+            id=request.id if which == "id" else None,
+            vector=request.vector.values if which == "vector" else None,
+            top_k=request.top_k,
+            filter=_dict(request.filter) if request.HasField("filter") else None,
+            namespace=request.namespace,
+            include_metadata=request.include_metadata,
+            include_values=request.include_values,
+            min_score=request.min_score if request.HasField("min_score") else None,
+        )
+        matches = await self._service.query(spec)
+        return pb.QueryResponse(
+            namespace=request.namespace,
+            matches=[
+                pb.Match(
+                    id=m.id,
+                    score=m.score,
+                    values=m.values.tolist() if m.values is not None else [],
+                    metadata=_struct(m.metadata) if m.metadata is not None else None,
+                )
+                for m in matches
+            ],
+        )
+
+    @handle_errors
+    async def Fetch(
+        self, request: pb.FetchRequest, context: grpc.aio.ServicerContext
+    ) -> pb.FetchResponse:
+        records = await self._service.fetch(request.namespace, list(request.ids))
+        return pb.FetchResponse(
+            namespace=request.namespace,
+            records=[
+                pb.VectorRecord(id=r.id, values=r.values.tolist(), metadata=_struct(r.metadata))
+                for r in records
+            ],
+        )
+
+    @handle_errors
+    async def Delete(
+        self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteResponse:
+        which = request.WhichOneof("selector")
+        await self._service.delete(
+            request.namespace,
+            ids=list(request.ids.ids) if which == "ids" else None,
+            filter=_dict(request.filter) if which == "filter" else None,
+            delete_all=which == "delete_all" and request.delete_all,
+        )
+        return pb.DeleteResponse()
+
+    @handle_errors
+    async def DescribeStats(
+        self, request: pb.DescribeStatsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DescribeStatsResponse:
+        stats = await self._service.stats()
+        model = stats.model
+        return pb.DescribeStatsResponse(
+            namespaces={
+                (name or DEFAULT_NAMESPACE): pb.NamespaceStats(vector_count=count)
+                for name, count in stats.namespaces.items()
+            },
+            total_vector_count=stats.total,
+            dimension=model.dimension if model else 0,
+            model_id=model.model_id if model else "",
+            model_fingerprint=model.fingerprint if model else "",
+            store=self._service.store.name,
+        )
+
+
+def _images(records: Sequence[pb.ImageRecord]) -> list[ImageItem]:
+    return [ImageItem(r.id, r.image, _dict(r.metadata)) for r in records]
+
+
+def _results(results: Sequence[ItemResult]) -> list[pb.UpsertResult]:
+    out = []
+    for result in results:
+        if result.error is None:
+            out.append(pb.UpsertResult(id=result.id))
+            continue
+        error = result.error
+        field = getattr(error, "field", "")
+        out.append(
+            pb.UpsertResult(
+                id=result.id,
+                error=make_status(
+                    STATUS_CODES.get(type(error), grpc.StatusCode.INVALID_ARGUMENT),
+                    error.reason,
+                    str(error),
+                    field_violations=[(field, str(error))] if field else [],
+                ),
+            )
+        )
+    return out
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: SearchError) -> None:
+    """Ends a stream with the rich status `handle_errors` gives unary calls."""
+    code = next((c for kind, c in STATUS_CODES.items() if isinstance(exc, kind)), None)
+    if code is None:
+        log.exception("unexpected error", exc_info=exc)
+        status = make_status(
+            grpc.StatusCode.INTERNAL, "INTERNAL", "internal error; the service log has details"
+        )
+    else:
+        field = getattr(exc, "field", "")
+        violations = [(field, str(exc))] if field else []
+        status = make_status(code, exc.reason, str(exc), field_violations=violations)
+    await context.abort_with_status(to_rpc_status(status))
+
+
+def _dict(struct: struct_pb2.Struct) -> dict[str, Any]:
+    return json_format.MessageToDict(struct)
+
+
+def _struct(values: Mapping[str, Any]) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update(values)
+    return struct

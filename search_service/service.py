@@ -1,0 +1,323 @@
+"""What search_service does, free of gRPC: validate, embed, check the model, store, query.
+
+Every request goes through `filters.py` (Pinecone's rules) before a store sees it,
+and every write or query checks that the model embed_service runs is the one the
+store was filled with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from search_service.errors import (
+    EmbedUnavailable,
+    ImageRejected,
+    InvalidArgument,
+    InvalidVector,
+    NotFound,
+    SearchError,
+)
+from search_service.filters import (
+    Metadata,
+    parse_filter,
+    validate_id,
+    validate_metadata,
+    validate_namespace,
+)
+from search_service.stores.base import (
+    ModelInfo,
+    Record,
+    ScoredRecord,
+    StoreStats,
+    Vector,
+    VectorStore,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_IMAGES_PER_BATCH = 64
+MAX_VECTORS_PER_BATCH = 1000
+MAX_IDS = 1000
+MAX_TOP_K = 10_000
+DEFAULT_TOP_K = 10
+STARTUP_MODEL_TIMEOUT_S = 5.0
+
+
+class Embedder(Protocol):
+    """What the service needs from embed_service (see embed_client.EmbedClient)."""
+
+    target: str
+
+    async def model_info(self, timeout_s: float | None = None) -> ModelInfo: ...
+
+    async def wait_until_serving(self) -> None: ...
+
+    async def embed_images(self, images: Sequence[bytes]) -> Any: ...
+
+    async def embed_text(self, text: str) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ImageItem:
+    id: str
+    image: bytes
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class VectorItem:
+    id: str
+    values: Sequence[float]
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ItemResult:
+    """The id an item was stored under, or why it was not stored."""
+
+    id: str
+    error: SearchError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QuerySpec:
+    """Exactly one of image, text, id, vector is set."""
+
+    image: bytes | None = None
+    text: str | None = None
+    id: str | None = None
+    vector: Sequence[float] | None = None
+    top_k: int = 0
+    filter: Mapping[str, Any] | None = None
+    namespace: str = ""
+    include_metadata: bool = False
+    include_values: bool = False
+    min_score: float | None = None
+
+
+def content_id(image: bytes) -> str:
+    """The default id of an image: the SHA-256 of its bytes, so re-indexing is idempotent."""
+    return hashlib.sha256(image).hexdigest()
+
+
+class SearchService:
+    def __init__(self, store: VectorStore, embedder: Embedder) -> None:
+        self.store = store
+        self._embed = embedder
+        # The model embed_service runs, as last seen; None until asked, and again
+        # after embed_service was unreachable (it may come back with another model).
+        self._running: ModelInfo | None = None
+
+    async def open(self) -> None:
+        await self.store.open()
+
+    async def connect(self) -> None:
+        """Waits until embed_service serves, then checks its model against the store's."""
+        await self._embed.wait_until_serving()
+        self._running = await self._embed.model_info(STARTUP_MODEL_TIMEOUT_S)
+        try:
+            await self.store.bind(self._running)
+        except SearchError as exc:
+            # Keep serving: reads and deletes work, writes and queries say what is wrong.
+            log.error("%s", exc)
+
+    # --- writes --------------------------------------------------------------------
+
+    async def upsert_images(self, namespace: str, items: Sequence[ImageItem]) -> list[ItemResult]:
+        validate_namespace(namespace)
+        _check_batch(len(items), MAX_IMAGES_PER_BATCH, "records")
+        results: list[ItemResult] = []
+        pending: list[tuple[int, str, Metadata]] = []
+        for i, item in enumerate(items):
+            try:
+                record_id = validate_id(item.id, field=f"records[{i}].id") if item.id else None
+                if not item.image:
+                    raise ImageRejected(
+                        "the image is empty", field=f"records[{i}].image", reason="IMAGE_EMPTY"
+                    )
+                metadata = validate_metadata(item.metadata, field=f"records[{i}].metadata")
+            except SearchError as exc:
+                results.append(ItemResult(item.id, exc))
+                continue
+            record_id = record_id or content_id(item.image)
+            results.append(ItemResult(record_id))
+            pending.append((i, record_id, metadata))
+        if not pending:
+            return results
+        embedded = await self._embed_call(
+            self._embed.embed_images([items[i].image for i, _, _ in pending])
+        )
+        await self._ready(embedded.fingerprint)
+        records = []
+        for (i, record_id, metadata), out in zip(pending, embedded.items, strict=True):
+            if out.vector is None:
+                error = ImageRejected(out.message, field=f"records[{i}].image", reason=out.reason)
+                results[i] = ItemResult(record_id, error)
+            else:
+                records.append(_record(record_id, out.vector, metadata))
+        await self.store.upsert(namespace, records)
+        return results
+
+    async def upsert_vectors(self, namespace: str, items: Sequence[VectorItem]) -> list[ItemResult]:
+        validate_namespace(namespace)
+        _check_batch(len(items), MAX_VECTORS_PER_BATCH, "records")
+        model = await self._model_for_vectors()
+        results: list[ItemResult] = []
+        records = []
+        for i, item in enumerate(items):
+            try:
+                record_id = validate_id(item.id, field=f"records[{i}].id")
+                vector = _unit_vector(item.values, model.dimension, f"records[{i}].values")
+                metadata = validate_metadata(item.metadata, field=f"records[{i}].metadata")
+            except SearchError as exc:
+                results.append(ItemResult(item.id, exc))
+                continue
+            results.append(ItemResult(record_id))
+            records.append(_record(record_id, vector, metadata))
+        await self.store.upsert(namespace, records)
+        return results
+
+    async def delete(
+        self,
+        namespace: str,
+        *,
+        ids: Sequence[str] | None = None,
+        filter: Mapping[str, Any] | None = None,
+        delete_all: bool = False,
+    ) -> None:
+        validate_namespace(namespace)
+        if ids is not None:
+            _check_batch(len(ids), MAX_IDS, "ids")
+            await self.store.delete_ids(
+                namespace, [validate_id(x, field=f"ids[{i}]") for i, x in enumerate(ids)]
+            )
+        elif filter is not None:
+            condition = parse_filter(filter)
+            if condition is None:
+                raise InvalidArgument(
+                    "filter is empty; to delete everything in a namespace, set delete_all",
+                    field="filter",
+                )
+            await self.store.delete_where(namespace, condition)
+        elif delete_all:
+            await self.store.delete_all(namespace)
+        else:
+            raise InvalidArgument("set one of ids, filter or delete_all", field="selector")
+
+    # --- reads ---------------------------------------------------------------------
+
+    async def query(self, spec: QuerySpec) -> list[ScoredRecord]:
+        namespace = validate_namespace(spec.namespace)
+        top_k = spec.top_k or DEFAULT_TOP_K
+        if not 1 <= top_k <= MAX_TOP_K:
+            raise InvalidArgument(f"top_k is {top_k}; it must be 1-{MAX_TOP_K}", field="top_k")
+        condition = parse_filter(spec.filter)
+        vector = await self._query_vector(spec, namespace)
+        found = await self.store.query(
+            namespace,
+            vector,
+            top_k=top_k,
+            condition=condition,
+            include_values=spec.include_values,
+            include_metadata=spec.include_metadata,
+        )
+        # Applied here, not by the store, so every store keeps exactly score >= min_score.
+        if spec.min_score is not None:
+            found = [m for m in found if m.score >= spec.min_score]
+        return found
+
+    async def fetch(self, namespace: str, ids: Sequence[str]) -> list[Record]:
+        validate_namespace(namespace)
+        _check_batch(len(ids), MAX_IDS, "ids")
+        return await self.store.fetch(
+            namespace, [validate_id(x, field=f"ids[{i}]") for i, x in enumerate(ids)]
+        )
+
+    async def stats(self) -> StoreStats:
+        return await self.store.stats()
+
+    async def _query_vector(self, spec: QuerySpec, namespace: str) -> Vector:
+        if spec.image is not None:
+            if not spec.image:
+                raise ImageRejected("the query image is empty", field="image", reason="IMAGE_EMPTY")
+            embedded = await self._embed_call(self._embed.embed_images([spec.image]))
+            await self._ready(embedded.fingerprint)
+            return _vector_or_error(embedded.items[0], "image")
+        if spec.text is not None:
+            out, fingerprint = await self._embed_call(self._embed.embed_text(spec.text))
+            await self._ready(fingerprint)
+            return _vector_or_error(out, "text")
+        if spec.id is not None:
+            record_id = validate_id(spec.id)
+            await self._model_for_vectors()
+            found = await self.store.fetch(namespace, [record_id])
+            if not found:
+                raise NotFound(f"no record with id {record_id!r} in namespace {namespace!r}")
+            return found[0].values
+        if spec.vector is not None:
+            model = await self._model_for_vectors()
+            return _unit_vector(spec.vector, model.dimension, "vector.values")
+        raise InvalidArgument("set one of image, text, id or vector", field="query")
+
+    # --- the model check -------------------------------------------------------------
+
+    async def _embed_call(self, call: Any) -> Any:
+        try:
+            return await call
+        except EmbedUnavailable:
+            self._running = None
+            raise
+
+    async def _ready(self, fingerprint: str) -> ModelInfo:
+        """Checks that the model that made `fingerprint` is the one the store holds."""
+        if self._running is None or self._running.fingerprint != fingerprint:
+            self._running = await self._embed_call(self._embed.model_info())
+        assert self._running is not None
+        await self.store.bind(self._running)
+        return self._running
+
+    async def _model_for_vectors(self) -> ModelInfo:
+        """The model vectors must match; works from the store's record when embed is down."""
+        if self._running is None:
+            try:
+                self._running = await self._embed_call(self._embed.model_info())
+            except EmbedUnavailable:
+                if self.store.model is None:
+                    raise
+                return self.store.model
+        await self.store.bind(self._running)
+        return self._running
+
+
+def _check_batch(size: int, limit: int, field: str) -> None:
+    if size > limit:
+        raise InvalidArgument(f"{field} has {size} items; at most {limit} per request", field=field)
+
+
+def _record(record_id: str, vector: Vector, metadata: Mapping[str, Any]) -> Record:
+    return Record(id=record_id, values=vector, metadata=dict(metadata))
+
+
+def _vector_or_error(out: Any, field: str) -> Vector:
+    if out.vector is None:
+        raise ImageRejected(out.message, field=field, reason=out.reason)
+    vector: Vector = out.vector
+    return vector
+
+
+def _unit_vector(values: Sequence[float], dimension: int, field: str) -> Vector:
+    vector = np.asarray(values, dtype=np.float32)
+    if vector.shape != (dimension,):
+        raise InvalidVector(
+            f"{field} has {vector.size} values; the model's vectors have {dimension}", field=field
+        )
+    norm = float(np.linalg.norm(vector))
+    if not np.isfinite(norm) or norm == 0:
+        raise InvalidVector(f"{field} must be finite and not all zeros", field=field)
+    return vector / norm

@@ -1,0 +1,103 @@
+"""The contract every vector store implements, and the records that cross it.
+
+Stores receive input that `filters.py` has already validated (ids, namespaces,
+metadata, the parsed filter tree) and L2-normalized float32 vectors; they return
+cosine scores, most similar first. Namespace "" is the default namespace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from search_service.filters import Condition, Metadata
+
+Vector = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """The model whose vectors a store holds."""
+
+    model_id: str
+    dimension: int
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    id: str
+    values: Vector
+    metadata: Metadata = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredRecord:
+    id: str
+    score: float
+    values: Vector | None
+    metadata: Metadata | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    namespaces: dict[str, int]
+    model: ModelInfo | None
+
+    @property
+    def total(self) -> int:
+        return sum(self.namespaces.values())
+
+
+class VectorStore(Protocol):
+    """A persistent set of (id, vector, metadata) records in namespaces."""
+
+    name: str
+
+    async def open(self) -> ModelInfo | None:
+        """Opens existing data; returns the model it was filled with, None if new."""
+        ...
+
+    async def bind(self, model: ModelInfo) -> None:
+        """Records `model` for a new store; raises ModelMismatch if it holds another's."""
+        ...
+
+    @property
+    def model(self) -> ModelInfo | None:
+        """The model the store was filled with, once known."""
+        ...
+
+    async def upsert(self, namespace: str, records: Sequence[Record]) -> None:
+        """Stores the records durably before returning; same id overwrites."""
+        ...
+
+    async def query(
+        self,
+        namespace: str,
+        vector: Vector,
+        *,
+        top_k: int,
+        condition: Condition | None,
+        include_values: bool,
+        include_metadata: bool,
+    ) -> list[ScoredRecord]:
+        """The `top_k` most similar records that match `condition`, best first."""
+        ...
+
+    async def fetch(self, namespace: str, ids: Sequence[str]) -> list[Record]:
+        """The stored records among `ids`, in the order asked; missing ones are left out."""
+        ...
+
+    async def delete_ids(self, namespace: str, ids: Sequence[str]) -> None: ...
+
+    async def delete_where(self, namespace: str, condition: Condition) -> None: ...
+
+    async def delete_all(self, namespace: str) -> None: ...
+
+    async def stats(self) -> StoreStats: ...
+
+    async def close(self) -> None: ...

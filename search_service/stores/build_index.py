@@ -1,0 +1,53 @@
+"""`python -m search_service.stores.build_index SHARD_DIR PARENT_PID`: builds HNSW for a shard copy.
+
+Run by the local store in a child process, because Qdrant Edge's `optimize()` holds
+the GIL for its whole run and would stall the serving process. Exits 0 once the
+optimized shard is flushed to disk.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import time
+
+import qdrant_edge as qe
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """A build outliving a killed store would race the store's cleanup at its restart."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        sys.exit(1)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3:
+        print(
+            "usage: python -m search_service.stores.build_index SHARD_DIR PARENT_PID",
+            file=sys.stderr,
+        )
+        return 2
+    die_with_parent(int(argv[2]))
+    started = time.perf_counter()
+    shard = qe.EdgeShard.load(argv[1])
+    shard.optimize()
+    shard.flush()
+    info = shard.info()
+    shard.close()
+    print(
+        f"build_index: {info.indexed_vectors_count}/{info.points_count} vectors indexed "
+        f"in {time.perf_counter() - started:.1f} s",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
