@@ -7,7 +7,7 @@ BUF := node_modules/.bin/buf
 DIR ?=
 ARGS ?=
 
-.PHONY: install proto run run-embed run-search test test-fast bench lint index query clean
+.PHONY: install proto run run-embed run-search test test-fast bench bench-search lint index query clean
 
 install: $(STAMP)
 
@@ -37,6 +37,9 @@ test-fast: install
 
 bench: install
 	$(PY) -m tests.bench $(ARGS)
+
+bench-search: install
+	$(PY) -m tests.bench_search $(ARGS)
 
 $(BUF): package.json
 	npm install --no-audit --no-fund --silent

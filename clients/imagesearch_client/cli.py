@@ -314,3 +314,7 @@ def _parser() -> argparse.ArgumentParser:
     chosen.add_argument("--filter", help="a Pinecone filter")
     chosen.add_argument("--all", action="store_true", help="everything in the namespace")
     return parser
+
+
+if __name__ == "__main__":
+    main()

@@ -363,6 +363,8 @@ class LocalStore:
             self._replay = None
             self._child = None
             self._build = None
+        # Writes made during the build may already call for the next one.
+        self._maybe_build()
 
     async def _switch_to(self, target: str) -> None:
         """Loads the built copy, replays the writes made meanwhile, and makes it current."""

@@ -1,0 +1,193 @@
+"""`make bench-search`: search_service query latency and `imagesearch index` throughput.
+
+Real processes: embed_service (a ViT-B/32-sized CLIP with random weights, 512-d) and
+search_service on the local store, measured over gRPC from the Python client.
+
+1. Query-by-id latency (p50/p99) on N stored vectors (default 100k, 100 labels, so a
+   label filter keeps ~1%), unfiltered and filtered, once background indexing is done.
+2. `imagesearch index` images/s on a folder of 640x480 JPEGs, next to embed_service's
+   own images/s on the same images (8 concurrent callers, 8 images per request), as a
+   ratio measured in the same run.
+
+    python -m tests.bench_search [--vectors 100000] [--queries 500] [--images 96]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+from imagesearch.v1 import embed_service_pb2 as pb
+from imagesearch.v1 import embed_service_pb2_grpc as pb_grpc
+from imagesearch_client import ImageSearchClient
+
+from search_service.stores.base import ModelInfo, Record
+from search_service.stores.local import LocalStore
+from tests.bench import CACHE, photos
+from tests.tiny_clip import build_clip
+
+
+def start(module: str, env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    sink = log.open("ab")
+    process = subprocess.Popen(
+        [sys.executable, "-m", module], env={**os.environ, **env}, stderr=sink, stdout=sink
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if found := re.search(rf"{module} listening on (\S+)", log.read_text(errors="replace")):
+            return process, found.group(1)
+        if process.poll() is not None:
+            raise SystemExit(f"{module} exited:\n{log.read_text()}")
+        time.sleep(0.2)
+    raise SystemExit(f"{module} did not start:\n{log.read_text()}")
+
+
+def clustered_unit_vectors(n: int, dimension: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((256, dimension)).astype(np.float32)
+    vectors = centres[rng.integers(0, 256, n)] + 0.6 * rng.standard_normal((n, dimension)).astype(
+        np.float32
+    )
+    unit: np.ndarray = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    return unit
+
+
+async def fill(data_dir: Path, model: ModelInfo, n: int, threshold: int) -> tuple[int, int, float]:
+    """Stores n vectors as the service would, and waits for background indexing."""
+    store = LocalStore(data_dir, index_threshold=threshold)
+    await store.open()
+    await store.bind(model)
+    vectors = clustered_unit_vectors(n, model.dimension)
+    started = time.perf_counter()
+    for i in range(0, n, 1000):
+        await store.upsert(
+            "",
+            [
+                Record(f"v{j}", vectors[j], {"label": f"l{j % 100}"})
+                for j in range(i, min(n, i + 1000))
+            ],
+        )
+    await store.wait_for_index_build()
+    indexed, total = store.index_status()
+    elapsed = time.perf_counter() - started
+    await store.close()
+    return indexed, total, elapsed
+
+
+def latencies(client: ImageSearchClient, ids: list[str], **query: object) -> list[float]:
+    out = []
+    for record_id in ids:
+        t = time.perf_counter()
+        client.query(id=record_id, top_k=10, **query)  # type: ignore[arg-type]
+        out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
+def percentiles(ms: list[float]) -> str:
+    q = statistics.quantiles(ms, n=100)
+    return f"p50 {statistics.median(ms):.2f} ms, p99 {q[98]:.2f} ms"
+
+
+def embed_rate(target: str, images: list[bytes], callers: int = 8, per_request: int = 8) -> float:
+    requests = [images[i : i + per_request] for i in range(0, len(images), per_request)]
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.EmbedServiceStub(channel)
+        stub.EmbedImages(pb.EmbedImagesRequest(images=images[:per_request]), timeout=300)
+        started = time.perf_counter()
+        with ThreadPoolExecutor(callers) as pool:
+            list(
+                pool.map(
+                    lambda batch: stub.EmbedImages(
+                        pb.EmbedImagesRequest(images=batch), timeout=300
+                    ),
+                    requests,
+                )
+            )
+        return len(images) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vectors", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument("--images", type=int, default=96)
+    parser.add_argument("--index-threshold", type=int, default=10_000)
+    args = parser.parse_args()
+
+    model_dir = build_clip(CACHE / "clip-base", size="base")
+    work = Path(tempfile.mkdtemp(prefix="bench-search-"))
+    log = work / "services.log"
+    embed, embed_addr = start(
+        "embed_service", {"EMBED_MODEL": str(model_dir), "EMBED_ADDR": "127.0.0.1:0"}, log
+    )
+    search = None
+    try:
+        with ImageSearchClient(embed_addr) as health:
+            health.wait_ready(300)  # any server's grpc.health.v1: SERVING once the model is up
+        with grpc.insecure_channel(embed_addr) as channel:
+            info = pb_grpc.EmbedServiceStub(channel).GetModelInfo(
+                pb.GetModelInfoRequest(), timeout=300, wait_for_ready=True
+            )
+        model = ModelInfo(info.model_id, info.dimension, info.fingerprint)
+        print(f"model: {model.model_id} ({model.dimension}-d); machine: {os.cpu_count()} cores")
+
+        indexed, total, elapsed = asyncio.run(
+            fill(work / "data", model, args.vectors, args.index_threshold)
+        )
+        print(f"stored {total} vectors in {elapsed:.0f} s (HNSW-indexed: {indexed})")
+        search, search_addr = start(
+            "search_service",
+            {"SEARCH_ADDR": "127.0.0.1:0", "EMBED_TARGET": embed_addr,
+             "DATA_DIR": str(work / "data"), "VECTOR_STORE": "local"},
+            log,
+        )  # fmt: skip
+        rng = np.random.default_rng(1)
+        ids = [f"v{i}" for i in rng.integers(0, args.vectors, args.queries)]
+        with ImageSearchClient(search_addr) as client:
+            client.wait_ready(300)
+            latencies(client, ids[:20])  # warm-up
+            plain = latencies(client, ids)
+            filtered = latencies(client, ids, filter={"label": "l7"})
+            hits = client.query(id=ids[0], top_k=10, filter={"label": "l7"})
+            assert all(m.metadata["label"] == "l7" for m in hits)
+        print(f"query by id, top 10, unfiltered:     {percentiles(plain)}")
+        print(f"query by id, top 10, label filter 1%: {percentiles(filtered)}")
+
+        folder = work / "photos"
+        folder.mkdir()
+        images = photos(args.images)
+        for n, data in enumerate(images):
+            (folder / f"photo-{n:04d}.jpg").write_bytes(data)
+        service_rate = embed_rate(embed_addr, images)
+        started = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "imagesearch_client.cli", "--target", search_addr,
+             "index", str(folder), "--quiet", "--namespace", "photos"],
+            check=True, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        index_rate = args.images / (time.perf_counter() - started)
+        print(f"embed_service EmbedImages: {service_rate:.2f} images/s (8 callers x 8 images)")
+        print(
+            f"imagesearch index:         {index_rate:.2f} images/s "
+            f"({index_rate / service_rate:.2f}x of embed_service)"
+        )
+    finally:
+        for process in (search, embed):
+            if process is not None:
+                process.terminate()
+                process.wait(60)
+
+
+if __name__ == "__main__":
+    main()
