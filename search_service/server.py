@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format, struct_pb2
-from imagesearch.status import grpc_errors, make_status, to_rpc_status
+from imagesearch.status import grpc_errors, status_for, to_rpc_status
 from imagesearch.v1 import search_service_pb2 as pb
 from imagesearch.v1 import search_service_pb2_grpc as pb_grpc
 
@@ -19,7 +19,6 @@ from search_service.errors import (
     NotFound,
     Overloaded,
     PermissionDenied,
-    SearchError,
     Unauthenticated,
     Unavailable,
 )
@@ -73,8 +72,9 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
                     yield pb.IngestImagesResponse(results=_results(await pending.pop(0)))
             while pending:
                 yield pb.IngestImagesResponse(results=_results(await pending.pop(0)))
-        except SearchError as exc:
-            await _abort(context, exc)
+        except Exception as exc:
+            # A stream handler cannot take @handle_errors; it ends with the same status.
+            await context.abort_with_status(to_rpc_status(status_for(exc, STATUS_CODES, log)))
         finally:
             for task in pending:
                 task.cancel()
@@ -168,40 +168,12 @@ def _images(records: Sequence[pb.ImageRecord]) -> list[ImageItem]:
 
 
 def _results(results: Sequence[ItemResult]) -> list[pb.UpsertResult]:
-    out = []
-    for result in results:
-        if result.error is None:
-            out.append(pb.UpsertResult(id=result.id))
-            continue
-        error = result.error
-        field = getattr(error, "field", "")
-        out.append(
-            pb.UpsertResult(
-                id=result.id,
-                error=make_status(
-                    STATUS_CODES.get(type(error), grpc.StatusCode.INVALID_ARGUMENT),
-                    error.reason,
-                    str(error),
-                    field_violations=[(field, str(error))] if field else [],
-                ),
-            )
-        )
-    return out
-
-
-async def _abort(context: grpc.aio.ServicerContext, exc: SearchError) -> None:
-    """Ends a stream with the rich status `handle_errors` gives unary calls."""
-    code = next((c for kind, c in STATUS_CODES.items() if isinstance(exc, kind)), None)
-    if code is None:
-        log.exception("unexpected error", exc_info=exc)
-        status = make_status(
-            grpc.StatusCode.INTERNAL, "INTERNAL", "internal error; the service log has details"
-        )
-    else:
-        field = getattr(exc, "field", "")
-        violations = [(field, str(exc))] if field else []
-        status = make_status(code, exc.reason, str(exc), field_violations=violations)
-    await context.abort_with_status(to_rpc_status(status))
+    return [
+        pb.UpsertResult(id=r.id)
+        if r.error is None
+        else pb.UpsertResult(id=r.id, error=status_for(r.error, STATUS_CODES, log))
+        for r in results
+    ]
 
 
 def _dict(struct: struct_pb2.Struct) -> dict[str, Any]:

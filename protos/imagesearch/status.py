@@ -83,26 +83,30 @@ def status_from_error(error: grpc.aio.AioRpcError | grpc.RpcError) -> status_pb2
 ErrorTable = Mapping[type[Exception], grpc.StatusCode]
 
 
+def status_for(exc: Exception, table: ErrorTable, logger: logging.Logger) -> status_pb2.Status:
+    """The rich status of a domain exception, by the first class in `table` it is.
+
+    The exception may carry `reason` (ErrorInfo reason) and `field` (a BadRequest field
+    violation). Anything not in `table` is logged and becomes INTERNAL with no details:
+    internal messages never reach the caller.
+    """
+    for kind, code in table.items():
+        if isinstance(exc, kind):
+            field = getattr(exc, "field", None)
+            violations = [(field, str(exc))] if field else []
+            reason = str(getattr(exc, "reason", code.name))
+            return make_status(code, reason, str(exc), field_violations=violations)
+    logger.exception("unexpected error", exc_info=exc)
+    return make_status(
+        grpc.StatusCode.INTERNAL, "INTERNAL", "internal error; the service log has details"
+    )
+
+
 def grpc_errors(table: ErrorTable, logger: logging.Logger) -> Callable[[Handler], Handler]:
     """Decorates servicer methods: domain exceptions become rich statuses, in one place.
 
-    `table` maps exception classes (most specific first) to status codes. Each
-    exception may carry `reason` (ErrorInfo reason) and `field` (a BadRequest field
-    violation). Anything unexpected is logged and answered INTERNAL with no details:
-    internal messages never reach the caller.
+    `table` maps exception classes (most specific first) to status codes; see `status_for`.
     """
-
-    def status_for(exc: Exception) -> status_pb2.Status:
-        for kind, code in table.items():
-            if isinstance(exc, kind):
-                field = getattr(exc, "field", None)
-                violations = [(field, str(exc))] if field else []
-                reason = str(getattr(exc, "reason", code.name))
-                return make_status(code, reason, str(exc), field_violations=violations)
-        logger.exception("unexpected error", exc_info=exc)
-        return make_status(
-            grpc.StatusCode.INTERNAL, "INTERNAL", "internal error; the service log has details"
-        )
 
     def decorate(method: Handler) -> Handler:
         @functools.wraps(method)
@@ -112,7 +116,7 @@ def grpc_errors(table: ErrorTable, logger: logging.Logger) -> Callable[[Handler]
             except (grpc.aio.AbortError, asyncio.CancelledError):
                 raise
             except Exception as exc:
-                await context.abort_with_status(to_rpc_status(status_for(exc)))
+                await context.abort_with_status(to_rpc_status(status_for(exc, table, logger)))
 
         return wrapper  # type: ignore[return-value]
 
