@@ -7,13 +7,13 @@ store was filled with.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+from imagesearch.ids import content_id
 
 from search_service.errors import (
     EmbedUnavailable,
@@ -99,11 +99,6 @@ class QuerySpec:
     include_metadata: bool = False
     include_values: bool = False
     min_score: float | None = None
-
-
-def content_id(image: bytes) -> str:
-    """The default id of an image: the SHA-256 of its bytes, so re-indexing is idempotent."""
-    return hashlib.sha256(image).hexdigest()
 
 
 class SearchService:

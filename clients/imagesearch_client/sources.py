@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import pickle
 import tarfile
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from imagesearch.ids import content_id
 from PIL import Image
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
@@ -25,11 +25,6 @@ class SourceImage:
     image: bytes
     name: str
     metadata: dict[str, Any] = field(default_factory=dict)
-
-
-def content_id(image: bytes) -> str:
-    """The id search_service gives an image without one: the SHA-256 of its bytes."""
-    return hashlib.sha256(image).hexdigest()
 
 
 def image_files(root: Path) -> list[Path]:
