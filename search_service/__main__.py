@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 
 from imagesearch.serving import configure_logging
 
 from search_service.app import SearchApp
 from search_service.config import SearchSettings
+from search_service.errors import SearchError
+
+log = logging.getLogger("search_service")
 
 
 async def _main(settings: SearchSettings) -> int:
-    app = SearchApp(settings)
-    await app.start()
-    await app.run_until_signalled()
+    try:
+        app = SearchApp(settings)
+        await app.start()
+        await app.run_until_signalled()
+    except SearchError as exc:
+        # The store cannot serve as configured (key, metric, dimension): say why and stop.
+        log.error("search_service cannot start: %s", exc)
+        return 2
     return 0
 
 

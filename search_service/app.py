@@ -11,12 +11,16 @@ from imagesearch.v1 import search_service_pb2_grpc as pb_grpc
 
 from search_service.config import SearchSettings
 from search_service.embed_client import EmbedClient
+from search_service.errors import Unavailable
 from search_service.server import SearchServicer
 from search_service.service import SearchService
 from search_service.stores import make_store
 from search_service.stores.base import VectorStore
 
 log = logging.getLogger(__name__)
+
+CONNECT_RETRY_FIRST_S = 0.5
+CONNECT_RETRY_MAX_S = 5.0
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SearchService"].full_name
 
@@ -62,7 +66,16 @@ class SearchApp:
             await asyncio.shield(self._connecting)
 
     async def _connect(self) -> None:
-        await self.service.connect()
+        delay = CONNECT_RETRY_FIRST_S
+        while True:
+            try:
+                await self.service.connect()
+                break
+            except Unavailable as exc:
+                # embed_service went away between answering health and model info.
+                log.warning("connecting: %s; retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, CONNECT_RETRY_MAX_S)
         await self._server.set_serving()
         log.info("search_service ready: embed_service at %s serves", self.settings.embed_target)
 
@@ -74,6 +87,20 @@ class SearchApp:
         await self.embed.close()
 
     async def run_until_signalled(self) -> None:
-        await wait_for_signal()
+        """Serves until SIGTERM/SIGINT; raises StoreMisconfigured if the store cannot serve."""
+        signalled = asyncio.create_task(wait_for_signal())
+        watched: set[asyncio.Future[None]] = {signalled}
+        if self._connecting is not None:
+            watched.add(self._connecting)
+        await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+        connecting = self._connecting
+        failure = None
+        if connecting is not None and connecting.done() and not connecting.cancelled():
+            failure = connecting.exception()
+        if failure is not None and not signalled.done():
+            signalled.cancel()
+            await self.stop(0)
+            raise failure
+        await signalled
         log.info("stopping: draining in-flight calls for up to %.0f s", self.settings.grace_s)
         await self.stop()

@@ -24,7 +24,12 @@ class SearchSettings(BaseSettings):
     """Every knob of search_service; each field is the variable named in its alias."""
 
     model_config = SettingsConfigDict(
-        env_file=".env", extra="ignore", frozen=True, populate_by_name=True
+        env_file=".env",
+        # `VECTOR_STORE=` in a .env means unset, not an invalid empty value.
+        env_ignore_empty=True,
+        extra="ignore",
+        frozen=True,
+        populate_by_name=True,
     )
 
     addr: str = Field(
@@ -60,6 +65,10 @@ class SearchSettings(BaseSettings):
     pinecone_host: str | None = Field(
         default=None, validation_alias=_env("PINECONE_HOST"),
         description="Control-plane URL; unset means Pinecone's own.",
+    )  # fmt: skip
+    pinecone_ready_timeout_s: float = Field(
+        default=300.0, gt=0, validation_alias=_env("PINECONE_READY_TIMEOUT_S"),
+        description="How long to wait for a new Pinecone index to become ready.",
     )  # fmt: skip
     max_message_mb: int = Field(
         default=64, ge=1, validation_alias=_env("SEARCH_MAX_MESSAGE_MB"),

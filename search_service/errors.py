@@ -10,6 +10,7 @@
     │   └── ImageRejected            embed_service could not embed one image (its reason)
     ├── NotFound                   an id that is not stored -> NOT_FOUND
     ├── ModelMismatch              the store was filled by another model -> FAILED_PRECONDITION
+    ├── StoreMisconfigured         the store cannot serve this model at all; stops the service
     ├── Overloaded                 a dependency is at capacity -> RESOURCE_EXHAUSTED
     ├── Unavailable                a dependency cannot be reached -> UNAVAILABLE
     │   └── EmbedUnavailable         embed_service is down or not ready
@@ -72,6 +73,12 @@ class NotFound(SearchError):
 
 class ModelMismatch(SearchError):
     reason = "MODEL_MISMATCH"
+
+
+class StoreMisconfigured(SearchError):
+    """The configured store can never serve the running model (metric, dimension, key)."""
+
+    reason = "STORE_MISCONFIGURED"
 
 
 class Overloaded(SearchError):

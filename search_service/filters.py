@@ -28,6 +28,7 @@ from search_service.errors import InvalidFilter, InvalidId, InvalidMetadata, Inv
 MAX_ID_LENGTH = 512
 MAX_NAMESPACE_LENGTH = 512
 MAX_METADATA_BYTES = 40 * 1024
+DEFAULT_NAMESPACE = "__default__"
 
 Scalar = str | float | bool
 MetadataValue = str | float | bool | list[str]
@@ -71,13 +72,14 @@ def validate_id(value: str, *, field: str = "id") -> str:
 
 
 def validate_namespace(value: str, *, field: str = "namespace") -> str:
+    """The namespace to use; Pinecone's name for the default one, "__default__", means ""."""
     if len(value) > MAX_NAMESPACE_LENGTH or not value.isascii():
         raise InvalidNamespace(
             f"{field} is invalid: namespaces are up to {MAX_NAMESPACE_LENGTH} ASCII "
             'characters ("" is the default namespace)',
             field=field,
         )
-    return value
+    return "" if value == DEFAULT_NAMESPACE else value
 
 
 def validate_metadata(metadata: Mapping[str, Any], *, field: str = "metadata") -> Metadata:
@@ -173,10 +175,15 @@ def _parse_comparison(key: str, op: str, operand: Any, where: str) -> FieldCondi
             raise InvalidFilter(f"{where} must be a number", field=where)
         return FieldCondition(key, op, float(operand))
     if op in ("$in", "$nin"):
-        if not isinstance(operand, list) or not all(
-            isinstance(x, str) or _is_number(x) for x in operand
+        # An empty array is refused: Qdrant would read it as "no constraint".
+        if (
+            not isinstance(operand, list)
+            or not operand
+            or not all(isinstance(x, str) or _is_number(x) for x in operand)
         ):
-            raise InvalidFilter(f"{where} must be an array of strings or numbers", field=where)
+            raise InvalidFilter(
+                f"{where} must be a non-empty array of strings or numbers", field=where
+            )
         values = tuple(x if isinstance(x, str) else float(x) for x in operand)
         return FieldCondition(key, op, values)
     if not isinstance(operand, bool):
@@ -234,3 +241,13 @@ def matches(condition: Condition | None, metadata: Mapping[str, Any]) -> bool:
     if not _is_number(value):
         return False
     return _ORDER[op](float(value), float(operand))  # type: ignore[arg-type]
+
+
+def to_filter(condition: Condition) -> dict[str, Any]:
+    """The Pinecone filter dict that `parse_filter` turns into `condition`."""
+    if isinstance(condition, And):
+        return {"$and": [to_filter(c) for c in condition.conditions]}
+    if isinstance(condition, Or):
+        return {"$or": [to_filter(c) for c in condition.conditions]}
+    value = list(condition.value) if isinstance(condition.value, tuple) else condition.value
+    return {condition.field: {condition.op: value}}

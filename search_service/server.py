@@ -19,14 +19,15 @@ from search_service.errors import (
     NotFound,
     Overloaded,
     PermissionDenied,
+    StoreMisconfigured,
     Unauthenticated,
     Unavailable,
 )
+from search_service.filters import DEFAULT_NAMESPACE
 from search_service.service import ImageItem, ItemResult, QuerySpec, SearchService, VectorItem
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NAMESPACE = "__default__"
 # Batches of one ingest stream that are embedded and stored at once; answers stay in order.
 INGEST_PIPELINE_DEPTH = 2
 
@@ -34,6 +35,7 @@ STATUS_CODES: dict[type[Exception], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     NotFound: grpc.StatusCode.NOT_FOUND,
     ModelMismatch: grpc.StatusCode.FAILED_PRECONDITION,
+    StoreMisconfigured: grpc.StatusCode.FAILED_PRECONDITION,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,

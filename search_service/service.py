@@ -22,6 +22,7 @@ from search_service.errors import (
     InvalidVector,
     NotFound,
     SearchError,
+    StoreMisconfigured,
 )
 from search_service.filters import (
     Metadata,
@@ -118,6 +119,8 @@ class SearchService:
         self._running = await self._embed.model_info(STARTUP_MODEL_TIMEOUT_S)
         try:
             await self.store.bind(self._running)
+        except StoreMisconfigured:
+            raise
         except SearchError as exc:
             # Keep serving: reads and deletes work, writes and queries say what is wrong.
             log.error("%s", exc)
@@ -125,7 +128,7 @@ class SearchService:
     # --- writes --------------------------------------------------------------------
 
     async def upsert_images(self, namespace: str, items: Sequence[ImageItem]) -> list[ItemResult]:
-        validate_namespace(namespace)
+        namespace = validate_namespace(namespace)
         _check_batch(len(items), MAX_IMAGES_PER_BATCH, "records")
         results: list[ItemResult] = []
         pending: list[tuple[int, str, Metadata]] = []
@@ -149,22 +152,22 @@ class SearchService:
             self._embed.embed_images([items[i].image for i, _, _ in pending])
         )
         await self._ready(embedded.fingerprint)
-        records = []
+        records: list[tuple[int, Record]] = []
         for (i, record_id, metadata), out in zip(pending, embedded.items, strict=True):
             if out.vector is None:
                 error = ImageRejected(out.message, field=f"records[{i}].image", reason=out.reason)
                 results[i] = ItemResult(record_id, error)
             else:
-                records.append(_record(record_id, out.vector, metadata))
-        await self.store.upsert(namespace, records)
+                records.append((i, _record(record_id, out.vector, metadata)))
+        await self._store(namespace, records, results)
         return results
 
     async def upsert_vectors(self, namespace: str, items: Sequence[VectorItem]) -> list[ItemResult]:
-        validate_namespace(namespace)
+        namespace = validate_namespace(namespace)
         _check_batch(len(items), MAX_VECTORS_PER_BATCH, "records")
         model = await self._model_for_vectors()
         results: list[ItemResult] = []
-        records = []
+        records: list[tuple[int, Record]] = []
         for i, item in enumerate(items):
             try:
                 record_id = validate_id(item.id, field=f"records[{i}].id")
@@ -174,9 +177,20 @@ class SearchService:
                 results.append(ItemResult(item.id, exc))
                 continue
             results.append(ItemResult(record_id))
-            records.append(_record(record_id, vector, metadata))
-        await self.store.upsert(namespace, records)
+            records.append((i, _record(record_id, vector, metadata)))
+        await self._store(namespace, records, results)
         return results
+
+    async def _store(
+        self, namespace: str, records: Sequence[tuple[int, Record]], results: list[ItemResult]
+    ) -> None:
+        """Upserts `records` (result position, record); marks the ones not stored."""
+        if not records:
+            return
+        failed = await self.store.upsert(namespace, [record for _, record in records])
+        for position, error in failed.items():
+            i, record = records[position]
+            results[i] = ItemResult(record.id, error)
 
     async def delete(
         self,
@@ -186,7 +200,7 @@ class SearchService:
         filter: Mapping[str, Any] | None = None,
         delete_all: bool = False,
     ) -> None:
-        validate_namespace(namespace)
+        namespace = validate_namespace(namespace)
         if ids is not None:
             _check_batch(len(ids), MAX_IDS, "ids")
             await self.store.delete_ids(
@@ -222,13 +236,15 @@ class SearchService:
             include_values=spec.include_values,
             include_metadata=spec.include_metadata,
         )
+        # Equal scores (the same vector under several ids) come in id order on every store.
+        found.sort(key=lambda match: (-match.score, match.id))
         # Applied here, not by the store, so every store keeps exactly score >= min_score.
         if spec.min_score is not None:
             found = [m for m in found if m.score >= spec.min_score]
         return found
 
     async def fetch(self, namespace: str, ids: Sequence[str]) -> list[Record]:
-        validate_namespace(namespace)
+        namespace = validate_namespace(namespace)
         _check_batch(len(ids), MAX_IDS, "ids")
         return await self.store.fetch(
             namespace, [validate_id(x, field=f"ids[{i}]") for i, x in enumerate(ids)]

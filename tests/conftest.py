@@ -9,6 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 from imagesearch.v1 import embed_service_pb2_grpc
+from pinecone._internal import http_client
 
 from embed_service.app import EmbedApp
 from embed_service.config import EmbedSettings
@@ -49,3 +50,17 @@ async def embed_app(clip_dir: Path) -> AsyncIterator[EmbedApp]:
 async def embed_stub(embed_app: EmbedApp) -> AsyncIterator[embed_service_pb2_grpc.EmbedServiceStub]:
     async with grpc.aio.insecure_channel(embed_app.address) as channel:
         yield embed_service_pb2_grpc.EmbedServiceStub(channel)
+
+
+@pytest.fixture
+def backoff(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The Pinecone SDK's retry delays, recorded instead of slept (its documented seam)."""
+    delays: list[float] = []
+
+    async def record(delay: float) -> None:
+        delays.append(delay)
+
+    monkeypatch.setattr(http_client, "_async_retry_sleep", record)
+    # The SDK stops retrying a host after many failures; every test starts afresh.
+    http_client.get_budget_registry()._reset()
+    return delays

@@ -14,6 +14,8 @@ def make_store(settings: SearchSettings) -> VectorStore:
 
             return LocalStore(settings.data_dir, index_threshold=settings.index_threshold)
         case "pinecone":
-            raise ValueError("VECTOR_STORE=pinecone is not built yet; use local")
+            from search_service.stores.pinecone import PineconeStore
+
+            return PineconeStore.from_settings(settings)
         case other:
             raise ValueError(f"unknown VECTOR_STORE {other!r}; use local or pinecone")

@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from search_service.errors import SearchError
 from search_service.filters import Condition, Metadata
 
 Vector = npt.NDArray[np.float32]
@@ -71,8 +72,12 @@ class VectorStore(Protocol):
         """The model the store was filled with, once known."""
         ...
 
-    async def upsert(self, namespace: str, records: Sequence[Record]) -> None:
-        """Stores the records durably before returning; same id overwrites."""
+    async def upsert(self, namespace: str, records: Sequence[Record]) -> dict[int, SearchError]:
+        """Stores the records durably before returning; same id overwrites.
+
+        Returns the records that were not stored (position -> why); raises instead
+        when none was.
+        """
         ...
 
     async def query(

@@ -11,6 +11,8 @@ Records are points with id `uuid5(namespace, id)` and payload
 `{"ns": namespace, "id": id, "keys": [metadata keys], "md": metadata}`: user
 metadata sits under its own key so it never collides with ours, and `keys` lets
 `$exists`/`$ne`/`$nin` tell a missing field from an empty list the way Pinecone does.
+Booleans are also kept as "true"/"false" under `bools`: qdrant-edge-py 0.9.0 turns
+`MatchValue(True)` into the integer 1, which matches no stored boolean.
 
 Index building. Qdrant Edge searches new points exactly until `optimize()` builds
 HNSW, and `optimize()` holds the GIL for its whole run (minutes at 100k vectors),
@@ -42,7 +44,7 @@ from typing import Any, TypeVar
 import numpy as np
 import qdrant_edge as qe
 
-from search_service.errors import ModelMismatch
+from search_service.errors import ModelMismatch, SearchError
 from search_service.filters import And, Condition, FieldCondition, Metadata, Or
 from search_service.stores.base import ModelInfo, Record, ScoredRecord, StoreStats, Vector
 
@@ -67,6 +69,25 @@ def point_id(namespace: str, record_id: str) -> str:
 def metadata_key(field: str) -> str:
     # Quoted, so a metadata key with dots or brackets stays one key, not a path.
     return f'md."{field}"'
+
+
+def bool_key(field: str) -> str:
+    return f'bools."{field}"'
+
+
+def _payload(namespace: str, record: Record) -> dict[str, Any]:
+    bools = {k: _bool_word(v) for k, v in record.metadata.items() if isinstance(v, bool)}
+    return {
+        "ns": namespace,
+        "id": record.id,
+        "keys": sorted(record.metadata),
+        "md": record.metadata,
+        "bools": bools,
+    }
+
+
+def _bool_word(value: bool) -> str:
+    return "true" if value else "false"
 
 
 class LocalStore:
@@ -154,17 +175,18 @@ class LocalStore:
 
     # --- writes --------------------------------------------------------------------
 
-    async def upsert(self, namespace: str, records: Sequence[Record]) -> None:
+    async def upsert(self, namespace: str, records: Sequence[Record]) -> dict[int, SearchError]:
         points = [
             qe.Point(
                 point_id(namespace, r.id),
                 r.values.astype(np.float32).tolist(),
-                {"ns": namespace, "id": r.id, "keys": sorted(r.metadata), "md": r.metadata},
+                _payload(namespace, r),
             )
             for r in records
         ]
         if points:
             await self._write(qe.UpdateOperation.upsert_points(points))
+        return {}  # one write: all stored, or it raised
 
     async def delete_ids(self, namespace: str, ids: Sequence[str]) -> None:
         if ids and self._shard is not None:
@@ -477,22 +499,25 @@ def translate(condition: Condition) -> Any:
         assert isinstance(value, float)
         return qe.FieldCondition(key, range=qe.RangeFloat(**{_ORDER_BOUNDS[op]: value}))
     options = value if isinstance(value, tuple) else (value,)
-    any_of = _any_of(key, options)
+    any_of = _any_of(field, options)
     if op in ("$eq", "$in"):
         return any_of
     # $ne/$nin: "no element is in the set", never Qdrant's MatchExcept ("some element is not").
     return qe.Filter(must=[exists], must_not=[any_of])
 
 
-def _any_of(key: str, options: Sequence[str | float | bool]) -> Any:
+def _any_of(field: str, options: Sequence[str | float | bool]) -> Any:
     """Matches when the field (or any element of a list field) equals one of `options`."""
+    key = metadata_key(field)
     parts: list[Any] = []
     strings = [o for o in options if isinstance(o, str)]
     if strings:
         parts.append(qe.FieldCondition(key, match=qe.MatchAny(strings)))
     for option in options:
         if isinstance(option, bool):
-            parts.append(qe.FieldCondition(key, match=qe.MatchValue(option)))
+            parts.append(
+                qe.FieldCondition(bool_key(field), match=qe.MatchValue(_bool_word(option)))
+            )
         elif isinstance(option, float):
             # MatchValue takes no floats; numbers are stored as floats and compared as such.
             parts.append(qe.FieldCondition(key, range=qe.RangeFloat(gte=option, lte=option)))
@@ -514,11 +539,9 @@ def _filtered_fields(condition: Condition | None) -> Iterator[tuple[str, qe.Payl
     value = condition.value
     sample = value[0] if isinstance(value, tuple) and value else value
     if isinstance(sample, bool):
-        schema = qe.PayloadSchemaType.Bool
-    elif isinstance(sample, str):
-        schema = qe.PayloadSchemaType.Keyword
-    else:
-        schema = qe.PayloadSchemaType.Float
+        yield bool_key(condition.field), qe.PayloadSchemaType.Keyword
+        return
+    schema = qe.PayloadSchemaType.Keyword if isinstance(sample, str) else qe.PayloadSchemaType.Float
     yield metadata_key(condition.field), schema
 
 

@@ -10,9 +10,26 @@ from imagesearch_client import ImageSearchClient
 
 from embed_service.app import EmbedApp
 from search_service.app import SearchApp
+from tests.pinecone_standin import PineconeStandIn
 from tests.stack import InThread, search_settings
 
 StartSearch = Callable[..., Awaitable[SearchApp]]
+
+
+@pytest.fixture
+def pinecone() -> Iterator[PineconeStandIn]:
+    with PineconeStandIn() as server:
+        yield server
+
+
+def on_pinecone(standin: PineconeStandIn, index: str = "image-search") -> dict[str, object]:
+    """Settings overrides that put search_service on the stand-in, as PINECONE_* would."""
+    return {
+        "vector_store": "pinecone",
+        "pinecone_api_key": standin.api_key,
+        "pinecone_host": standin.url,
+        "pinecone_index": index,
+    }
 
 
 @pytest.fixture
@@ -24,8 +41,8 @@ async def start_search_app(embed_app: EmbedApp, tmp_path: Path) -> AsyncIterator
         target = str(overrides.pop("embed_target", embed_app.address))
         settings = search_settings(data_dir or tmp_path / "data", target, **overrides)
         app = SearchApp(settings)
-        await app.start()
         apps.append(app)
+        await app.start()
         await app.wait_serving()
         return app
 
@@ -34,9 +51,16 @@ async def start_search_app(embed_app: EmbedApp, tmp_path: Path) -> AsyncIterator
         await app.stop(0)
 
 
-@pytest.fixture
-async def search_app(start_search_app: StartSearch) -> SearchApp:
-    return await start_search_app()
+@pytest.fixture(params=["local", "pinecone"])
+async def search_app(
+    request: pytest.FixtureRequest, start_search_app: StartSearch, tmp_path: Path
+) -> AsyncIterator[SearchApp]:
+    """search_service on each store: the local one, and Pinecone (the stand-in)."""
+    if request.param == "local":
+        yield await start_search_app()
+    else:
+        with PineconeStandIn() as standin:
+            yield await start_search_app(**on_pinecone(standin))
 
 
 @pytest.fixture

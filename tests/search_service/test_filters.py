@@ -56,6 +56,7 @@ def test_nested_and_or_parse_into_a_tree() -> None:
         ({"label": {"$in": [True]}}, "filter.label.$in", "array of strings or numbers"),
         ({"label": {"$exists": 1}}, "filter.label.$exists", "true or false"),
         ({"$and": []}, "filter.$and", "non-empty array"),
+        ({"label": {"$in": []}}, "filter.label.$in", "non-empty array"),
         ({"$or": [{}]}, "filter.$or[0]", "non-empty object"),
         ({"label": {}}, "filter.label", "no operator"),
         ({"label": {"$eq": {"x": 1}}}, "filter.label.$eq", "use $in"),

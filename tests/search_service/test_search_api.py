@@ -1,4 +1,5 @@
-"""SearchService over gRPC on the local store: real servers, tiny CLIP, temp DATA_DIR."""
+"""SearchService over gRPC on each store (local, and Pinecone through the stand-in):
+real servers, tiny CLIP, temp DATA_DIR."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from imagesearch_client import (
     VectorRecord,
 )
 
+from search_service.app import SearchApp
 from search_service.filters import matches, parse_filter
 from search_service.stores.base import ModelInfo
 from search_service.stores.local import LocalStore
@@ -82,7 +84,7 @@ async def test_a_label_filter_returns_exactly_what_brute_force_search_returns(
 
 
 async def test_top_k_min_score_and_namespaces_bound_the_answer(
-    client: InThread, stored: list[ImageRecord]
+    client: InThread, stored: list[ImageRecord], search_app: SearchApp
 ) -> None:
     query = stored[0].image
     assert len(await client.query(image=query, top_k=5)) == 5
@@ -99,7 +101,7 @@ async def test_top_k_min_score_and_namespaces_bound_the_answer(
     stats = await client.stats()
     assert stats.namespaces == {"__default__": len(stored), "other": 2}
     assert stats.total == len(stored) + 2
-    assert stats.store == "local"
+    assert stats.store == search_app.store.name
     assert stats.dimension == len((await client.fetch([everything[0].id]))[0].values)
 
 
@@ -192,6 +194,24 @@ async def test_vectors_are_checked_stored_normalized_fetched_and_deleted(
     assert all(m.metadata["label"] != "red" for m in await client.query(text="x", top_k=100))
     await client.delete(delete_all=True)
     assert (await client.stats()).namespaces == {}
+
+
+async def test_equal_scores_come_back_in_id_order(client: InThread) -> None:
+    dimension = (await client.stats()).dimension
+    same = [1.0] * dimension
+    near = [1.0] * (dimension - 1) + [0.5]
+    records = [VectorRecord(i, same) for i in ("c", "a", "d", "b")] + [VectorRecord("n", near)]
+    await client.upsert_vectors(records)
+    assert [m.id for m in await client.query(vector=same, top_k=5)] == ["a", "b", "c", "d", "n"]
+
+
+async def test_the_default_namespace_answers_to_its_pinecone_name(client: InThread) -> None:
+    dimension = (await client.stats()).dimension
+    vector = [1.0] * dimension
+    await client.upsert_vectors([VectorRecord("d", vector)], namespace="__default__")
+    assert [r.id for r in await client.fetch(["d"])] == ["d"]
+    assert [m.id for m in await client.query(vector=vector, namespace="__default__")] == ["d"]
+    assert (await client.stats()).namespaces == {"__default__": 1}
 
 
 async def test_the_ingest_stream_answers_each_batch_once_stored(client: InThread) -> None:

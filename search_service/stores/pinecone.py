@@ -1,0 +1,509 @@
+"""The Pinecone store: a serverless index through the official SDK's asyncio client.
+
+The only module that imports `pinecone`. The index is created on first use with the
+dimension of the model embed_service runs and metric cosine; the model that fills it
+is recorded in the index's tags (`imagesearch-model`, `imagesearch-fingerprint`), so
+a service started later against another model is refused as the local store refuses
+it. An existing index with another metric or dimension stops the service at start
+(`StoreMisconfigured`).
+
+Requests stay under Pinecone's limits: upserts are packed to at most 1000 records
+and 2 MB of JSON and sent in parallel; fetches are split so the URL stays short.
+The SDK retries 408/429/5xx and connection errors with backoff (3 retries, honouring
+Retry-After); what still fails is translated to our errors here, with the API key
+redacted from every message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Iterator, Mapping, Sequence
+from contextlib import suppress
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+import orjson
+from pinecone import PineconeAsyncio, ServerlessSpec
+from pinecone.errors import (
+    ApiError,
+    ConflictError,
+    ForbiddenError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PaymentRequiredError,
+    PineconeConnectionError,
+    PineconeError,
+    PineconeTimeoutError,
+    PineconeTypeError,
+    PineconeValueError,
+    RateLimitError,
+    ServiceError,
+    UnauthorizedError,
+)
+
+from search_service.errors import (
+    InvalidArgument,
+    ModelMismatch,
+    NotFound,
+    PermissionDenied,
+    SearchError,
+    StoreMisconfigured,
+    Unauthenticated,
+    Unavailable,
+)
+from search_service.filters import Condition, Metadata, to_filter
+from search_service.stores.base import ModelInfo, Record, ScoredRecord, StoreStats, Vector
+
+if TYPE_CHECKING:
+    from search_service.config import SearchSettings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+TAG_MODEL = "imagesearch-model"
+TAG_FINGERPRINT = "imagesearch-fingerprint"
+METRIC = "cosine"
+DEFAULT_NAMESPACE = "__default__"
+MAX_UPSERT_RECORDS = 1000
+# Pinecone's cap is 2 MB per request; the margin covers the envelope around the records.
+MAX_UPSERT_BYTES = 2_000_000 - 16_000
+UPSERT_CONCURRENCY = 8
+MAX_IDS = 1000
+# ids per fetch are bounded by URL length too: ids may be 512 characters long.
+FETCH_URL_BUDGET = 6_000
+# Query results are capped at 4 MB; above this estimate, values are fetched separately.
+RESULT_VALUES_BUDGET = 3_000_000
+READY_POLL_FIRST_S = 0.1
+READY_POLL_MAX_S = 5.0
+
+
+class PineconeStore:
+    """A VectorStore on one Pinecone serverless index."""
+
+    name = "pinecone"
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        index_name: str,
+        cloud: str = "aws",
+        region: str = "us-east-1",
+        host: str | None = None,
+        ready_timeout_s: float = 300.0,
+        request_timeout_s: float = 30.0,
+    ) -> None:
+        self._api_key = api_key
+        self._index_name = index_name
+        self._cloud = cloud
+        self._region = region
+        self._host = host
+        self._ready_timeout_s = ready_timeout_s
+        self._request_timeout_s = request_timeout_s
+        self._client: PineconeAsyncio | None = None
+        self._index: Any = None
+        self._dimension: int | None = None
+        self._model: ModelInfo | None = None
+        # Set when the index holds vectors whose model is not recorded in its tags.
+        self._unknown_model: ModelMismatch | None = None
+        self._bind_lock = asyncio.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: SearchSettings) -> PineconeStore:
+        if settings.pinecone_api_key is None:
+            raise StoreMisconfigured(
+                "VECTOR_STORE=pinecone needs PINECONE_API_KEY (the key of your Pinecone project)"
+            )
+        return cls(
+            api_key=settings.pinecone_api_key.get_secret_value(),
+            index_name=settings.pinecone_index,
+            cloud=settings.pinecone_cloud,
+            region=settings.pinecone_region,
+            host=settings.pinecone_host,
+            ready_timeout_s=settings.pinecone_ready_timeout_s,
+        )
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def model(self) -> ModelInfo | None:
+        return self._model
+
+    async def open(self) -> ModelInfo | None:
+        self._client = PineconeAsyncio(
+            api_key=self._api_key, host=self._host, timeout=self._request_timeout_s
+        )
+        described = await self._describe()
+        if described is None:
+            log.info("Pinecone index %r does not exist yet; it is created on first use",
+                     self._index_name)  # fmt: skip
+            return None
+        await self._attach(described)
+        if self._model is not None:
+            log.info("Pinecone index %r holds vectors of %s", self._index_name,
+                     self._model.model_id)  # fmt: skip
+        return self._model
+
+    async def bind(self, model: ModelInfo) -> None:
+        if self._model is None:
+            async with self._bind_lock:
+                if self._model is None and self._unknown_model is None:
+                    await self._bind_first(model)
+        if self._unknown_model is not None:
+            raise self._unknown_model
+        assert self._model is not None
+        if self._model.fingerprint != model.fingerprint:
+            raise ModelMismatch(
+                f"the Pinecone index {self._index_name!r} holds vectors of "
+                f"{self._model.model_id} (fingerprint {self._model.fingerprint}), but "
+                f"embed_service now runs {model.model_id} (fingerprint {model.fingerprint}); "
+                "run embed_service with the model the index was filled with, or set "
+                "PINECONE_INDEX to a new index name and index again"
+            )
+
+    async def _bind_first(self, model: ModelInfo) -> None:
+        if self._index is None:
+            described = await self._create(model)
+            await self._attach(described)
+            return
+        if self._dimension != model.dimension:
+            raise StoreMisconfigured(
+                f"the Pinecone index {self._index_name!r} has dimension {self._dimension}, "
+                f"but {model.model_id} makes {model.dimension}-d vectors; set PINECONE_INDEX "
+                "to a new index name (it is created for you) or delete that index"
+            )
+        stats = await self.stats()
+        if stats.total:
+            self._unknown_model = ModelMismatch(
+                f"the Pinecone index {self._index_name!r} holds {stats.total} vectors with no "
+                f"record of the model that made them (no {TAG_FINGERPRINT} tag); set "
+                "PINECONE_INDEX to a new index name, or empty that index"
+            )
+            return
+        client = self._require_client()
+        await self._call(client.configure_index(self._index_name, tags=_tags(model)))
+        self._model = model
+        log.info("Pinecone index %r adopted for %s", self._index_name, model.model_id)
+
+    async def _create(self, model: ModelInfo) -> Any:
+        client = self._require_client()
+        log.info("creating Pinecone serverless index %r (%s %s, %d-d, %s)", self._index_name,
+                 self._cloud, self._region, model.dimension, METRIC)  # fmt: skip
+        try:
+            return await self._call(
+                client.create_index(
+                    name=self._index_name,
+                    spec=ServerlessSpec(cloud=self._cloud, region=self._region),
+                    dimension=model.dimension,
+                    metric=METRIC,
+                    tags=_tags(model),
+                    timeout=-1,  # the bounded wait is ours, in _attach
+                ),
+                conflict_ok=True,
+            )
+        except _Conflict:
+            # Another instance created it first; use it like any existing index.
+            described = await self._describe()
+            assert described is not None
+            return described
+
+    async def _attach(self, described: Any) -> None:
+        """Checks the index's metric, waits until it is ready and opens its data plane."""
+        if described.metric != METRIC:
+            raise StoreMisconfigured(
+                f"the Pinecone index {self._index_name!r} uses metric {described.metric}; "
+                f"search_service needs {METRIC}. Set PINECONE_INDEX to a new index name "
+                "(it is created for you) or delete that index"
+            )
+        described = await self._wait_ready(described)
+        self._dimension = int(described.dimension)
+        self._model = _model_from_tags(described.tags, self._dimension)
+        self._index = self._require_client().IndexAsyncio(host=described.host)
+
+    async def _wait_ready(self, described: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._ready_timeout_s
+        delay = READY_POLL_FIRST_S
+        while not described.status.ready:
+            if loop.time() + delay > deadline:
+                raise Unavailable(
+                    f"the Pinecone index {self._index_name!r} is not ready after "
+                    f"{self._ready_timeout_s:.0f} s (state {described.status.state}); "
+                    "raise PINECONE_READY_TIMEOUT_S or check the index in the Pinecone console"
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, READY_POLL_MAX_S)
+            described = await self._describe()
+            if described is None:
+                raise NotFound(f"the Pinecone index {self._index_name!r} was deleted")
+        return described
+
+    async def _describe(self) -> Any:
+        try:
+            return await self._call(self._require_client().describe_index(self._index_name))
+        except NotFound:
+            return None
+
+    async def close(self) -> None:
+        index, client = self._index, self._client
+        self._index = self._client = None
+        if index is not None:
+            await index.close()
+        if client is not None:
+            await client.close()
+
+    # --- writes --------------------------------------------------------------------
+
+    async def upsert(self, namespace: str, records: Sequence[Record]) -> dict[int, SearchError]:
+        index = self._require_index()
+        batches = list(_pack(records))
+        gate = asyncio.Semaphore(UPSERT_CONCURRENCY)
+
+        async def send(batch: list[tuple[int, dict[str, Any]]]) -> None:
+            async with gate:
+                await self._call(
+                    index.upsert(vectors=[body for _, body in batch], namespace=namespace)
+                )
+
+        outcomes = await asyncio.gather(*(send(b) for b in batches), return_exceptions=True)
+        failures: dict[int, SearchError] = {}
+        for batch, outcome in zip(batches, outcomes, strict=True):
+            if isinstance(outcome, SearchError):
+                log.warning("a batch of %d records was not stored: %s", len(batch), outcome)
+                failures.update((position, outcome) for position, _ in batch)
+            elif isinstance(outcome, BaseException):
+                raise outcome
+        if failures and len(failures) == len(records):
+            # Nothing was stored: the call fails as a whole, with the first reason.
+            raise next(iter(failures.values()))
+        return failures
+
+    async def delete_ids(self, namespace: str, ids: Sequence[str]) -> None:
+        if self._index is not None:
+            for start in range(0, len(ids), MAX_IDS):
+                chunk = list(ids[start : start + MAX_IDS])
+                await self._delete(ids=chunk, namespace=namespace)
+
+    async def delete_where(self, namespace: str, condition: Condition) -> None:
+        if self._index is not None:
+            await self._delete(filter=to_filter(condition), namespace=namespace)
+
+    async def delete_all(self, namespace: str) -> None:
+        if self._index is not None:
+            await self._delete(delete_all=True, namespace=namespace)
+
+    async def _delete(self, **selector: Any) -> None:
+        # Pinecone answers 404 for a namespace it does not have: nothing to delete.
+        with suppress(NotFound):
+            await self._call(self._require_index().delete(**selector))
+
+    # --- reads ---------------------------------------------------------------------
+
+    async def query(
+        self,
+        namespace: str,
+        vector: Vector,
+        *,
+        top_k: int,
+        condition: Condition | None,
+        include_values: bool,
+        include_metadata: bool,
+    ) -> list[ScoredRecord]:
+        if self._index is None:
+            return []
+        # Values of many wide vectors would break the 4 MB result cap: fetch them after.
+        values_after = include_values and top_k * len(vector) * 12 > RESULT_VALUES_BUDGET
+        found = await self._call(
+            self._index.query(
+                top_k=top_k,
+                vector=_floats(vector),
+                namespace=namespace,
+                filter=to_filter(condition) if condition is not None else None,
+                include_values=include_values and not values_after,
+                include_metadata=include_metadata,
+            )
+        )
+        matches = [
+            ScoredRecord(
+                id=m.id,
+                score=float(m.score),
+                values=np.asarray(m.values, dtype=np.float32) if include_values else None,
+                metadata=_metadata(m.metadata) if include_metadata else None,
+            )
+            for m in found.matches
+        ]
+        if values_after:
+            stored = {r.id: r.values for r in await self.fetch(namespace, [m.id for m in matches])}
+            matches = [
+                ScoredRecord(m.id, m.score, stored[m.id], m.metadata)
+                for m in matches
+                if m.id in stored  # deleted between the query and the fetch
+            ]
+        return matches
+
+    async def fetch(self, namespace: str, ids: Sequence[str]) -> list[Record]:
+        if self._index is None or not ids:
+            return []
+        wanted = list(dict.fromkeys(ids))
+        index = self._index
+        answers = await asyncio.gather(
+            *(
+                self._call(index.fetch(ids=chunk, namespace=namespace))
+                for chunk in _fetch_chunks(wanted)
+            )
+        )
+        found = {key: v for answer in answers for key, v in answer.vectors.items()}
+        return [
+            Record(
+                id=i,
+                values=np.asarray(found[i].values, dtype=np.float32),
+                metadata=_metadata(found[i].metadata),
+            )
+            for i in wanted
+            if i in found
+        ]
+
+    async def stats(self) -> StoreStats:
+        if self._index is None:
+            return StoreStats(namespaces={}, model=self._model)
+        described = await self._call(self._index.describe_index_stats())
+        return StoreStats(
+            namespaces={
+                ("" if name == DEFAULT_NAMESPACE else name): int(summary.vector_count)
+                for name, summary in described.namespaces.items()
+                if summary.vector_count
+            },
+            model=self._model,
+        )
+
+    # --- errors --------------------------------------------------------------------
+
+    async def _call(self, call: Awaitable[T], *, conflict_ok: bool = False) -> T:
+        """Awaits an SDK call; its errors become ours, with the API key redacted."""
+        try:
+            return await call
+        except ConflictError as exc:
+            if conflict_ok:
+                raise _Conflict() from None
+            raise self._translate(exc) from None
+        except PineconeError as exc:
+            raise self._translate(exc) from None
+
+    def _translate(self, exc: PineconeError) -> SearchError:
+        status = getattr(exc, "status_code", None)
+        detail = self._redact(str(getattr(exc, "message", None) or exc) or type(exc).__name__)
+        where = f"Pinecone index {self._index_name!r}"
+        if isinstance(exc, UnauthorizedError):
+            return Unauthenticated(
+                f"Pinecone refused the API key in PINECONE_API_KEY ({status}: {detail}); "
+                "set it to a current key of the project that holds the index"
+            )
+        if isinstance(exc, ForbiddenError | PaymentRequiredError):
+            return PermissionDenied(
+                f"the API key in PINECONE_API_KEY may not do this on the {where} "
+                f"({status}: {detail})"
+            )
+        if isinstance(exc, NotFoundError):
+            return NotFound(f"{where}: {detail}")
+        if isinstance(exc, PayloadTooLargeError):
+            return InvalidArgument(f"Pinecone refused a request as too large: {detail}",
+                                   field="records")  # fmt: skip
+        if isinstance(exc, RateLimitError | ServiceError):
+            return Unavailable(
+                f"Pinecone answered {status} after retries with backoff ({detail}); try again later"
+            )
+        if isinstance(exc, PineconeConnectionError | PineconeTimeoutError):
+            return Unavailable(f"Pinecone cannot be reached after retries: {detail}")
+        if isinstance(exc, PineconeValueError | PineconeTypeError) or (
+            isinstance(exc, ApiError) and status in (400, 409, 422)
+        ):
+            return InvalidArgument(f"Pinecone refused the request: {detail}", field="request")
+        return SearchError(f"Pinecone failed: {detail}")
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._api_key, "<PINECONE_API_KEY>") if self._api_key else text
+
+    def _require_client(self) -> PineconeAsyncio:
+        if self._client is None:
+            raise RuntimeError("the Pinecone store is not open")
+        return self._client
+
+    def _require_index(self) -> Any:
+        if self._index is None:
+            raise RuntimeError("the Pinecone index is not bound to a model yet")
+        return self._index
+
+
+class _Conflict(Exception):
+    """create_index found the index already there."""
+
+
+def _tags(model: ModelInfo) -> dict[str, str]:
+    # Tag values are at most 120 printable ASCII characters; the fingerprint decides.
+    shown = "".join(c if c.isascii() and c.isprintable() else "?" for c in model.model_id)
+    return {TAG_MODEL: shown[-120:], TAG_FINGERPRINT: model.fingerprint}
+
+
+def _model_from_tags(tags: Mapping[str, str] | None, dimension: int) -> ModelInfo | None:
+    if not tags or not tags.get(TAG_FINGERPRINT):
+        return None
+    return ModelInfo(
+        model_id=tags.get(TAG_MODEL, "an unknown model"),
+        dimension=dimension,
+        fingerprint=tags[TAG_FINGERPRINT],
+    )
+
+
+def _floats(vector: Vector) -> list[float]:
+    # orjson writes each float32 in its shortest form, which parses back to the same
+    # float32: about half the bytes of float64 reprs, so twice the records per request.
+    floats: list[float] = orjson.loads(
+        orjson.dumps(np.ascontiguousarray(vector, dtype=np.float32),
+                     option=orjson.OPT_SERIALIZE_NUMPY)
+    )  # fmt: skip
+    return floats
+
+
+def _pack(records: Sequence[Record]) -> Iterator[list[tuple[int, dict[str, Any]]]]:
+    """Requests of at most MAX_UPSERT_RECORDS records and MAX_UPSERT_BYTES of JSON."""
+    batch: list[tuple[int, dict[str, Any]]] = []
+    size = 0
+    for position, record in enumerate(records):
+        body: dict[str, Any] = {"id": record.id, "values": _floats(record.values)}
+        if record.metadata:
+            body["metadata"] = record.metadata
+        record_size = len(orjson.dumps(body)) + 1
+        if batch and (len(batch) == MAX_UPSERT_RECORDS or size + record_size > MAX_UPSERT_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append((position, body))
+        size += record_size
+    if batch:
+        yield batch
+
+
+def _fetch_chunks(ids: Sequence[str]) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    length = 0
+    for record_id in ids:
+        cost = len(record_id) * 3 + 5  # percent-encoded worst case, plus "&ids="
+        if chunk and (len(chunk) == MAX_IDS or length + cost > FETCH_URL_BUDGET):
+            yield chunk
+            chunk, length = [], 0
+        chunk.append(record_id)
+        length += cost
+    if chunk:
+        yield chunk
+
+
+def _metadata(raw: Mapping[str, Any] | None) -> Metadata:
+    # JSON may bring a whole number back as an int; metadata numbers are floats.
+    return {
+        key: float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+        for key, value in (raw or {}).items()
+    }
+
+
+__all__ = ["PineconeStore"]
