@@ -30,6 +30,10 @@ async def _main(settings: SearchSettings) -> int:
 def main() -> None:
     settings = SearchSettings()
     configure_logging(settings.log_level)
+    if settings.log_level.upper() != "DEBUG":
+        # httpx and the Pinecone SDK log every request at INFO; ours say what matters.
+        for chatty in ("httpx", "pinecone"):
+            logging.getLogger(chatty).setLevel(logging.WARNING)
     sys.exit(asyncio.run(_main(settings)))
 
 
