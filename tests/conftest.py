@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
@@ -13,6 +13,7 @@ from pinecone._internal import http_client
 
 from embed_service.app import EmbedApp
 from embed_service.config import EmbedSettings
+from tests.pinecone_standin import PineconeStandIn
 from tests.tiny_clip import build_clip
 
 # Tests never reach a hub; a stray hub id fails fast instead of waiting on the network.
@@ -64,3 +65,10 @@ def backoff(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     # The SDK stops retrying a host after many failures; every test starts afresh.
     http_client.get_budget_registry()._reset()
     return delays
+
+
+@pytest.fixture
+def standin() -> Iterator[PineconeStandIn]:
+    """A local Pinecone REST API (control and data plane) on free ports."""
+    with PineconeStandIn() as server:
+        yield server

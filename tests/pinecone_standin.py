@@ -179,13 +179,21 @@ class PineconeStandIn:
         with self._lock:
             return sum(1 for m, p in self.requests if m == method and p.endswith(path))
 
-    def create(self, name: str, *, dimension: int, metric: str = "cosine") -> IndexState:
+    def create(
+        self,
+        name: str,
+        *,
+        dimension: int,
+        metric: str = "cosine",
+        tags: dict[str, str] | None = None,
+    ) -> IndexState:
         """Creates an index directly, as if someone else had made it."""
         return self._create_index(
             {
                 "name": name,
                 "schema": {"fields": {"_values": {"dimension": dimension, "metric": metric}}},
                 "deployment": {"cloud": "aws", "region": "us-east-1"},
+                "tags": tags,
             }
         )
 

@@ -16,12 +16,6 @@ from tests.stack import InThread, search_settings
 StartSearch = Callable[..., Awaitable[SearchApp]]
 
 
-@pytest.fixture
-def pinecone() -> Iterator[PineconeStandIn]:
-    with PineconeStandIn() as server:
-        yield server
-
-
 def on_pinecone(standin: PineconeStandIn, index: str = "image-search") -> dict[str, object]:
     """Settings overrides that put search_service on the stand-in, as PINECONE_* would."""
     return {

@@ -25,13 +25,13 @@ from tests.stack import InThread
 
 
 async def test_an_index_filled_by_another_model_refuses_writes_and_queries(
-    start_search_app: StartSearch, pinecone: PineconeStandIn
+    start_search_app: StartSearch, standin: PineconeStandIn
 ) -> None:
-    app = await start_search_app(**on_pinecone(pinecone))
-    dimension = pinecone.indexes["image-search"].dimension
-    pinecone.indexes["other"] = pinecone.create("other", dimension=dimension)
-    pinecone.indexes["other"].tags = {TAG_MODEL: "someone/else", TAG_FINGERPRINT: "0" * 32}
-    other = await start_search_app(**on_pinecone(pinecone, index="other"))
+    app = await start_search_app(**on_pinecone(standin))
+    dimension = standin.indexes["image-search"].dimension
+    tags = {TAG_MODEL: "someone/else", TAG_FINGERPRINT: "0" * 32}
+    standin.create("other", dimension=dimension, tags=tags)
+    other = await start_search_app(**on_pinecone(standin, index="other"))
     vector = [1.0] * dimension
     with ImageSearchClient(other.address, timeout_s=30) as sync:
         client = InThread(sync)
@@ -48,27 +48,27 @@ async def test_an_index_filled_by_another_model_refuses_writes_and_queries(
 
 
 async def test_pinecone_out_of_reach_is_unavailable_after_retries(
-    start_search_app: StartSearch, pinecone: PineconeStandIn, backoff: list[float]
+    start_search_app: StartSearch, standin: PineconeStandIn, backoff: list[float]
 ) -> None:
-    app = await start_search_app(**on_pinecone(pinecone))
-    dimension = pinecone.indexes["image-search"].dimension
-    pinecone.fail("/vectors/upsert", 503, times=1000)
+    app = await start_search_app(**on_pinecone(standin))
+    dimension = standin.indexes["image-search"].dimension
+    standin.fail("/vectors/upsert", 503, times=1000)
     with ImageSearchClient(app.address, timeout_s=30) as sync:
         client = InThread(sync)
         with pytest.raises(Unavailable, match="Pinecone answered 503 after retries"):
             await client.upsert_vectors([VectorRecord(id="a", values=[1.0] * dimension)])
         assert len(backoff) == 3
-        pinecone.heal()
+        standin.heal()
         outcomes = await client.upsert_vectors([VectorRecord(id="a", values=[1.0] * dimension)])
         assert [o.ok for o in outcomes] == [True]
 
 
 async def test_an_index_of_another_dimension_stops_the_app(
-    start_search_app: StartSearch, pinecone: PineconeStandIn
+    start_search_app: StartSearch, standin: PineconeStandIn
 ) -> None:
-    pinecone.create("image-search", dimension=3)
+    standin.create("image-search", dimension=3)
     with pytest.raises(StoreMisconfigured, match="dimension 3"):
-        await start_search_app(**on_pinecone(pinecone))
+        await start_search_app(**on_pinecone(standin))
 
 
 def run_search_service(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -83,10 +83,10 @@ def run_search_service(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.slow
 async def test_the_process_refuses_to_start_with_a_clear_message(
-    embed_app: EmbedApp, pinecone: PineconeStandIn, tmp_path: Path
+    embed_app: EmbedApp, standin: PineconeStandIn, tmp_path: Path
 ) -> None:
-    pinecone.create("narrow", dimension=3)
-    common = {"PINECONE_HOST": pinecone.url, "EMBED_TARGET": embed_app.address,
+    standin.create("narrow", dimension=3)
+    common = {"PINECONE_HOST": standin.url, "EMBED_TARGET": embed_app.address,
               "DATA_DIR": str(tmp_path)}  # fmt: skip
     # No VECTOR_STORE: a PINECONE_API_KEY alone selects Pinecone.
     wrong_key = "pcsk_not_the_key_0123456789"
@@ -99,7 +99,7 @@ async def test_the_process_refuses_to_start_with_a_clear_message(
 
     narrow = await asyncio.to_thread(
         run_search_service,
-        {**common, "PINECONE_API_KEY": pinecone.api_key, "PINECONE_INDEX": "narrow"},
+        {**common, "PINECONE_API_KEY": standin.api_key, "PINECONE_INDEX": "narrow"},
     )
     assert narrow.returncode == 2
     assert "index 'narrow' has dimension 3" in narrow.stderr

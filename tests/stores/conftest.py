@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -126,12 +126,6 @@ class StoreUnderTest:
                                   condition=parse_filter(raw_filter))  # fmt: skip
         assert [m.id for m in found] == [i for i, _ in expected], raw_filter
         np.testing.assert_allclose([m.score for m in found], [s for _, s in expected], atol=1e-5)
-
-
-@pytest.fixture
-def standin() -> Iterator[PineconeStandIn]:
-    with PineconeStandIn() as server:
-        yield server
 
 
 async def open_store(kind: str, tmp_path: Path) -> AsyncIterator[VectorStore]:
