@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from search_service.errors import SearchError
+from search_service.errors import ModelMismatch, SearchError
 from search_service.filters import Condition, Metadata
 
 Vector = npt.NDArray[np.float32]
@@ -27,6 +27,17 @@ class ModelInfo:
     model_id: str
     dimension: int
     fingerprint: str
+
+
+def check_same_model(held: ModelInfo, running: ModelInfo, *, store: str, start_over: str) -> None:
+    """Raises ModelMismatch unless `running` is the model whose vectors `store` holds."""
+    if held.fingerprint != running.fingerprint:
+        raise ModelMismatch(
+            f"{store} holds vectors of {held.model_id} (fingerprint {held.fingerprint}), but "
+            f"embed_service now runs {running.model_id} (fingerprint {running.fingerprint}); "
+            f"run embed_service with the model {store} was filled with, or {start_over} and "
+            "index again"
+        )
 
 
 @dataclass(frozen=True, slots=True)

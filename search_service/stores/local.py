@@ -44,9 +44,16 @@ from typing import Any, TypeVar
 import numpy as np
 import qdrant_edge as qe
 
-from search_service.errors import ModelMismatch, SearchError
+from search_service.errors import SearchError
 from search_service.filters import And, Condition, FieldCondition, Metadata, Or
-from search_service.stores.base import ModelInfo, Record, ScoredRecord, StoreStats, Vector
+from search_service.stores.base import (
+    ModelInfo,
+    Record,
+    ScoredRecord,
+    StoreStats,
+    Vector,
+    check_same_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -134,14 +141,12 @@ class LocalStore:
 
     async def bind(self, model: ModelInfo) -> None:
         if self._model is not None:
-            if self._model.fingerprint != model.fingerprint:
-                raise ModelMismatch(
-                    f"the local store in {self._root} holds vectors of {self._model.model_id} "
-                    f"(fingerprint {self._model.fingerprint}), but embed_service now runs "
-                    f"{model.model_id} (fingerprint {model.fingerprint}); run embed_service "
-                    "with the model the store was filled with, or point DATA_DIR at a new "
-                    "directory and index again"
-                )
+            check_same_model(
+                self._model,
+                model,
+                store=f"the local store in {self._root}",
+                start_over="point DATA_DIR at a new directory",
+            )
             return
         async with self._write_lock:
             if self._model is None:
