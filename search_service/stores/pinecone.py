@@ -52,8 +52,15 @@ from search_service.errors import (
     Unauthenticated,
     Unavailable,
 )
-from search_service.filters import Condition, Metadata, to_filter
-from search_service.stores.base import ModelInfo, Record, ScoredRecord, StoreStats, Vector
+from search_service.filters import DEFAULT_NAMESPACE, Condition, Metadata, to_filter
+from search_service.stores.base import (
+    ModelInfo,
+    Record,
+    ScoredRecord,
+    StoreStats,
+    Vector,
+    check_same_model,
+)
 
 if TYPE_CHECKING:
     from search_service.config import SearchSettings
@@ -65,7 +72,6 @@ T = TypeVar("T")
 TAG_MODEL = "imagesearch-model"
 TAG_FINGERPRINT = "imagesearch-fingerprint"
 METRIC = "cosine"
-DEFAULT_NAMESPACE = "__default__"
 MAX_UPSERT_RECORDS = 1000
 # Pinecone's cap is 2 MB per request; the margin covers the envelope around the records.
 MAX_UPSERT_BYTES = 2_000_000 - 16_000
@@ -154,14 +160,12 @@ class PineconeStore:
         if self._unknown_model is not None:
             raise self._unknown_model
         assert self._model is not None
-        if self._model.fingerprint != model.fingerprint:
-            raise ModelMismatch(
-                f"the Pinecone index {self._index_name!r} holds vectors of "
-                f"{self._model.model_id} (fingerprint {self._model.fingerprint}), but "
-                f"embed_service now runs {model.model_id} (fingerprint {model.fingerprint}); "
-                "run embed_service with the model the index was filled with, or set "
-                "PINECONE_INDEX to a new index name and index again"
-            )
+        check_same_model(
+            self._model,
+            model,
+            store=f"the Pinecone index {self._index_name!r}",
+            start_over="set PINECONE_INDEX to a new index name",
+        )
 
     async def _bind_first(self, model: ModelInfo) -> None:
         if self._index is None:
@@ -192,22 +196,21 @@ class PineconeStore:
         log.info("creating Pinecone serverless index %r (%s %s, %d-d, %s)", self._index_name,
                  self._cloud, self._region, model.dimension, METRIC)  # fmt: skip
         try:
-            return await self._call(
-                client.create_index(
-                    name=self._index_name,
-                    spec=ServerlessSpec(cloud=self._cloud, region=self._region),
-                    dimension=model.dimension,
-                    metric=METRIC,
-                    tags=_tags(model),
-                    timeout=-1,  # the bounded wait is ours, in _attach
-                ),
-                conflict_ok=True,
+            return await client.create_index(
+                name=self._index_name,
+                spec=ServerlessSpec(cloud=self._cloud, region=self._region),
+                dimension=model.dimension,
+                metric=METRIC,
+                tags=_tags(model),
+                timeout=-1,  # the bounded wait is ours, in _attach
             )
-        except _Conflict:
+        except ConflictError:
             # Another instance created it first; use it like any existing index.
             described = await self._describe()
             assert described is not None
             return described
+        except PineconeError as exc:
+            raise self._translate(exc) from None
 
     async def _attach(self, described: Any) -> None:
         """Checks the index's metric, waits until it is ready and opens its data plane."""
@@ -380,14 +383,10 @@ class PineconeStore:
 
     # --- errors --------------------------------------------------------------------
 
-    async def _call(self, call: Awaitable[T], *, conflict_ok: bool = False) -> T:
+    async def _call(self, call: Awaitable[T]) -> T:
         """Awaits an SDK call; its errors become ours, with the API key redacted."""
         try:
             return await call
-        except ConflictError as exc:
-            if conflict_ok:
-                raise _Conflict() from None
-            raise self._translate(exc) from None
         except PineconeError as exc:
             raise self._translate(exc) from None
 
@@ -434,10 +433,6 @@ class PineconeStore:
         if self._index is None:
             raise RuntimeError("the Pinecone index is not bound to a model yet")
         return self._index
-
-
-class _Conflict(Exception):
-    """create_index found the index already there."""
 
 
 def _tags(model: ModelInfo) -> dict[str, str]:

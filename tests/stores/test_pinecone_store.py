@@ -69,6 +69,18 @@ async def test_a_missing_index_is_created_serverless_cosine_tagged_and_awaited()
         await again.close()
 
 
+async def test_two_services_creating_the_same_index_share_it(standin: PineconeStandIn) -> None:
+    first, second = make_store(standin), make_store(standin)
+    assert await first.open() is None
+    assert await second.open() is None
+    await first.bind(MODEL)
+    await second.bind(MODEL)  # its create answers 409: it uses the index the first made
+    assert second.model == MODEL
+    assert standin.count("POST", "/indexes") == 2
+    await first.close()
+    await second.close()
+
+
 async def test_the_wait_for_a_new_index_is_bounded() -> None:
     with PineconeStandIn(describes_until_ready=1_000_000) as server:
         store = make_store(server, ready_timeout_s=0.5)
