@@ -119,7 +119,6 @@ class PineconeStandIn:
         self.describes_until_ready = describes_until_ready
         self.indexes: dict[str, IndexState] = {}
         self.requests: list[tuple[str, str]] = []
-        self.headers_seen: list[dict[str, str]] = []
         self._faults: list[Fault] = []
         self._lock = threading.RLock()
         self._control: ThreadingHTTPServer | None = None
@@ -456,7 +455,6 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
-        self.owner.headers_seen.append(dict(self.headers))
         if self.target is not None and url.path == "/vectors/upsert" and length > MAX_UPSERT_BYTES:
             self._send(
                 413,
