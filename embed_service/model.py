@@ -45,20 +45,32 @@ def resolve_device(requested: str) -> torch.device:
     return device
 
 
-def cpu_has_native_bf16() -> bool:
-    """True on CPUs where bf16 matmuls are fast (AVX512-BF16 or AMX); emulated bf16 is slow."""
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags the kernel reports (empty where /proc/cpuinfo is unreadable)."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def has_native_bf16(flags: frozenset[str]) -> bool:
+    """True on CPUs where bf16 matmuls are fast (AVX512-BF16 or AMX); emulated bf16 is slow."""
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def resolve_precision(requested: Precision, device: torch.device) -> Precision:
+def resolve_precision(
+    requested: Precision, device: torch.device, flags: frozenset[str] | None = None
+) -> Precision:
+    """The precision to run: `auto` is fp16 on CUDA, bf16 where the CPU has it natively,
+    fp32 otherwise. `flags` defaults to this machine's."""
     if requested == "auto":
         if device.type == "cuda":
             return "fp16"
-        return "bf16" if cpu_has_native_bf16() else "fp32"
+        return "bf16" if has_native_bf16(cpu_flags() if flags is None else flags) else "fp32"
     if requested == "int8" and device.type != "cpu":
         raise ModelLoadError("EMBED_PRECISION=int8 runs on CPU only; use fp16 on CUDA")
     if requested == "fp16" and device.type == "cpu":

@@ -30,6 +30,8 @@ def embed_settings(clip_dir: Path, **overrides: object) -> EmbedSettings:
         "model": str(clip_dir),
         "addr": "127.0.0.1:0",
         "device": "cpu",
+        # Exact comparisons need one precision on every machine; `auto` has its own tests.
+        "precision": "fp32",
         "threads": 2,
         "grace_s": 1.0,
     }
