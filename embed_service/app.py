@@ -32,6 +32,7 @@ class EmbedApp:
             service_names=[SERVICE_NAME],
             register=lambda s: pb_grpc.add_EmbedServiceServicer_to_server(servicer, s),
             max_message_bytes=settings.max_message_mb * 1024 * 1024,
+            max_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
         self.address = settings.addr
 

@@ -6,6 +6,10 @@ on one dedicated thread (the model is not re-entrant, and one forward at a time
 lets torch use every core). While a batch runs, the next one fills up, so under
 load batches are full and waiting costs nothing. Items whose caller went away are
 dropped before the forward pass.
+
+A failing batch fails only its own items. Should the worker itself ever die, that is
+logged, every queued item fails at once with `BatcherStopped`, and so does every
+later `submit`: no caller waits for a worker that is gone.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
+
+from embed_service.errors import BatcherStopped
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +71,32 @@ class DynamicBatcher(Generic[In, Out]):
         self._name = name
         self._queue: asyncio.Queue[_Pending[In, Out]] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
+        self._dead: BatcherStopped | None = None
         self.stats = BatchStats()
 
     async def start(self) -> None:
         if self._worker is None:
+            self._dead = None
             self._worker = asyncio.create_task(self._work(), name=f"batcher-{self._name}")
+            self._worker.add_done_callback(self._on_worker_exit)
+
+    def _on_worker_exit(self, worker: asyncio.Task[None]) -> None:
+        if worker.cancelled():
+            self._dead = BatcherStopped(f"the {self._name} batcher was stopped")
+        else:
+            log.error(
+                "the %s batcher's worker died; failing every waiting and later call",
+                self._name,
+                exc_info=worker.exception(),
+            )
+            self._dead = BatcherStopped(f"the {self._name} batcher failed; restart the service")
+        self._fail_queued(self._dead)
+
+    def _fail_queued(self, error: BaseException) -> None:
+        while not self._queue.empty():
+            future = self._queue.get_nowait().future
+            if not future.done():
+                future.set_exception(error)
 
     async def stop(self) -> None:
         if self._worker is not None:
@@ -77,13 +104,14 @@ class DynamicBatcher(Generic[In, Out]):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
             self._worker = None
-        while not self._queue.empty():
-            self._queue.get_nowait().future.cancel()
+        self._fail_queued(BatcherStopped(f"the {self._name} batcher was stopped"))
 
     async def submit(self, items: Sequence[In]) -> list[Out]:
         """Runs every item through a batch, possibly shared with other callers."""
+        if self._dead is not None:
+            raise self._dead
         if self._worker is None:
-            raise RuntimeError(f"batcher {self._name} is not started")
+            raise BatcherStopped(f"the {self._name} batcher is not started")
         loop = asyncio.get_running_loop()
         pending = [_Pending[In, Out](item, loop.create_future()) for item in items]
         for entry in pending:
@@ -130,6 +158,17 @@ class DynamicBatcher(Generic[In, Out]):
                         entry.future.set_exception(exc)
                 continue
             self.stats.sizes[len(live)] += 1
-            for entry, result in zip(live, results, strict=True):
+            self._resolve(live, results)
+
+    def _resolve(self, live: list[_Pending[In, Out]], results: Sequence[Out]) -> None:
+        """Hands each caller its result; a mismatch fails the batch, not the worker."""
+        if len(results) != len(live):
+            log.error("%s: a batch of %d gave %d results", self._name, len(live), len(results))
+            error = RuntimeError(f"the {self._name} model returned the wrong number of results")
+            for entry in live:
                 if not entry.future.done():
-                    entry.future.set_result(result)
+                    entry.future.set_exception(error)
+            return
+        for entry, result in zip(live, results, strict=True):
+            if not entry.future.done():
+                entry.future.set_result(result)

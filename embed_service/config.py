@@ -45,7 +45,15 @@ class EmbedSettings(BaseSettings):
     max_image_pixels: int = Field(
         default=50_000_000, ge=1, description="Larger images are refused before decoding."
     )
-    max_message_mb: int = Field(default=64, ge=1, description="Largest request accepted, MiB.")
+    max_message_mb: int = Field(default=32, ge=1, description="Largest request accepted, MiB.")
+    max_concurrent_rpcs: int = Field(
+        default=16,
+        ge=1,
+        description=(
+            "RPCs served at once; the next gets RESOURCE_EXHAUSTED before its message is read. "
+            "Requests in flight hold at most about 2 x this x max_message_mb (1 GiB by default)."
+        ),
+    )
     grace_s: float = Field(default=10.0, ge=0, description="Shutdown grace for in-flight calls.")
     log_level: str = Field(default="INFO")
 

@@ -110,7 +110,8 @@ class EmbedEngine:
         await self._images.stop()
         await self._texts.stop()
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
-        self._model_thread.shutdown(wait=True)
+        # A forward pass may still be running: wait for it off the event loop.
+        await asyncio.to_thread(self._model_thread.shutdown, wait=True)
 
     async def embed_images(self, images: Sequence[bytes]) -> list[EmbeddingResult]:
         """One result per image, in order; a bad image gets an error, the rest are embedded."""

@@ -4,6 +4,7 @@
     ├── InvalidRequest             the request as a whole is wrong -> INVALID_ARGUMENT
     ├── Overloaded                 the admission queue is full -> RESOURCE_EXHAUSTED
     ├── ModelNotReady              the model is still loading -> UNAVAILABLE
+    ├── BatcherStopped             the model's batcher is stopping or died -> UNAVAILABLE
     ├── ModelLoadError             the model could not be loaded (start-up only)
     └── ItemError                  one input of a batch is bad; reported in that item,
         ├── ImageEmpty               never raised through the call
@@ -38,6 +39,10 @@ class Overloaded(EmbedError):
 
 class ModelNotReady(EmbedError):
     reason = "MODEL_LOADING"
+
+
+class BatcherStopped(EmbedError):
+    reason = "MODEL_STOPPED"
 
 
 class ModelLoadError(EmbedError):

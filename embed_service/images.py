@@ -5,6 +5,14 @@ short side, center crop, scale to [0, 1], normalize by mean and std. Two things 
 adds: images are turned upright from their EXIF orientation, and large JPEGs are
 decoded at a reduced scale (Pillow's draft mode) when that still leaves at least
 the resize target, which cuts decode time several-fold at a negligible cost.
+
+Every pixel mode Pillow decodes becomes the 8-bit RGB picture it shows:
+- high bit depth (16-bit PNG/TIFF, 32-bit integer TIFF) is scaled from its own range
+  (its declared bits per sample), not clipped at 255;
+- floating-point images are read as 0.0 = black to 1.0 = white (the TIFF convention);
+- transparency (RGBA, LA, palette or colour-key transparency) is composited on white
+  (BACKGROUND), the way a viewer shows the picture on a page;
+- CMYK is converted through its embedded ICC profile when it has one.
 """
 
 from __future__ import annotations
@@ -16,11 +24,20 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, ImageOps
+from PIL import Image, ImageCms, ImageOps
 
 from embed_service.errors import ImageEmpty, ImageTooLarge, ImageUnreadable
 
-FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO")
+# Raster formats Pillow decodes itself; no format that runs an outside program (EPS) or
+# only identifies a file without decoding it (HDF5, GRIB, BUFR, WMF).
+FORMATS = (
+    "JPEG", "PNG", "WEBP", "GIF", "BMP", "DIB", "TIFF", "MPO", "ICO", "ICNS", "PPM", "TGA",
+    "QOI", "AVIF", "JPEG2000", "PCX", "SGI",
+)  # fmt: skip
+FORMAT_NAMES = "JPEG, PNG, WebP, GIF, BMP, TIFF, ICO, AVIF, JPEG 2000, PPM, TGA, QOI and more"
+BACKGROUND = (255, 255, 255)
+_HIGH_DEPTH = {"I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16}
+_SRGB = ImageCms.createProfile("sRGB")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +81,7 @@ def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
     except Exception as exc:
         # Pillow's format plugins raise many types on malformed input; all mean the same.
         raise ImageUnreadable(
-            "the bytes are not an image in a supported format (JPEG, PNG, WebP, GIF, BMP, TIFF)"
+            f"the bytes are not an image in a supported format ({FORMAT_NAMES})"
         ) from exc
     width, height = image.size
     if width * height > max_pixels:
@@ -83,10 +100,68 @@ def decode(data: bytes, *, max_pixels: int, min_side: int) -> Image.Image:
             # draft() only ever picks a scale that keeps both sides >= the request.
             image.draft("RGB", (min_side, min_side))
         image.load()
-        upright = ImageOps.exif_transpose(image)
-        return upright.convert("RGB") if upright.mode != "RGB" else upright
+        return to_rgb(ImageOps.exif_transpose(image))
     except Exception as exc:
         raise ImageUnreadable(f"the image could not be decoded: {_describe(exc)}") from exc
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """The 8-bit RGB picture an image shows, whatever its pixel mode (see the module doc)."""
+    mode = image.mode
+    if mode == "RGB" and "transparency" not in image.info:
+        return image
+    if mode in _HIGH_DEPTH or mode in ("I", "F"):
+        return _scaled_to_8_bit(image).convert("RGB")
+    if mode == "CMYK":
+        return _cmyk_to_rgb(image)
+    if mode in ("RGBa", "La"):  # premultiplied alpha
+        image = image.convert("RGBA" if mode == "RGBa" else "LA")
+    if image.mode in ("P", "L", "RGB", "1") and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, BACKGROUND)
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    return image.convert("RGB")
+
+
+def _scaled_to_8_bit(image: Image.Image) -> Image.Image:
+    """A high-bit-depth or float grayscale image as 8-bit "L", scaled from its own range."""
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        top = 1.0
+    else:
+        bits = _HIGH_DEPTH.get(image.mode) or _declared_bits(image)
+        signed = _tag(image, 339) == 2  # TIFF SampleFormat: 2 = signed integer
+        top = float(2 ** (bits - 1 if signed else bits) - 1)
+    gray = np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
+    return Image.fromarray(gray)
+
+
+def _declared_bits(image: Image.Image) -> int:
+    """Bits per sample of an "I" image: TIFF says so; PNG and PGM only make "I" from 16."""
+    bits = _tag(image, 258)  # TIFF BitsPerSample
+    return int(bits) if bits else 16
+
+
+def _tag(image: Image.Image, tag: int) -> Any:
+    tags = getattr(image, "tag_v2", None)
+    value = tags.get(tag) if tags is not None else None
+    return value[0] if isinstance(value, tuple) else value
+
+
+def _cmyk_to_rgb(image: Image.Image) -> Image.Image:
+    profile = image.info.get("icc_profile")
+    if profile:
+        try:
+            source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+            converted = ImageCms.profileToProfile(image, source, _SRGB, outputMode="RGB")
+            if converted is not None:
+                return converted
+        except (ImageCms.PyCMSError, OSError):
+            pass  # a broken profile: fall back to Pillow's plain conversion
+    return image.convert("RGB")
 
 
 def resize_and_crop(image: Image.Image, spec: Preprocessing) -> Image.Image:

@@ -11,7 +11,7 @@ from imagesearch.v1 import embed_service_pb2 as pb
 from imagesearch.v1 import embed_service_pb2_grpc as pb_grpc
 
 from embed_service.engine import EmbeddingResult, EmbedEngine
-from embed_service.errors import InvalidRequest, ModelNotReady, Overloaded
+from embed_service.errors import BatcherStopped, InvalidRequest, ModelNotReady, Overloaded
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +20,7 @@ handle_errors = grpc_errors(
         InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
         Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
         ModelNotReady: grpc.StatusCode.UNAVAILABLE,
+        BatcherStopped: grpc.StatusCode.UNAVAILABLE,
     },
     log,
 )

@@ -42,6 +42,7 @@ class SearchApp:
             service_names=[SERVICE_NAME],
             register=lambda s: pb_grpc.add_SearchServiceServicer_to_server(servicer, s),
             max_message_bytes=max_bytes,
+            max_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
         self.address = settings.addr
         self._connecting: asyncio.Task[None] | None = None

@@ -16,11 +16,17 @@ from typing import Any
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from imagesearch.status import reason_of
+from imagesearch.status import field_violations, reason_of, status_from_error
 from imagesearch.v1 import embed_service_pb2 as pb
 from imagesearch.v1 import embed_service_pb2_grpc as pb_grpc
 
-from search_service.errors import EmbedUnavailable, InvalidArgument, Overloaded, SearchError
+from search_service.errors import (
+    EmbedFailed,
+    EmbedUnavailable,
+    InvalidArgument,
+    Overloaded,
+    SearchError,
+)
 from search_service.stores.base import ModelInfo, Vector
 
 SERVICE = "imagesearch.v1.EmbedService"
@@ -130,17 +136,30 @@ class EmbedClient:
         return reply
 
     def _domain_error(self, error: grpc.aio.AioRpcError) -> SearchError:
+        """The domain error for a failed call, keeping embed_service's reason and field."""
         code, detail = error.code(), error.details() or ""
+        status = status_from_error(error)
+        reason = reason_of(status) if status is not None else ""
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             return EmbedUnavailable(
                 f"embed_service at {self.target} did not answer ({code.name}: {detail}); "
                 "check that it is running and that EMBED_TARGET points at it"
             )
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-            return Overloaded(f"embed_service is at capacity: {detail}; retry shortly")
+            return Overloaded(
+                f"embed_service is at capacity: {detail}; retry shortly", reason=reason
+            )
         if code == grpc.StatusCode.INVALID_ARGUMENT:
-            return InvalidArgument(f"embed_service refused the request: {detail}", field="")
-        return EmbedUnavailable(f"embed_service failed ({code.name}): {detail}")
+            return InvalidArgument(
+                f"embed_service refused the request: {detail}",
+                field=next(iter(field_violations(status)), "") if status else "",
+                reason=reason,
+            )
+        # Not the caller's doing (INTERNAL, UNIMPLEMENTED, ...): not retryable either.
+        return EmbedFailed(
+            f"embed_service at {self.target} failed the call ({code.name}: {detail})",
+            reason=reason or "EMBED_FAILED",
+        )
 
 
 def _embedded(embedding: pb.Embedding) -> Embedded:

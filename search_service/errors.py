@@ -14,6 +14,7 @@
     ├── Overloaded                 a dependency is at capacity -> RESOURCE_EXHAUSTED
     ├── Unavailable                a dependency cannot be reached -> UNAVAILABLE
     │   └── EmbedUnavailable         embed_service is down or not ready
+    ├── EmbedFailed                embed_service answered with an error of its own -> INTERNAL
     ├── Unauthenticated            the store refused the credentials -> UNAUTHENTICATED
     └── PermissionDenied           the credentials may not do this -> PERMISSION_DENIED
 
@@ -24,9 +25,14 @@ from __future__ import annotations
 
 
 class SearchError(Exception):
-    """Base of every error this service raises."""
+    """Base of every error this service raises; `reason` may be set per instance."""
 
     reason = "INTERNAL"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason:
+            self.reason = reason
 
 
 class InvalidArgument(SearchError):
@@ -34,8 +40,8 @@ class InvalidArgument(SearchError):
 
     reason = "INVALID_ARGUMENT"
 
-    def __init__(self, message: str, *, field: str) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, field: str, reason: str | None = None) -> None:
+        super().__init__(message, reason=reason)
         self.field = field
 
 
@@ -63,8 +69,7 @@ class ImageRejected(InvalidArgument):
     """One image embed_service refused; `reason` is embed_service's (IMAGE_UNREADABLE...)."""
 
     def __init__(self, message: str, *, field: str, reason: str) -> None:
-        super().__init__(message, field=field)
-        self.reason = reason
+        super().__init__(message, field=field, reason=reason)
 
 
 class NotFound(SearchError):
@@ -91,6 +96,12 @@ class Unavailable(SearchError):
 
 class EmbedUnavailable(Unavailable):
     reason = "EMBED_UNAVAILABLE"
+
+
+class EmbedFailed(SearchError):
+    """embed_service failed a call in a way that is not the caller's doing."""
+
+    reason = "EMBED_FAILED"
 
 
 class Unauthenticated(SearchError):

@@ -12,6 +12,15 @@ Semantics (from Pinecone's documentation, see shared/reference/pinecone-sdk-10.m
 - A list-valued field (list of strings) matches `$eq`/`$in` when any element does,
   and `$ne`/`$nin` only when no element does.
 - A record without the field matches neither `$ne` nor `$nin`.
+
+Choices where Pinecone's documentation is silent, made once here for every store:
+- Ids and namespaces are printable ASCII: control characters are refused, never
+  stored, so they cannot hide in logs, URLs or a terminal.
+- Metadata keys may hold any character (quotes, backslashes, dots, brackets, spaces,
+  non-ASCII) but must not be empty or start with '$'.
+- Metadata size is the UTF-8 length of its compact JSON, as Pinecone counts it.
+- NaN and Infinity are refused wherever a number goes, naming the exact field.
+- Filters nest `$and`/`$or` at most MAX_FILTER_DEPTH levels deep.
 """
 
 from __future__ import annotations
@@ -28,6 +37,8 @@ from search_service.errors import InvalidFilter, InvalidId, InvalidMetadata, Inv
 MAX_ID_LENGTH = 512
 MAX_NAMESPACE_LENGTH = 512
 MAX_METADATA_BYTES = 40 * 1024
+# Far above what a person writes, and below what protobuf's decoder takes (~19 levels).
+MAX_FILTER_DEPTH = 10
 DEFAULT_NAMESPACE = "__default__"
 
 Scalar = str | float | bool
@@ -62,10 +73,15 @@ class Or:
 Condition = FieldCondition | And | Or
 
 
+def _printable_ascii(value: str) -> bool:
+    return value.isascii() and value.isprintable()
+
+
 def validate_id(value: str, *, field: str = "id") -> str:
-    if not 1 <= len(value) <= MAX_ID_LENGTH or not value.isascii():
+    if not 1 <= len(value) <= MAX_ID_LENGTH or not _printable_ascii(value):
         raise InvalidId(
-            f"{field} {value[:40]!r} is invalid: ids are 1-{MAX_ID_LENGTH} ASCII characters",
+            f"{field} {value[:40]!r} is invalid: ids are 1-{MAX_ID_LENGTH} printable ASCII "
+            "characters (no control characters)",
             field=field,
         )
     return value
@@ -73,10 +89,10 @@ def validate_id(value: str, *, field: str = "id") -> str:
 
 def validate_namespace(value: str, *, field: str = "namespace") -> str:
     """The namespace to use; Pinecone's name for the default one, "__default__", means ""."""
-    if len(value) > MAX_NAMESPACE_LENGTH or not value.isascii():
+    if len(value) > MAX_NAMESPACE_LENGTH or not _printable_ascii(value):
         raise InvalidNamespace(
-            f"{field} is invalid: namespaces are up to {MAX_NAMESPACE_LENGTH} ASCII "
-            'characters ("" is the default namespace)',
+            f"{field} {value[:40]!r} is invalid: namespaces are up to {MAX_NAMESPACE_LENGTH} "
+            'printable ASCII characters ("" is the default namespace)',
             field=field,
         )
     return "" if value == DEFAULT_NAMESPACE else value
@@ -87,10 +103,10 @@ def validate_metadata(metadata: Mapping[str, Any], *, field: str = "metadata") -
     clean: Metadata = {}
     for key, value in metadata.items():
         where = f"{field}.{key}"
-        if not isinstance(key, str) or not key or key.startswith("$") or '"' in key:
+        if not isinstance(key, str) or not key or key.startswith("$"):
             raise InvalidMetadata(
                 f"{field} key {key!r} is invalid: keys are non-empty strings that do not "
-                "start with '$' or contain '\"'",
+                "start with '$'",
                 field=field,
             )
         if value is None:
@@ -98,51 +114,83 @@ def validate_metadata(metadata: Mapping[str, Any], *, field: str = "metadata") -
         if isinstance(value, bool | str):
             clean[key] = value
         elif isinstance(value, int | float):
-            if not math.isfinite(value):
-                raise InvalidMetadata(f"{where} is {value}; numbers must be finite", field=where)
-            clean[key] = float(value)
+            clean[key] = _finite(value, where, InvalidMetadata)
         elif isinstance(value, list | tuple):
-            if not all(isinstance(item, str) for item in value):
-                raise InvalidMetadata(
-                    f"{where} is a list with a non-string element; lists may hold strings only",
-                    field=where,
-                )
+            for i, item in enumerate(value):
+                if not isinstance(item, str):
+                    raise InvalidMetadata(
+                        f"{where}[{i}] is {_kind(item)}; lists may hold strings only",
+                        field=f"{where}[{i}]",
+                    )
             clean[key] = list(value)
         else:
             raise InvalidMetadata(
-                f"{where} is a {type(value).__name__}; metadata values are strings, numbers, "
+                f"{where} is {_kind(value)}; metadata values are strings, numbers, "
                 "booleans or lists of strings (no nested objects)",
                 field=where,
             )
-    size = len(json.dumps(clean, separators=(",", ":")).encode())
+    size = metadata_bytes(clean)
     if size > MAX_METADATA_BYTES:
         raise InvalidMetadata(
-            f"{field} is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES} bytes",
+            f"{field} is {size} bytes as UTF-8 JSON; the limit is {MAX_METADATA_BYTES} bytes",
             field=field,
         )
     return clean
+
+
+def metadata_bytes(metadata: Mapping[str, Any]) -> int:
+    """The size Pinecone's 40 KB limit applies to: UTF-8 bytes of the compact JSON."""
+    return len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def _finite(value: float, where: str, error: type[InvalidFilter | InvalidMetadata]) -> float:
+    number = float(value)
+    if not math.isfinite(number):
+        raise error(
+            f"{where} is {number}; numbers must be finite (NaN and Infinity are not allowed)",
+            field=where,
+        )
+    return number
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return "null" if value is None else f"a {type(value).__name__}"
 
 
 def parse_filter(raw: Mapping[str, Any] | None, *, field: str = "filter") -> Condition | None:
     """Validates a Pinecone filter and returns its tree; None or {} means no filter."""
     if not raw:
         return None
-    return _parse_clause(raw, field)
+    return _parse_clause(raw, field, 0)
 
 
-def _parse_clause(raw: Any, where: str) -> Condition:
+def _parse_clause(raw: Any, where: str, depth: int) -> Condition:
     if not isinstance(raw, Mapping) or not raw:
         raise InvalidFilter(f"{where} must be a non-empty object", field=where)
     conditions: list[Condition] = []
     for key, value in raw.items():
         path = f"{where}.{key}"
         if key in ("$and", "$or"):
+            if depth >= MAX_FILTER_DEPTH:
+                raise InvalidFilter(
+                    f"{path} nests $and/$or more than {MAX_FILTER_DEPTH} levels deep "
+                    f"(MAX_FILTER_DEPTH); flatten the filter",
+                    field=path,
+                )
             if not isinstance(value, list) or not value:
                 raise InvalidFilter(f"{path} must be a non-empty array of filters", field=path)
-            parts = tuple(_parse_clause(item, f"{path}[{i}]") for i, item in enumerate(value))
+            parts = tuple(
+                _parse_clause(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)
+            )
             conditions.append(And(parts) if key == "$and" else Or(parts))
-        elif '"' in key:
-            raise InvalidFilter(f"{path}: field names cannot contain '\"'", field=path)
         elif key.startswith("$"):
             raise InvalidFilter(
                 f"{path}: unknown operator {key!r} at the top of a filter; only $and and $or "
@@ -169,38 +217,46 @@ def _parse_comparison(key: str, op: str, operand: Any, where: str) -> FieldCondi
             raise InvalidFilter(
                 f"{where} must be a string, number or boolean (use $in for a list)", field=where
             )
-        return FieldCondition(key, op, _scalar(operand))
+        return FieldCondition(key, op, _scalar(operand, where))
     if op in ("$gt", "$gte", "$lt", "$lte"):
         if not _is_number(operand):
             raise InvalidFilter(f"{where} must be a number", field=where)
-        return FieldCondition(key, op, float(operand))
+        return FieldCondition(key, op, _finite(operand, where, InvalidFilter))
     if op in ("$in", "$nin"):
         # An empty array is refused: Qdrant would read it as "no constraint".
-        if (
-            not isinstance(operand, list)
-            or not operand
-            or not all(isinstance(x, str) or _is_number(x) for x in operand)
-        ):
+        if not isinstance(operand, list) or not operand:
             raise InvalidFilter(
                 f"{where} must be a non-empty array of strings or numbers", field=where
             )
-        values = tuple(x if isinstance(x, str) else float(x) for x in operand)
-        return FieldCondition(key, op, values)
+        values: list[str | float] = []
+        for i, item in enumerate(operand):
+            if isinstance(item, str):
+                values.append(item)
+            elif _is_number(item):
+                values.append(_finite(item, f"{where}[{i}]", InvalidFilter))
+            else:
+                raise InvalidFilter(
+                    f"{where} must be a non-empty array of strings or numbers; "
+                    f"{where}[{i}] is {_kind(item)}",
+                    field=f"{where}[{i}]",
+                )
+        return FieldCondition(key, op, tuple(values))
     if not isinstance(operand, bool):
         raise InvalidFilter(f"{where} must be true or false", field=where)
     return FieldCondition(key, "$exists", operand)
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """A JSON number, finite or not (non-finite ones are refused by `_finite`)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _is_scalar(value: Any) -> bool:
     return isinstance(value, str | bool) or _is_number(value)
 
 
-def _scalar(value: Any) -> Scalar:
-    return value if isinstance(value, str | bool) else float(value)
+def _scalar(value: Any, where: str) -> Scalar:
+    return value if isinstance(value, str | bool) else _finite(value, where, InvalidFilter)
 
 
 def _same(a: Any, b: Any) -> bool:

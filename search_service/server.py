@@ -8,12 +8,13 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import grpc
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 from imagesearch.status import grpc_errors, status_for, to_rpc_status
 from imagesearch.v1 import search_service_pb2 as pb
 from imagesearch.v1 import search_service_pb2_grpc as pb_grpc
 
 from search_service.errors import (
+    EmbedFailed,
     InvalidArgument,
     ModelMismatch,
     NotFound,
@@ -40,6 +41,7 @@ STATUS_CODES: dict[type[Exception], grpc.StatusCode] = {
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    EmbedFailed: grpc.StatusCode.INTERNAL,
 }
 handle_errors = grpc_errors(STATUS_CODES, log)
 
@@ -74,6 +76,8 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
                     yield pb.IngestImagesResponse(results=_results(await pending.pop(0)))
             while pending:
                 yield pb.IngestImagesResponse(results=_results(await pending.pop(0)))
+        except grpc.aio.AbortError:
+            raise
         except Exception as exc:
             # A stream handler cannot take @handle_errors; it ends with the same status.
             await context.abort_with_status(to_rpc_status(status_for(exc, STATUS_CODES, log)))
@@ -179,7 +183,25 @@ def _results(results: Sequence[ItemResult]) -> list[pb.UpsertResult]:
 
 
 def _dict(struct: struct_pb2.Struct) -> dict[str, Any]:
-    return json_format.MessageToDict(struct)
+    """A Struct as plain Python, faithfully: NaN and Infinity stay floats, so the validator
+    can name the field that holds one (json_format would raise instead)."""
+    return {key: _python(value) for key, value in struct.fields.items()}
+
+
+def _python(value: struct_pb2.Value) -> Any:
+    match value.WhichOneof("kind"):
+        case "struct_value":
+            return _dict(value.struct_value)
+        case "list_value":
+            return [_python(item) for item in value.list_value.values]
+        case "number_value":
+            return value.number_value
+        case "string_value":
+            return value.string_value
+        case "bool_value":
+            return value.bool_value
+        case _:
+            return None
 
 
 def _struct(values: Mapping[str, Any]) -> struct_pb2.Struct:

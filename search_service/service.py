@@ -323,12 +323,24 @@ def _vector_or_error(out: Any, field: str) -> Vector:
 
 
 def _unit_vector(values: Sequence[float], dimension: int, field: str) -> Vector:
-    vector = np.asarray(values, dtype=np.float32)
+    """`values` scaled to unit length; any finite, non-zero vector is legal.
+
+    Scaled by its largest component first, in float64, so neither squaring 1e30
+    (overflow) nor squaring 1e-30 (underflow to zero) can spoil the norm.
+    """
+    vector = np.asarray(values, dtype=np.float64)
     if vector.shape != (dimension,):
         raise InvalidVector(
             f"{field} has {vector.size} values; the model's vectors have {dimension}", field=field
         )
-    norm = float(np.linalg.norm(vector))
-    if not np.isfinite(norm) or norm == 0:
-        raise InvalidVector(f"{field} must be finite and not all zeros", field=field)
-    return vector / norm
+    if not np.isfinite(vector).all():
+        bad = int(np.flatnonzero(~np.isfinite(vector))[0])
+        raise InvalidVector(
+            f"{field}[{bad}] is {vector[bad]}; every value must be finite", field=f"{field}[{bad}]"
+        )
+    largest = float(np.abs(vector).max())
+    if largest == 0:
+        raise InvalidVector(f"{field} is all zeros; it has no direction to search", field=field)
+    scaled = vector / largest
+    unit: Vector = (scaled / np.linalg.norm(scaled)).astype(np.float32)
+    return unit

@@ -30,6 +30,8 @@ from imagesearch_client.sources import (
 )
 
 BATCH = 32
+# Well under the services' default message limit (32 MiB), however large the photos.
+BATCH_BYTES = 16 * 1024 * 1024
 
 
 @dataclass
@@ -139,8 +141,21 @@ def _new_batches(
                 seen_ids.add(source.id)
                 fresh.append(source)
         progress.update(len(chunk) - len(fresh))
-        if fresh:
-            yield fresh
+        yield from _under(fresh, BATCH_BYTES)
+
+
+def _under(sources: list[SourceImage], limit: int) -> Iterator[list[SourceImage]]:
+    """Consecutive runs of `sources` of at most `limit` bytes (an image over it goes alone)."""
+    batch: list[SourceImage] = []
+    size = 0
+    for source in sources:
+        if batch and size + len(source.image) > limit:
+            yield batch
+            batch, size = [], 0
+        batch.append(source)
+        size += len(source.image)
+    if batch:
+        yield batch
 
 
 def _print_report(report: IndexReport, as_json: bool) -> None:

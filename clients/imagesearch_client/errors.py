@@ -11,8 +11,7 @@ ImageSearchError          base; .code (e.g. "NOT_FOUND"), .reason, .message, .fi
 from __future__ import annotations
 
 import grpc
-from google.rpc import error_details_pb2
-from imagesearch.status import code_name, reason_of, status_from_error
+from imagesearch.status import code_name, field_violations, reason_of, status_from_error
 
 
 class ImageSearchError(Exception):
@@ -63,12 +62,7 @@ def from_rpc_error(error: grpc.RpcError, target: str) -> ImageSearchError:
     status = status_from_error(error)
     if status is not None:
         code, message, reason = code_name(status), status.message, reason_of(status)
-        fields = {}
-        for detail in status.details:
-            if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                bad = error_details_pb2.BadRequest()
-                detail.Unpack(bad)
-                fields.update({v.field: v.description for v in bad.field_violations})
+        fields = field_violations(status)
     else:
         code = error.code().name
         message, reason, fields = error.details() or "", "", {}

@@ -3,19 +3,30 @@
 Health starts NOT_SERVING and turns SERVING only when the service says it is ready;
 stopping turns it NOT_SERVING first, so load balancers drain it, then lets
 in-flight calls finish within the grace period.
+
+Two guards apply to every RPC, health and reflection included:
+- at most `max_concurrent_rpcs` run at once; gRPC answers the next one
+  RESOURCE_EXHAUSTED before reading its message, so memory stays bounded by
+  max_concurrent_rpcs x max_message_bytes;
+- a request that cannot be decoded (not protobuf of that type, or nested deeper than
+  protobuf's decoder allows) is INVALID_ARGUMENT with a message, never UNKNOWN.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
+from imagesearch.status import make_status, to_rpc_status
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +39,17 @@ class GrpcServer:
         service_names: Sequence[str],
         register: Callable[[grpc.aio.Server], None],
         max_message_bytes: int = 4 * 1024 * 1024,
+        max_concurrent_rpcs: int | None = None,
     ) -> None:
         self._addr = addr
         self._service_names = list(service_names)
         self._server = grpc.aio.server(
+            interceptors=[DecodeGuard()],
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
-            ]
+            ],
+            maximum_concurrent_rpcs=max_concurrent_rpcs,
         )
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -67,6 +81,105 @@ class GrpcServer:
     async def _set(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
         for name in ["", *self._service_names]:
             await self._health.set(name, status)
+
+
+class _Undecodable:
+    """Stands in for a request whose bytes did not decode; the handler refuses it."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Turns a request that fails to decode into INVALID_ARGUMENT (gRPC says UNKNOWN)."""
+
+    def __init__(self) -> None:
+        self._guarded: dict[str, grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        method = str(details.method)
+        if method not in self._guarded:
+            self._guarded[method] = _guard(handler, method)
+        return self._guarded[method]
+
+
+def _guard(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    decode = handler.request_deserializer
+
+    def safe_decode(data: bytes) -> Any:
+        try:
+            return decode(data)
+        except Exception as exc:
+            return _Undecodable(exc)
+
+    async def refuse(context: grpc.aio.ServicerContext, request: _Undecodable) -> None:
+        log.info("refused an undecodable request to %s: %s", method, request.error)
+        message = (
+            f"the request to {method} could not be decoded: {request.error}. Send a valid "
+            "protobuf message of the method's request type; nested values (filters, "
+            "metadata) must stay within protobuf's depth limit of 100 levels"
+        )
+        status = make_status(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "REQUEST_UNDECODABLE",
+            message,
+            field_violations=[("request", message)],
+        )
+        await context.abort_with_status(to_rpc_status(status))
+
+    async def checked(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        async for request in requests:
+            if isinstance(request, _Undecodable):
+                await refuse(context, request)
+            yield request
+
+    if handler.unary_unary is not None:
+        unary = handler.unary_unary
+
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if isinstance(request, _Undecodable):
+                await refuse(context, request)
+            return await unary(request, context)
+
+        return handler._replace(request_deserializer=safe_decode, unary_unary=unary_unary)
+    if handler.unary_stream is not None:
+        streaming = handler.unary_stream
+
+        async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> None:
+            if isinstance(request, _Undecodable):
+                await refuse(context, request)
+            await _respond(streaming(request, context), context)
+
+        return handler._replace(request_deserializer=safe_decode, unary_stream=unary_stream)
+    if handler.stream_unary is not None:
+        collecting = handler.stream_unary
+
+        async def stream_unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+            return await collecting(checked(requests, context), context)
+
+        return handler._replace(request_deserializer=safe_decode, stream_unary=stream_unary)
+    both = handler.stream_stream
+
+    async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> None:
+        await _respond(both(checked(requests, context), context), context)
+
+    return handler._replace(request_deserializer=safe_decode, stream_stream=stream_stream)
+
+
+async def _respond(result: Any, context: grpc.aio.ServicerContext) -> None:
+    """Runs a streaming handler of either style: an async generator, or one that writes."""
+    if inspect.isasyncgen(result):
+        async for response in result:
+            await context.write(response)
+    else:
+        await result
 
 
 def host_of(addr: str, port: int) -> str:

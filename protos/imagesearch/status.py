@@ -66,6 +66,17 @@ def reason_of(status: status_pb2.Status) -> str:
     return ""
 
 
+def field_violations(status: status_pb2.Status) -> dict[str, str]:
+    """The BadRequest field violations of a status, field -> description, in order."""
+    fields: dict[str, str] = {}
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            fields.update({v.field: v.description for v in bad.field_violations})
+    return fields
+
+
 def code_name(status: status_pb2.Status) -> str:
     """The canonical name of a status code, such as INVALID_ARGUMENT."""
     return str(code_pb2.Code.Name(status.code))

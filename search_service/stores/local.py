@@ -7,12 +7,8 @@ Layout under `<DATA_DIR>/local/`:
     store.json        which model filled the store and which shard directory is current
     shard-NNNNNN/     the Qdrant Edge shard (segments + write-ahead log)
 
-Records are points with id `uuid5(namespace, id)` and payload
-`{"ns": namespace, "id": id, "keys": [metadata keys], "md": metadata}`: user
-metadata sits under its own key so it never collides with ours, and `keys` lets
-`$exists`/`$ne`/`$nin` tell a missing field from an empty list the way Pinecone does.
-Booleans are also kept as "true"/"false" under `bools`: qdrant-edge-py 0.9.0 turns
-`MatchValue(True)` into the integer 1, which matches no stored boolean.
+How records become points and filters become Qdrant conditions is `local_layout.py`.
+A store of an older layout is migrated in place when it is opened (see `_migrate`).
 
 Index building. Qdrant Edge searches new points exactly until `optimize()` builds
 HNSW, and `optimize()` holds the GIL for its whole run (minutes at 100k vectors),
@@ -23,7 +19,8 @@ meanwhile every write is applied to the live shard and kept in a replay log. Whe
 the child is done, the copy is loaded, the log replayed into it, `store.json`
 switched to it atomically and the old shard closed once its last reader is gone.
 A crash at any point leaves `store.json` naming a complete shard; leftovers are
-removed at the next start.
+removed at the next start. Once `store.json` names the new shard, nothing may
+delete it: a stop or an error after that point only leaves the old one behind.
 """
 
 from __future__ import annotations
@@ -34,8 +31,7 @@ import logging
 import os
 import shutil
 import sys
-import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict
 from pathlib import Path
@@ -44,8 +40,9 @@ from typing import Any, TypeVar
 import numpy as np
 import qdrant_edge as qe
 
-from search_service.errors import SearchError
-from search_service.filters import And, Condition, FieldCondition, Metadata, Or
+from search_service.errors import SearchError, StoreMisconfigured
+from search_service.filters import Condition, Metadata
+from search_service.stores import local_layout as layout
 from search_service.stores.base import (
     ModelInfo,
     Record,
@@ -59,42 +56,11 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-FORMAT = 1
-# Point ids are uuid5 of (namespace, id) under this project-specific namespace.
-ID_NAMESPACE = uuid.UUID("5f0c7a52-3b8e-4a55-9d43-8f1e2f8a6c11")
+FORMAT = layout.LAYOUT
 HNSW_EF = 128
 # Qdrant Edge counts facets up to a limit; namespaces past it would go unreported.
 MAX_NAMESPACES = 1_000_000
-
-_ORDER_BOUNDS = {"$gt": "gt", "$gte": "gte", "$lt": "lt", "$lte": "lte"}
-
-
-def point_id(namespace: str, record_id: str) -> str:
-    return str(uuid.uuid5(ID_NAMESPACE, f"{namespace}\x00{record_id}"))
-
-
-def metadata_key(field: str) -> str:
-    # Quoted, so a metadata key with dots or brackets stays one key, not a path.
-    return f'md."{field}"'
-
-
-def bool_key(field: str) -> str:
-    return f'bools."{field}"'
-
-
-def _payload(namespace: str, record: Record) -> dict[str, Any]:
-    bools = {k: _bool_word(v) for k, v in record.metadata.items() if isinstance(v, bool)}
-    return {
-        "ns": namespace,
-        "id": record.id,
-        "keys": sorted(record.metadata),
-        "md": record.metadata,
-        "bools": bools,
-    }
-
-
-def _bool_word(value: bool) -> str:
-    return "true" if value else "false"
+MIGRATE_PAGE = 1000
 
 
 class LocalStore:
@@ -125,14 +91,17 @@ class LocalStore:
         return self._model
 
     async def open(self) -> ModelInfo | None:
+        """Opens the store; StoreMisconfigured (naming the path) if it cannot be read."""
         meta = self._read_meta()
         if meta is None:
             return None
-        self._model = ModelInfo(**meta["model"])
-        self._shard_name = meta["shard"]
-        self._shard = await asyncio.to_thread(qe.EdgeShard.load, str(self._root / meta["shard"]))
+        model, name, version = meta
+        shard = await asyncio.to_thread(self._load_shard, name)
+        self._model, self._shard_name, self._shard = model, name, shard
         await asyncio.to_thread(self._remove_leftovers)
-        self._indexed_fields = set(self._shard.info().payload_schema)
+        if version < FORMAT:
+            await asyncio.to_thread(self._migrate, shard, version)
+        self._indexed_fields = set(shard.info().payload_schema)
         log.info(
             "local store at %s: %d vectors of %s", self._root, self._points(), self._model.model_id
         )
@@ -151,6 +120,69 @@ class LocalStore:
         async with self._write_lock:
             if self._model is None:
                 await asyncio.to_thread(self._create, model)
+
+    def _load_shard(self, name: str) -> qe.EdgeShard:
+        path = self._root / name
+        fix = "restore DATA_DIR from a backup, or point DATA_DIR at a new directory"
+        if not path.is_dir():
+            raise StoreMisconfigured(
+                f"cannot open the local store: {self._root / 'store.json'} names the shard "
+                f"{path}, which does not exist; {fix}"
+            )
+        try:
+            return qe.EdgeShard.load(str(path))
+        except Exception as exc:
+            raise StoreMisconfigured(
+                f"cannot open the local store: the shard {path} could not be loaded ({exc}); {fix}"
+            ) from exc
+
+    def _migrate(self, shard: qe.EdgeShard, version: int) -> None:
+        """Rewrites every point of layout `version` into the current layout, in place.
+
+        Runs before the store serves. Idempotent: points already in the current layout
+        are left alone, so a migration cut short by a crash resumes at the next open.
+        """
+        assert self._model is not None
+        assert version == 1
+        log.info(
+            "migrating the local store in %s from layout %d to %d", self._root, version, FORMAT
+        )
+        offset: qe.PointId | None = None
+        moved = 0
+        while True:
+            page, offset = shard.scroll(
+                qe.ScrollRequest(
+                    offset=offset, limit=MIGRATE_PAGE, with_payload=True, with_vector=True
+                )
+            )
+            fresh, stale = [], []
+            for point in page:
+                stored = point.payload or {}
+                namespace, record_id = stored["ns"], stored["id"]
+                current = layout.point_id(namespace, record_id)
+                if str(point.id) == current:
+                    continue
+                metadata = layout.metadata_of_v1(stored)
+                fresh.append(
+                    qe.Point(
+                        current,
+                        _vector(point.vector).tolist(),
+                        layout.payload(namespace, record_id, metadata),
+                    )
+                )
+                stale.append(point.id)
+            if fresh:
+                shard.update(qe.UpdateOperation.upsert_points(fresh))
+                shard.update(qe.UpdateOperation.delete_points(stale))
+                moved += len(fresh)
+            if offset is None:
+                break
+        for key in shard.info().payload_schema:
+            if key not in ("ns", "keys"):  # layout 1's metadata paths address nothing now
+                shard.update(qe.UpdateOperation.delete_field_index(key))
+        shard.flush()
+        self._write_meta(self._model, self._shard_name)
+        log.info("migrated %d records to layout %d", moved, FORMAT)
 
     def _create(self, model: ModelInfo) -> None:
         self._root.mkdir(parents=True, exist_ok=True)
@@ -183,9 +215,9 @@ class LocalStore:
     async def upsert(self, namespace: str, records: Sequence[Record]) -> dict[int, SearchError]:
         points = [
             qe.Point(
-                point_id(namespace, r.id),
+                layout.point_id(namespace, r.id),
                 r.values.astype(np.float32).tolist(),
-                _payload(namespace, r),
+                layout.payload(namespace, r.id, r.metadata),
             )
             for r in records
         ]
@@ -196,20 +228,22 @@ class LocalStore:
     async def delete_ids(self, namespace: str, ids: Sequence[str]) -> None:
         if ids and self._shard is not None:
             await self._write(
-                qe.UpdateOperation.delete_points([point_id(namespace, i) for i in ids])
+                qe.UpdateOperation.delete_points([layout.point_id(namespace, i) for i in ids])
             )
 
     async def delete_where(self, namespace: str, condition: Condition) -> None:
         if self._shard is not None:
             await self._ensure_indexes(condition)
             await self._write(
-                qe.UpdateOperation.delete_points_by_filter(_namespace_filter(namespace, condition))
+                qe.UpdateOperation.delete_points_by_filter(
+                    layout.namespace_filter(namespace, condition)
+                )
             )
 
     async def delete_all(self, namespace: str) -> None:
         if self._shard is not None:
             await self._write(
-                qe.UpdateOperation.delete_points_by_filter(_namespace_filter(namespace, None))
+                qe.UpdateOperation.delete_points_by_filter(layout.namespace_filter(namespace, None))
             )
 
     async def _write(self, op: qe.UpdateOperation) -> None:
@@ -240,7 +274,7 @@ class LocalStore:
         request = qe.QueryRequest(
             limit=top_k,
             query=qe.Query.Nearest(vector.astype(np.float32).tolist()),
-            filter=_namespace_filter(namespace, condition),
+            filter=layout.namespace_filter(namespace, condition),
             with_payload=True,
             with_vector=include_values,
             params=qe.SearchParams(hnsw_ef=max(HNSW_EF, top_k)),
@@ -251,7 +285,7 @@ class LocalStore:
                 id=p.payload["id"],
                 score=float(p.score),
                 values=_vector(p.vector) if include_values else None,
-                metadata=_metadata(p.payload) if include_metadata else None,
+                metadata=layout.metadata_of(p.payload) if include_metadata else None,
             )
             for p in points
             if p.payload is not None
@@ -260,13 +294,17 @@ class LocalStore:
     async def fetch(self, namespace: str, ids: Sequence[str]) -> list[Record]:
         if self._shard is None or not ids:
             return []
-        wanted: list[qe.PointId] = [point_id(namespace, i) for i in ids]
+        wanted: list[qe.PointId] = [layout.point_id(namespace, i) for i in ids]
         found = await self._read(
             lambda shard: shard.retrieve(wanted, with_payload=True, with_vector=True)
         )
         by_id = {r.payload["id"]: r for r in found if r.payload is not None}
         return [
-            Record(id=i, values=_vector(by_id[i].vector), metadata=_metadata(by_id[i].payload))
+            Record(
+                id=i,
+                values=_vector(by_id[i].vector),
+                metadata=layout.metadata_of(by_id[i].payload),
+            )
             for i in dict.fromkeys(ids)
             if i in by_id
         ]
@@ -312,12 +350,13 @@ class LocalStore:
         """Indexes each filtered metadata key once, so the planner can pick exact search."""
         missing = {
             key: schema
-            for key, schema in _filtered_fields(condition)
+            for key, schema in layout.filtered_fields(condition)
             if key not in self._indexed_fields
         }
         for key, schema in missing.items():
-            self._indexed_fields.add(key)
             await self._write(qe.UpdateOperation.create_field_index(key, schema))
+            # Only once the index exists: a failed write leaves the key to index next time.
+            self._indexed_fields.add(key)
 
     # --- background index building -------------------------------------------------
 
@@ -366,8 +405,7 @@ class LocalStore:
             if await self._child.wait() != 0:
                 raise RuntimeError(f"the index builder exited with {self._child.returncode}")
             indexed_before = source.info().indexed_vectors_count
-            async with self._write_lock:
-                await self._switch_to(target)
+            await _uncancellable(self._switch_to(target))
             info = self._require_shard().info()
             # A build that indexed nothing new must not restart at once, forever.
             progressed = info.indexed_vectors_count > indexed_before
@@ -380,12 +418,12 @@ class LocalStore:
                 asyncio.get_running_loop().time() - started,
             )
         except asyncio.CancelledError:
-            await asyncio.to_thread(shutil.rmtree, self._root / target, True)
+            await asyncio.to_thread(self._discard, target)
             raise
         except Exception:
             log.exception("building the index failed; queries stay exact, will retry later")
             self._build_floor = self._points() + self._index_threshold
-            await asyncio.to_thread(shutil.rmtree, self._root / target, True)
+            await asyncio.to_thread(self._discard, target)
         finally:
             self._replay = None
             self._child = None
@@ -393,8 +431,23 @@ class LocalStore:
         # Writes made during the build may already call for the next one.
         self._maybe_build()
 
+    def _discard(self, name: str) -> None:
+        """Removes an unfinished build's shard; never the one store.json names."""
+        meta = self._read_meta()
+        if name != self._shard_name and (meta is None or meta[1] != name):
+            shutil.rmtree(self._root / name, ignore_errors=True)
+
     async def _switch_to(self, target: str) -> None:
-        """Loads the built copy, replays the writes made meanwhile, and makes it current."""
+        """Loads the built copy, replays the writes made meanwhile, and makes it current.
+
+        Runs to its end once begun (see `_uncancellable`): a stop that lands between
+        store.json naming `target` and the old shard being removed must not leave the
+        store half-switched.
+        """
+        async with self._write_lock:
+            await self._switch_locked(target)
+
+    async def _switch_locked(self, target: str) -> None:
         replay = self._replay or []
         assert self._model is not None
 
@@ -425,14 +478,28 @@ class LocalStore:
 
     # --- store.json --------------------------------------------------------------------
 
-    def _read_meta(self) -> dict[str, Any] | None:
+    def _read_meta(self) -> tuple[ModelInfo, str, int] | None:
+        """(model, current shard, layout version) from store.json; None for a new store."""
         path = self._root / "store.json"
         if not path.exists():
             return None
-        meta: dict[str, Any] = json.loads(path.read_text())
-        if meta.get("format") != FORMAT:
-            raise RuntimeError(f"{path} has format {meta.get('format')}; expected {FORMAT}")
-        return meta
+        fix = "restore DATA_DIR from a backup, or point DATA_DIR at a new directory"
+        try:
+            meta = json.loads(path.read_text())
+            version, shard = meta["format"], meta["shard"]
+            model = ModelInfo(**meta["model"])
+            if not isinstance(version, int) or not isinstance(shard, str) or not shard:
+                raise ValueError("format must be a number and shard a directory name")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise StoreMisconfigured(
+                f"cannot open the local store: {path} is unreadable or corrupt ({exc}); {fix}"
+            ) from exc
+        if not 1 <= version <= FORMAT:
+            raise StoreMisconfigured(
+                f"cannot open the local store: {path} has layout {version}, and this version "
+                f"of search_service reads layouts 1-{FORMAT}; upgrade search_service"
+            )
+        return model, shard, version
 
     def _write_meta(self, model: ModelInfo, shard: str) -> None:
         path = self._root / "store.json"
@@ -463,13 +530,26 @@ def _shard_config(dimension: int) -> qe.EdgeConfig:
     )
 
 
+async def _uncancellable(work: Coroutine[Any, Any, None]) -> None:
+    """Runs `work` to its end even if the caller is cancelled meanwhile, then re-raises."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while True:
+        try:
+            await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.done():
+                break
+            cancelled = True
+    task.result()
+    if cancelled:
+        raise asyncio.CancelledError
+
+
 def _flush_and_close(shard: qe.EdgeShard) -> None:
     shard.flush()
     shard.close()
-
-
-def _metadata(payload: dict[str, Any] | None) -> Metadata:
-    return dict(payload.get("md", {})) if payload else {}
 
 
 def _vector(raw: Any) -> Vector:
@@ -478,76 +558,4 @@ def _vector(raw: Any) -> Vector:
     return np.asarray(raw, dtype=np.float32)
 
 
-# --- filters: the validated Pinecone tree -> Qdrant conditions -----------------------
-
-
-def _namespace_filter(namespace: str, condition: Condition | None) -> qe.Filter:
-    must: list[Any] = [qe.FieldCondition("ns", match=qe.MatchValue(namespace))]
-    if condition is not None:
-        must.append(translate(condition))
-    return qe.Filter(must=must)
-
-
-def translate(condition: Condition) -> Any:
-    """One Pinecone condition as a Qdrant condition with the same meaning."""
-    if isinstance(condition, And):
-        return qe.Filter(must=[translate(c) for c in condition.conditions])
-    if isinstance(condition, Or):
-        return qe.Filter(should=[translate(c) for c in condition.conditions])
-    field, op, value = condition.field, condition.op, condition.value
-    key = metadata_key(field)
-    # Pinecone's $ne/$nin never match a record without the field; Qdrant's must_not would.
-    exists = qe.FieldCondition("keys", match=qe.MatchValue(field))
-    if op == "$exists":
-        return exists if value else qe.Filter(must_not=[exists])
-    if op in _ORDER_BOUNDS:
-        assert isinstance(value, float)
-        return qe.FieldCondition(key, range=qe.RangeFloat(**{_ORDER_BOUNDS[op]: value}))
-    options = value if isinstance(value, tuple) else (value,)
-    any_of = _any_of(field, options)
-    if op in ("$eq", "$in"):
-        return any_of
-    # $ne/$nin: "no element is in the set", never Qdrant's MatchExcept ("some element is not").
-    return qe.Filter(must=[exists], must_not=[any_of])
-
-
-def _any_of(field: str, options: Sequence[str | float | bool]) -> Any:
-    """Matches when the field (or any element of a list field) equals one of `options`."""
-    key = metadata_key(field)
-    parts: list[Any] = []
-    strings = [o for o in options if isinstance(o, str)]
-    if strings:
-        parts.append(qe.FieldCondition(key, match=qe.MatchAny(strings)))
-    for option in options:
-        if isinstance(option, bool):
-            parts.append(
-                qe.FieldCondition(bool_key(field), match=qe.MatchValue(_bool_word(option)))
-            )
-        elif isinstance(option, float):
-            # MatchValue takes no floats; numbers are stored as floats and compared as such.
-            parts.append(qe.FieldCondition(key, range=qe.RangeFloat(gte=option, lte=option)))
-    if len(parts) == 1:
-        return parts[0]
-    return qe.Filter(should=parts)
-
-
-def _filtered_fields(condition: Condition | None) -> Iterator[tuple[str, qe.PayloadSchemaType]]:
-    """(payload key, index type) of each metadata key a filter compares with a value."""
-    if condition is None:
-        return
-    if isinstance(condition, And | Or):
-        for part in condition.conditions:
-            yield from _filtered_fields(part)
-        return
-    if not isinstance(condition, FieldCondition) or condition.op == "$exists":
-        return
-    value = condition.value
-    sample = value[0] if isinstance(value, tuple) and value else value
-    if isinstance(sample, bool):
-        yield bool_key(condition.field), qe.PayloadSchemaType.Keyword
-        return
-    schema = qe.PayloadSchemaType.Keyword if isinstance(sample, str) else qe.PayloadSchemaType.Float
-    yield metadata_key(condition.field), schema
-
-
-__all__ = ["LocalStore", "Metadata", "point_id", "translate"]
+__all__ = ["LocalStore", "Metadata"]

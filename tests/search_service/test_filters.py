@@ -53,7 +53,7 @@ def test_nested_and_or_parse_into_a_tree() -> None:
         ({"year": {"$gt": "2020"}}, "filter.year.$gt", "must be a number"),
         ({"year": {"$gt": True}}, "filter.year.$gt", "must be a number"),
         ({"label": {"$in": "cat"}}, "filter.label.$in", "array of strings or numbers"),
-        ({"label": {"$in": [True]}}, "filter.label.$in", "array of strings or numbers"),
+        ({"label": {"$in": [True]}}, "filter.label.$in[0]", "array of strings or numbers"),
         ({"label": {"$exists": 1}}, "filter.label.$exists", "true or false"),
         ({"$and": []}, "filter.$and", "non-empty array"),
         ({"label": {"$in": []}}, "filter.label.$in", "non-empty array"),
@@ -111,7 +111,7 @@ def test_metadata_keeps_pinecone_value_types_and_drops_nulls() -> None:
     ("metadata", "field"),
     [
         ({"nested": {"x": 1}}, "metadata.nested"),
-        ({"nums": [1, 2]}, "metadata.nums"),
+        ({"nums": [1, 2]}, "metadata.nums[0]"),
         ({"inf": float("inf")}, "metadata.inf"),
         ({"big": "x" * 50_000}, "metadata"),
     ],
@@ -135,4 +135,4 @@ def test_ids_and_namespaces_follow_pinecone_limits() -> None:
 def test_a_bad_namespace_message_reads_as_a_sentence() -> None:
     with pytest.raises(InvalidNamespace) as caught:
         validate_namespace("n" * 513)
-    assert 'up to 512 ASCII characters ("" is the default namespace)' in str(caught.value)
+    assert 'up to 512 printable ASCII characters ("" is the default namespace)' in str(caught.value)
