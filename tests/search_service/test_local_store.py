@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
+import qdrant_edge as qe
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from search_service.filters import matches, parse_filter
+from search_service.stores import local
+from search_service.stores import local_layout as layout
 from search_service.stores.base import ModelInfo, Record, Vector
 from search_service.stores.local import LocalStore
 
@@ -120,3 +133,227 @@ async def test_metadata_keys_with_dots_and_empty_lists_keep_their_meaning(tmp_pa
         == []
     )
     await store.close()
+
+
+# --- point ids: distinct (namespace, id) pairs are distinct records --------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.text(), st.text()), min_size=2, max_size=20, unique=True))
+def test_distinct_namespace_id_pairs_map_to_distinct_points(pairs: list[tuple[str, str]]) -> None:
+    assert len({layout.point_id(ns, i) for ns, i in pairs}) == len(pairs)
+
+
+async def test_pairs_that_layout_1_merged_are_two_records(tmp_path: Path) -> None:
+    # Layout 1 joined namespace and id with NUL: both pairs below were one point.
+    assert layout.point_id_v1("a\x00b", "c") == layout.point_id_v1("a", "b\x00c")
+    store = LocalStore(tmp_path)
+    await store.open()
+    await store.bind(MODEL)
+    vectors = unit_vectors(2, 3)
+    await store.upsert("a\x00b", [Record("c", vectors[0], {"which": "first"})])
+    await store.upsert("a", [Record("b\x00c", vectors[1], {"which": "second"})])
+    (first,) = await store.fetch("a\x00b", ["c"])
+    (second,) = await store.fetch("a", ["b\x00c"])
+    assert (first.metadata, second.metadata) == ({"which": "first"}, {"which": "second"})
+    assert np.allclose(first.values, vectors[0], atol=1e-6)
+    await store.close()
+
+
+# --- stores written by layout 1 ----------------------------------------------------------
+
+LAYOUT_1_RECORDS = [
+    (ns, f"r{i}", {"label": f"l{i % 3}", "a.b": float(i), "flag": i % 2 == 0, "tags": ["x"]})
+    for ns in ("", "other")
+    for i in range(40)
+]
+
+
+def write_layout_1_store(data_dir: Path) -> dict[tuple[str, str], np.ndarray]:
+    """A store exactly as layout 1 wrote it: NUL-joined ids, metadata under its own keys,
+    no `bools`, and a payload index on a quoted metadata path."""
+    root = data_dir / "local"
+    root.mkdir(parents=True)
+    shard = qe.EdgeShard.create(str(root / "shard-000001"), local._shard_config(MODEL.dimension))
+    shard.update(qe.UpdateOperation.create_field_index("ns", qe.PayloadSchemaType.Keyword))
+    shard.update(qe.UpdateOperation.create_field_index("keys", qe.PayloadSchemaType.Keyword))
+    shard.update(qe.UpdateOperation.create_field_index('md."label"', qe.PayloadSchemaType.Keyword))
+    vectors = unit_vectors(len(LAYOUT_1_RECORDS), 4)
+    points = [
+        qe.Point(
+            layout.point_id_v1(ns, rid),
+            vectors[n].tolist(),
+            {"ns": ns, "id": rid, "keys": sorted(md), "md": md},
+        )
+        for n, (ns, rid, md) in enumerate(LAYOUT_1_RECORDS)
+    ]
+    shard.update(qe.UpdateOperation.upsert_points(points))
+    shard.flush()
+    shard.close()
+    meta = {"format": 1, "model": asdict(MODEL), "shard": "shard-000001"}
+    (root / "store.json").write_text(json.dumps(meta))
+    return {(ns, rid): vectors[n] for n, (ns, rid, _) in enumerate(LAYOUT_1_RECORDS)}
+
+
+async def check_every_layout_1_record(
+    store: LocalStore, vectors: dict[tuple[str, str], np.ndarray]
+) -> None:
+    for ns in ("", "other"):
+        expected = {rid: md for n, rid, md in LAYOUT_1_RECORDS if n == ns}
+        fetched = await store.fetch(ns, sorted(expected))
+        assert {r.id: r.metadata for r in fetched} == expected
+        for record in fetched:
+            assert np.allclose(record.values, vectors[(ns, record.id)], atol=1e-6)
+        for raw in ({"label": "l1"}, {"flag": True}, {"a.b": {"$gte": 30}}, {"tags": "x"}):
+            condition = parse_filter(raw)
+            found = await store.query(
+                ns, unit_vectors(1, 5)[0], top_k=100, condition=condition,
+                include_values=False, include_metadata=False,
+            )  # fmt: skip
+            assert {m.id for m in found} == {
+                i for i, md in expected.items() if matches(condition, md)
+            }
+    assert (await store.stats()).namespaces == {"": 40, "other": 40}
+
+
+async def test_a_layout_1_store_is_migrated_on_open_and_keeps_every_record(
+    tmp_path: Path,
+) -> None:
+    vectors = write_layout_1_store(tmp_path)
+    store = LocalStore(tmp_path)
+    assert await store.open() == MODEL
+    await check_every_layout_1_record(store, vectors)
+    await store.close()
+    meta = json.loads((tmp_path / "local" / "store.json").read_text())
+    assert meta["format"] == layout.LAYOUT
+    reopened = LocalStore(tmp_path)
+    await reopened.open()
+    assert reopened._shard is not None
+    assert 'md."label"' not in reopened._shard.info().payload_schema
+    await check_every_layout_1_record(reopened, vectors)
+    await reopened.close()
+
+
+async def test_a_migration_cut_short_resumes_at_the_next_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vectors = write_layout_1_store(tmp_path)
+    monkeypatch.setattr(local, "MIGRATE_PAGE", 7)
+    real_payload = layout.payload
+    calls = 0
+
+    def crash_midway(*args: Any) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        if calls == 30:
+            raise OSError("the disk went away")
+        return real_payload(*args)
+
+    monkeypatch.setattr(layout, "payload", crash_midway)
+    store = LocalStore(tmp_path)
+    with pytest.raises(OSError, match="disk went away"):
+        await store.open()
+    await store.close()
+    assert json.loads((tmp_path / "local" / "store.json").read_text())["format"] == 1
+    monkeypatch.setattr(layout, "payload", real_payload)
+    resumed = LocalStore(tmp_path)
+    await resumed.open()
+    await check_every_layout_1_record(resumed, vectors)
+    await resumed.close()
+
+
+# --- the index-build swap ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("trouble", ["stop", "error"])
+async def test_a_stop_or_error_while_the_old_shard_closes_keeps_every_acknowledged_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trouble: str
+) -> None:
+    store = LocalStore(tmp_path, index_threshold=60)
+    await store.open()
+    await store.bind(MODEL)
+    vectors = unit_vectors(100, 6)
+    records = [Record(str(i), vectors[i], {"n": float(i)}) for i in range(100)]
+    await store.upsert("", records)
+    assert store._build is not None
+    loop = asyncio.get_running_loop()
+    releasing = asyncio.Event()
+    real_close = local._flush_and_close
+    first = True
+
+    def slow_close(shard: qe.EdgeShard) -> None:
+        nonlocal first
+        if first:  # the switch releasing the old shard, after store.json names the new one
+            first = False
+            loop.call_soon_threadsafe(releasing.set)
+            time.sleep(0.5)
+            if trouble == "error":
+                real_close(shard)
+                raise OSError("closing the old shard failed")
+        real_close(shard)
+
+    monkeypatch.setattr(local, "_flush_and_close", slow_close)
+    await releasing.wait()
+    if trouble == "stop":
+        await store.close()
+    else:
+        await store.wait_for_index_build()
+        await store.close()
+    reopened = LocalStore(tmp_path)
+    assert await reopened.open() == MODEL
+    fetched = await reopened.fetch("", [r.id for r in records])
+    assert [r.id for r in fetched] == [r.id for r in records]
+    assert reopened.index_status()[0] >= 60  # the built shard is the one in use
+    await reopened.close()
+
+
+# --- a store that cannot be opened stops the service -------------------------------------
+
+
+def corrupt_json(root: Path) -> None:
+    (root / "store.json").write_text('{"format": 2, "model": ')
+
+
+def missing_shard(root: Path) -> None:
+    meta = {"format": 2, "model": asdict(MODEL), "shard": "shard-000007"}
+    (root / "store.json").write_text(json.dumps(meta))
+
+
+def future_layout(root: Path) -> None:
+    meta = {"format": 99, "model": asdict(MODEL), "shard": "shard-000001"}
+    (root / "store.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(
+    ("spoil", "words"),
+    [
+        (corrupt_json, "store.json is unreadable or corrupt"),
+        (missing_shard, "shard-000007, which does not exist"),
+        (future_layout, "has layout 99"),
+    ],
+)
+def test_a_store_that_cannot_be_opened_stops_the_service_with_exit_2_naming_the_path(
+    tmp_path: Path, spoil: Callable[[Path], None], words: str
+) -> None:
+    root = tmp_path / "data" / "local"
+    root.mkdir(parents=True)
+    spoil(root)
+    done = subprocess.run(
+        [sys.executable, "-m", "search_service"],
+        env={
+            **os.environ,
+            "SEARCH_ADDR": "127.0.0.1:0",
+            "EMBED_TARGET": "127.0.0.1:1",
+            "DATA_DIR": str(tmp_path / "data"),
+            "VECTOR_STORE": "local",
+        },
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert str(root) in done.stderr
+    assert words in done.stderr
+    assert "Traceback" not in done.stderr

@@ -210,17 +210,19 @@ async def test_values_and_metadata_come_back_as_stored_with_cosine_scores(
 
 # --- generated metadata and filters ----------------------------------------------------
 
-KEYS = ["color", "size", "tags", "flag"]
+# Keys with every character Pinecone accepts that a JSON path would misread.
+COLOR, SIZE, TAGS, FLAG = "color", 'si"ze', "tags.list[0]", "fl\\ag ü"
+KEYS = [COLOR, SIZE, TAGS, FLAG]
 COLORS = ["red", "green", "blue", "1"]
 NUMBERS = [-1, 0, 1, 1.0, 2, 2.5]
 
 
 def metadata_values(key: str) -> st.SearchStrategy[Any]:
     return {
-        "color": st.sampled_from(COLORS),
-        "size": st.sampled_from(NUMBERS),
-        "tags": st.lists(st.sampled_from(COLORS), max_size=3, unique=True),
-        "flag": st.booleans(),
+        COLOR: st.sampled_from(COLORS),
+        SIZE: st.sampled_from(NUMBERS),
+        TAGS: st.lists(st.sampled_from(COLORS), max_size=3, unique=True),
+        FLAG: st.booleans(),
     }[key]
 
 
