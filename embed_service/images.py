@@ -28,12 +28,33 @@ from PIL import Image, ImageCms, ImageOps
 
 from embed_service.errors import ImageEmpty, ImageTooLarge, ImageUnreadable
 
-# Raster formats Pillow decodes itself; no format that runs an outside program (EPS) or
-# only identifies a file without decoding it (HDF5, GRIB, BUFR, WMF).
-FORMATS = (
-    "JPEG", "PNG", "WEBP", "GIF", "BMP", "DIB", "TIFF", "MPO", "ICO", "ICNS", "PPM", "TGA",
-    "QOI", "AVIF", "JPEG2000", "PCX", "SGI",
-)  # fmt: skip
+# Image.open(formats=...) only tries plugins already loaded, and Pillow loads just five
+# by itself: load them all once, or ICO, QOI, AVIF... would be "not an image".
+Image.init()
+# Raster formats Pillow decodes itself (the JPEG plugin also opens MPO); no format that
+# runs an outside program (EPS) or only identifies a file (HDF5, GRIB, BUFR, WMF).
+FORMATS = tuple(
+    name
+    for name in (
+        "JPEG",
+        "PNG",
+        "WEBP",
+        "GIF",
+        "BMP",
+        "DIB",
+        "TIFF",
+        "ICO",
+        "ICNS",
+        "PPM",
+        "TGA",
+        "QOI",
+        "AVIF",
+        "JPEG2000",
+        "PCX",
+        "SGI",
+    )  # fmt: skip
+    if name in Image.OPEN  # AVIF and JPEG 2000 only where Pillow was built with them
+)
 FORMAT_NAMES = "JPEG, PNG, WebP, GIF, BMP, TIFF, ICO, AVIF, JPEG 2000, PPM, TGA, QOI and more"
 BACKGROUND = (255, 255, 255)
 _HIGH_DEPTH = {"I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16}
@@ -100,18 +121,22 @@ def decode(data: bytes, *, max_pixels: int, min_side: int) -> Image.Image:
             # draft() only ever picks a scale that keeps both sides >= the request.
             image.draft("RGB", (min_side, min_side))
         image.load()
-        return to_rgb(ImageOps.exif_transpose(image))
+        # The source's tags say its bit depth; exif_transpose's copy keeps no tags.
+        return to_rgb(ImageOps.exif_transpose(image), source=image)
     except Exception as exc:
         raise ImageUnreadable(f"the image could not be decoded: {_describe(exc)}") from exc
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """The 8-bit RGB picture an image shows, whatever its pixel mode (see the module doc)."""
+def to_rgb(image: Image.Image, *, source: Image.Image | None = None) -> Image.Image:
+    """The 8-bit RGB picture an image shows, whatever its pixel mode (see the module doc).
+
+    `source` is the decoded file `image` was derived from, for its tags (bit depth).
+    """
     mode = image.mode
     if mode == "RGB" and "transparency" not in image.info:
         return image
     if mode in _HIGH_DEPTH or mode in ("I", "F"):
-        return _scaled_to_8_bit(image).convert("RGB")
+        return _scaled_to_8_bit(image, source or image).convert("RGB")
     if mode == "CMYK":
         return _cmyk_to_rgb(image)
     if mode in ("RGBa", "La"):  # premultiplied alpha
@@ -126,14 +151,14 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _scaled_to_8_bit(image: Image.Image) -> Image.Image:
+def _scaled_to_8_bit(image: Image.Image, source: Image.Image) -> Image.Image:
     """A high-bit-depth or float grayscale image as 8-bit "L", scaled from its own range."""
     values = np.asarray(image, dtype=np.float64)
     if image.mode == "F":
         top = 1.0
     else:
-        bits = _HIGH_DEPTH.get(image.mode) or _declared_bits(image)
-        signed = _tag(image, 339) == 2  # TIFF SampleFormat: 2 = signed integer
+        bits = _HIGH_DEPTH.get(image.mode) or _declared_bits(source)
+        signed = _tag(source, 339) == 2  # TIFF SampleFormat: 2 = signed integer
         top = float(2 ** (bits - 1 if signed else bits) - 1)
     gray = np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
     return Image.fromarray(gray)
