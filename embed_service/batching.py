@@ -72,6 +72,7 @@ class DynamicBatcher(Generic[In, Out]):
         self._queue: asyncio.Queue[_Pending[In, Out]] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._dead: BatcherStopped | None = None
+        self._running: list[_Pending[In, Out]] = []
         self.stats = BatchStats()
 
     async def start(self) -> None:
@@ -93,15 +94,20 @@ class DynamicBatcher(Generic[In, Out]):
         self._fail_queued(self._dead)
 
     def _fail_queued(self, error: BaseException) -> None:
+        """Fails the batch in hand and everything waiting behind it."""
+        waiting = [*self._running]
+        self._running = []
         while not self._queue.empty():
-            future = self._queue.get_nowait().future
-            if not future.done():
-                future.set_exception(error)
+            waiting.append(self._queue.get_nowait())
+        for entry in waiting:
+            if not entry.future.done():
+                entry.future.set_exception(error)
 
     async def stop(self) -> None:
         if self._worker is not None:
             self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # A worker that died has been logged already (_on_worker_exit).
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._worker
             self._worker = None
         self._fail_queued(BatcherStopped(f"the {self._name} batcher was stopped"))
@@ -147,6 +153,7 @@ class DynamicBatcher(Generic[In, Out]):
             live = [entry for entry in await self._gather() if not entry.future.done()]
             if not live:
                 continue
+            self._running = live
             try:
                 results = await loop.run_in_executor(
                     self._executor, self._run_batch, [entry.item for entry in live]
@@ -159,6 +166,7 @@ class DynamicBatcher(Generic[In, Out]):
                 continue
             self.stats.sizes[len(live)] += 1
             self._resolve(live, results)
+            self._running = []
 
     def _resolve(self, live: list[_Pending[In, Out]], results: Sequence[Out]) -> None:
         """Hands each caller its result; a mismatch fails the batch, not the worker."""

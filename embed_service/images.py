@@ -33,28 +33,26 @@ from embed_service.errors import ImageEmpty, ImageTooLarge, ImageUnreadable
 Image.init()
 # Raster formats Pillow decodes itself (the JPEG plugin also opens MPO); no format that
 # runs an outside program (EPS) or only identifies a file (HDF5, GRIB, BUFR, WMF).
-FORMATS = tuple(
-    name
-    for name in (
-        "JPEG",
-        "PNG",
-        "WEBP",
-        "GIF",
-        "BMP",
-        "DIB",
-        "TIFF",
-        "ICO",
-        "ICNS",
-        "PPM",
-        "TGA",
-        "QOI",
-        "AVIF",
-        "JPEG2000",
-        "PCX",
-        "SGI",
-    )  # fmt: skip
-    if name in Image.OPEN  # AVIF and JPEG 2000 only where Pillow was built with them
-)
+_WANTED = [
+    "JPEG",
+    "PNG",
+    "WEBP",
+    "GIF",
+    "BMP",
+    "DIB",
+    "TIFF",
+    "ICO",
+    "ICNS",
+    "PPM",
+    "TGA",
+    "QOI",
+    "AVIF",
+    "JPEG2000",
+    "PCX",
+    "SGI",
+]
+# AVIF and JPEG 2000 only where Pillow was built with them.
+FORMATS = tuple(name for name in _WANTED if name in Image.OPEN)
 FORMAT_NAMES = "JPEG, PNG, WebP, GIF, BMP, TIFF, ICO, AVIF, JPEG 2000, PPM, TGA, QOI and more"
 BACKGROUND = (255, 255, 255)
 _HIGH_DEPTH = {"I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16}

@@ -96,7 +96,7 @@ CASES: dict[str, Callable[[], tuple[bytes, np.ndarray]]] = {
     "ICO": lambda: (
         encode(Image.fromarray(rgb()).resize((64, 64)), "ICO", sizes=[(64, 64)]),
         np.asarray(Image.fromarray(rgb()).resize((64, 64))),
-    ),  # fmt: skip
+    ),
     "RGBA PNG with transparency": lambda: (
         encode(Image.fromarray(with_transparency(), "RGBA"), "PNG"),
         on_background(with_transparency()),
@@ -112,7 +112,7 @@ CASES: dict[str, Callable[[], tuple[bytes, np.ndarray]]] = {
     "CMYK JPEG": lambda: (
         encode(Image.fromarray(rgb()).convert("CMYK"), "JPEG", quality=100),
         np.asarray(Image.open(io.BytesIO(encode(Image.fromarray(rgb()), "JPEG", quality=100)))),
-    ),  # fmt: skip
+    ),
     "1-bit PNG": lambda: (
         encode(Image.fromarray(gray()).convert("1"), "PNG"),
         np.asarray(Image.fromarray(gray()).convert("1").convert("L")),
@@ -123,7 +123,7 @@ CASES: dict[str, Callable[[], tuple[bytes, np.ndarray]]] = {
     "lossless JPEG 2000": lambda: (
         encode(Image.fromarray(rgb()), "JPEG2000", irreversible=False),
         rgb(),
-    ),  # fmt: skip
+    ),
     "lossless AVIF": lambda: (encode(Image.fromarray(rgb()), "AVIF", quality=100), rgb()),
 }
 
