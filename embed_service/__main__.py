@@ -6,29 +6,42 @@ import asyncio
 import logging
 import sys
 
-from imagesearch.serving import configure_logging
+from imagesearch.serving import configure_logging, init_grpc, stop_requested
 
 from embed_service.app import EmbedApp
 from embed_service.config import EmbedSettings
 from embed_service.errors import ModelLoadError
 
+log = logging.getLogger("embed_service")
+
 
 async def _main(settings: EmbedSettings) -> int:
+    stopping = stop_requested()
     app = EmbedApp(settings)
     await app.start()
+    loading = asyncio.create_task(app.load())
+    signalled = asyncio.create_task(stopping.wait())
+    await asyncio.wait({loading, signalled}, return_when=asyncio.FIRST_COMPLETED)
+    if not loading.done():
+        log.info("stopping before the model finished loading")
+        loading.cancel()
+        await app.stop(0)
+        return 0
+    signalled.cancel()
     try:
-        await app.load()
+        loading.result()
     except ModelLoadError as exc:
-        logging.getLogger("embed_service").error("%s", exc)
+        log.error("%s", exc)
         await app.stop(0)
         return 2
-    await app.run_until_signalled()
+    await app.serve_until(stopping)
     return 0
 
 
 def main() -> None:
     settings = EmbedSettings()
     configure_logging(settings.log_level)
+    init_grpc()
     sys.exit(asyncio.run(_main(settings)))
 
 

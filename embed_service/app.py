@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import threading
+from collections.abc import Callable
+from typing import TypeVar
 
-from imagesearch.serving import GrpcServer, host_of, wait_for_signal
+from imagesearch.serving import GrpcServer, host_of
 from imagesearch.v1 import embed_service_pb2 as pb
 from imagesearch.v1 import embed_service_pb2_grpc as pb_grpc
 
@@ -16,6 +20,8 @@ from embed_service.model import ClipModel
 from embed_service.server import EmbedServicer
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EmbedService"].full_name
 
@@ -45,8 +51,14 @@ class EmbedApp:
     async def load(self) -> None:
         """Loads and warms the model, then reports SERVING. Raises ModelLoadError."""
         s = self.settings
-        model = await asyncio.to_thread(
-            ClipModel.load, s.model, device=s.device, precision=s.precision, threads=s.torch_threads
+        model = await _in_daemon_thread(
+            functools.partial(
+                ClipModel.load,
+                s.model,
+                device=s.device,
+                precision=s.precision,
+                threads=s.torch_threads,
+            )
         )
         engine = EmbedEngine(model, s)
         await engine.start()
@@ -60,8 +72,8 @@ class EmbedApp:
         if self.engine is not None:
             await self.engine.stop()
 
-    async def run_until_signalled(self) -> None:
-        await wait_for_signal()
+    async def serve_until(self, stopping: asyncio.Event) -> None:
+        await stopping.wait()
         log.info("stopping: draining in-flight calls for up to %.0f s", self.settings.grace_s)
         await self.stop()
 
@@ -69,3 +81,30 @@ class EmbedApp:
         if self.engine is None:
             raise ModelNotReady("the model is still loading; retry in a few seconds")
         return self.engine
+
+
+async def _in_daemon_thread(work: Callable[[], T]) -> T:
+    """Runs `work` on a daemon thread: a stop while a model loads (minutes, from a hub)
+    ends the process at once, where asyncio's executor would wait for the load."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+
+    def run() -> None:
+        try:
+            result = work()
+        except BaseException as exc:
+            loop.call_soon_threadsafe(_settle, done, None, exc)
+        else:
+            loop.call_soon_threadsafe(_settle, done, result, None)
+
+    threading.Thread(target=run, name="load-model", daemon=True).start()
+    return await done
+
+
+def _settle(future: asyncio.Future[T], result: T | None, error: BaseException | None) -> None:
+    if future.done():  # the caller stopped waiting
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)  # type: ignore[arg-type]

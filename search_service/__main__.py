@@ -6,7 +6,7 @@ import asyncio
 import logging
 import sys
 
-from imagesearch.serving import configure_logging
+from imagesearch.serving import configure_logging, init_grpc, stop_requested
 
 from search_service.app import SearchApp
 from search_service.config import SearchSettings
@@ -16,10 +16,11 @@ log = logging.getLogger("search_service")
 
 
 async def _main(settings: SearchSettings) -> int:
+    stopping = stop_requested()
     try:
         app = SearchApp(settings)
         await app.start()
-        await app.run_until_signalled()
+        await app.serve_until(stopping)
     except SearchError as exc:
         # The store cannot serve as configured (key, metric, dimension): say why and stop.
         log.error("search_service cannot start: %s", exc)
@@ -30,6 +31,7 @@ async def _main(settings: SearchSettings) -> int:
 def main() -> None:
     settings = SearchSettings()
     configure_logging(settings.log_level)
+    init_grpc()
     if settings.log_level.upper() != "DEBUG":
         # httpx and the Pinecone SDK log every request at INFO; ours say what matters.
         for chatty in ("httpx", "pinecone"):

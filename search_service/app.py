@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
-from imagesearch.serving import GrpcServer, host_of, wait_for_signal
+from imagesearch.serving import GrpcServer, host_of
 from imagesearch.v1 import search_service_pb2 as pb
 from imagesearch.v1 import search_service_pb2_grpc as pb_grpc
 
@@ -87,10 +88,10 @@ class SearchApp:
         await self.store.close()
         await self.embed.close()
 
-    async def run_until_signalled(self) -> None:
-        """Serves until SIGTERM/SIGINT; raises StoreMisconfigured if the store cannot serve."""
-        signalled = asyncio.create_task(wait_for_signal())
-        watched: set[asyncio.Future[None]] = {signalled}
+    async def serve_until(self, stopping: asyncio.Event) -> None:
+        """Serves until `stopping` is set; raises StoreMisconfigured if the store cannot serve."""
+        signalled = asyncio.create_task(stopping.wait())
+        watched: set[asyncio.Future[Any]] = {signalled}
         if self._connecting is not None:
             watched.add(self._connecting)
         await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)

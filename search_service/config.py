@@ -71,14 +71,15 @@ class SearchSettings(BaseSettings):
         description="How long to wait for a new Pinecone index to become ready.",
     )  # fmt: skip
     max_message_mb: int = Field(
-        default=32, ge=1, validation_alias=_env("SEARCH_MAX_MESSAGE_MB"),
+        default=16, ge=1, validation_alias=_env("SEARCH_MAX_MESSAGE_MB"),
         description="Largest request accepted, MiB.",
     )  # fmt: skip
     max_concurrent_rpcs: int = Field(
-        default=32, ge=1, validation_alias=_env("SEARCH_MAX_CONCURRENT_RPCS"),
+        default=16, ge=1, validation_alias=_env("SEARCH_MAX_CONCURRENT_RPCS"),
         description=(
             "RPCs served at once; the next gets RESOURCE_EXHAUSTED before its message is read. "
-            "Requests in flight hold at most about 2 x this x max_message_mb (2 GiB by default)."
+            "Image calls in flight hold at most about 6 x this x max_message_mb (1.5 GiB by "
+            "default): the request, its decoded copy and the copy forwarded to embed_service."
         ),
     )  # fmt: skip
     grace_s: float = Field(

@@ -30,8 +30,8 @@ from imagesearch_client.sources import (
 )
 
 BATCH = 32
-# Well under the services' default message limit (32 MiB), however large the photos.
-BATCH_BYTES = 16 * 1024 * 1024
+# Well under search_service's default message limit (16 MiB), however large the photos.
+BATCH_BYTES = 8 * 1024 * 1024
 
 
 @dataclass

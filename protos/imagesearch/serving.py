@@ -2,7 +2,9 @@
 
 Health starts NOT_SERVING and turns SERVING only when the service says it is ready;
 stopping turns it NOT_SERVING first, so load balancers drain it, then lets
-in-flight calls finish within the grace period.
+in-flight calls finish within the grace period. Health Watch streams end once they
+have told their watcher NOT_SERVING: they are not work in flight, and would otherwise
+hold every stop for its whole grace period.
 
 Two guards apply to every RPC, health and reflection included:
 - at most `max_concurrent_rpcs` run at once; gRPC answers the next one
@@ -23,7 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from imagesearch.status import make_status, to_rpc_status
@@ -51,11 +53,11 @@ class GrpcServer:
             ],
             maximum_concurrent_rpcs=max_concurrent_rpcs,
         )
-        self._health = health.aio.HealthServicer()
+        self._health = Health()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         register(self._server)
         reflection.enable_server_reflection(
-            [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
+            [*self._service_names, HEALTH_SERVICE, reflection.SERVICE_NAME], self._server
         )
         self.port = 0
 
@@ -72,15 +74,67 @@ class GrpcServer:
         await self._set(health_pb2.HealthCheckResponse.SERVING)
 
     async def stop(self, grace_s: float) -> None:
-        await self._health.enter_graceful_shutdown()
+        await self._health.drain()
         await self._server.stop(grace_s)
 
     async def wait(self) -> None:
         await self._server.wait_for_termination()
 
-    async def _set(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
+    async def _set(self, status: ServingStatus) -> None:
         for name in ["", *self._service_names]:
             await self._health.set(name, status)
+
+
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+# The generated enum's value type (an int); health_pb2 carries no stubs mypy can read.
+ServingStatus = int
+
+
+class Health(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
+    """grpc.health.v1 (Check and Watch), whose Watch streams end when the server drains."""
+
+    def __init__(self) -> None:
+        self._status: dict[str, ServingStatus] = {}
+        self._changed = asyncio.Condition()
+        self._draining = False
+
+    async def set(self, service: str, status: ServingStatus) -> None:
+        async with self._changed:
+            if not self._draining:
+                self._status[service] = status
+                self._changed.notify_all()
+
+    async def drain(self) -> None:
+        """Every service NOT_SERVING from now on; watchers are told, then their streams end."""
+        async with self._changed:
+            self._draining = True
+            for service in self._status:
+                self._status[service] = health_pb2.HealthCheckResponse.NOT_SERVING
+            self._changed.notify_all()
+
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthCheckResponse:
+        status = self._status.get(request.service)
+        if status is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
+        return health_pb2.HealthCheckResponse(status=status)
+
+    async def Watch(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        unknown = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+        sent: ServingStatus | None = None
+        while True:
+            status = self._status.get(request.service, unknown)
+            if status != sent:
+                await context.write(health_pb2.HealthCheckResponse(status=status))
+                sent = status
+            if self._draining:
+                return
+            async with self._changed:
+                if self._status.get(request.service, unknown) == sent and not self._draining:
+                    await self._changed.wait()
 
 
 class _Undecodable:
@@ -188,13 +242,24 @@ def host_of(addr: str, port: int) -> str:
     return f"{host}:{port}"
 
 
-async def wait_for_signal() -> None:
-    """Returns on the first SIGTERM or SIGINT; the caller then drains and stops."""
+def stop_requested() -> asyncio.Event:
+    """An event the first SIGTERM or SIGINT sets. Call it first thing in `main`: a signal
+    that arrives while the service starts (a model loading for a minute) is kept, not
+    lost, and SIGINT works even where the shell started the service with it ignored."""
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    await stopping.wait()
+    return stopping
+
+
+def init_grpc() -> None:
+    """Initialises grpc.aio on the main thread before anything else uses it. Otherwise its
+    completion-queue poller can race the loop's closing at exit and print an OSError
+    traceback (grpc/grpc#22365); held from the start, it is not torn down mid-exit."""
+    from grpc.experimental.aio import init_grpc_aio
+
+    init_grpc_aio()
 
 
 def configure_logging(level: str) -> None:

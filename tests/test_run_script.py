@@ -1,0 +1,151 @@
+"""`make run` as a person uses it: start both, index, query, Ctrl-C, and both are gone.
+
+Ctrl-C comes while clients watch health (load balancers and waiting clients do), and
+while a model is still loading: neither may hold up the stop.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from imagesearch_client import ImageSearchClient
+
+from tests.imagegen import image_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+GRACE_S = 10.0  # EMBED_GRACE_S and SEARCH_GRACE_S defaults
+PROMPT_S = 5.0  # a stop with nothing in flight takes a second or two
+
+
+def watch_health(address: str, seen: list[int]) -> threading.Thread:
+    """A client that keeps a health Watch open, recording what it is told."""
+
+    def watch() -> None:
+        with grpc.insecure_channel(address) as channel:
+            request = health_pb2.HealthCheckRequest(service="")
+            try:
+                for reply in health_pb2_grpc.HealthStub(channel).Watch(request):
+                    seen.append(reply.status)
+            except grpc.RpcError:
+                pass
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_both_services_within_the_grace_period_without_a_traceback(
+    clip_dir: Path, tmp_path: Path
+) -> None:
+    search_addr = f"127.0.0.1:{free_port()}"
+    embed_addr = f"127.0.0.1:{free_port()}"
+    env = {
+        **os.environ,
+        "PY": sys.executable,
+        "EMBED_MODEL": str(clip_dir),
+        "EMBED_ADDR": embed_addr,
+        "SEARCH_ADDR": search_addr,
+        "DATA_DIR": str(tmp_path / "data"),
+        "VECTOR_STORE": "local",
+    }
+    log = tmp_path / "run.log"
+    with log.open("w") as sink:
+        # A session of its own, so SIGINT reaches the whole group, as a terminal's Ctrl-C does.
+        run = subprocess.Popen(
+            ["make", "--no-print-directory", "-C", str(ROOT), "run"],
+            env=env,
+            cwd=tmp_path,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        with ImageSearchClient(search_addr, timeout_s=30) as client:
+            client.wait_ready(timeout_s=60)
+        folder = image_folder(tmp_path / "images", per_class=2)
+        cli = [sys.executable, "-m", "imagesearch_client.cli", "--target", search_addr]
+        indexed = subprocess.run(
+            [*cli, "index", str(folder), "--label-from-dir", "--quiet"],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert indexed.returncode == 0, indexed.stderr
+        assert "stored 6" in indexed.stdout
+        queried = subprocess.run(
+            [*cli, "query", "--text", "a red square", "--top-k", "3", "--json"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert queried.returncode == 0, queried.stderr
+        told: dict[str, list[int]] = {search_addr: [], embed_addr: []}
+        watchers = [watch_health(address, seen) for address, seen in told.items()]
+        while not all(told.values()):
+            time.sleep(0.05)
+
+        started = time.monotonic()
+        os.killpg(run.pid, signal.SIGINT)
+        run.wait(timeout=GRACE_S + 5)
+        assert time.monotonic() - started < PROMPT_S
+        for watcher in watchers:
+            watcher.join(timeout=5)
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        assert all(seen[-1] == not_serving for seen in told.values()), told
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+    # Nothing of the group is left running.
+    with pytest.raises(ProcessLookupError):
+        os.killpg(run.pid, 0)
+    text = log.read_text()
+    assert "Traceback" not in text, text
+    assert "CancelledError" not in text, text
+
+
+@pytest.mark.slow
+def test_sigint_while_the_model_loads_stops_embed_service_even_with_sigint_inherited_ignored(
+    clip_dir: Path, tmp_path: Path
+) -> None:
+    """A shell's `cmd &` starts cmd with SIGINT ignored; the service must still hear it."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "embed_service"],
+        env={**os.environ, "EMBED_MODEL": str(clip_dir), "EMBED_ADDR": "127.0.0.1:0"},
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    assert process.stderr is not None
+    lines = []
+    for line in process.stderr:
+        lines.append(line)
+        if re.search(r"listening on .* \(loading ", line):
+            break
+    started = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    try:
+        rest = process.communicate(timeout=PROMPT_S + 5)[1]
+    finally:
+        process.kill()
+    elapsed = time.monotonic() - started
+    text = "".join(lines) + rest
+    assert process.returncode == 0, text
+    assert elapsed < PROMPT_S, text
+    assert "ready" not in rest or "stopping" in rest, text
+    assert "Traceback" not in text, text
