@@ -41,8 +41,9 @@ bench: install
 bench-search: install
 	$(PY) -m tests.bench_search $(ARGS)
 
-$(BUF): package.json
-	npm install --no-audit --no-fund --silent
+# npm ci installs exactly the committed lock and never rewrites it.
+$(BUF): package.json package-lock.json
+	npm ci --no-audit --no-fund --silent
 	@touch $@
 
 lint: install $(BUF)

@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from embed_service import hub
 from embed_service.config import Precision
 from embed_service.errors import ModelLoadError
 from embed_service.images import Preprocessing
@@ -135,14 +136,32 @@ class ClipModel:
             )
         torch_device = resolve_device(device)
         chosen = resolve_precision(precision, torch_device)
-        source = str(Path(model_id).expanduser()) if is_local_path(model_id) else model_id
+        local = is_local_path(model_id)
+        source = str(Path(model_id).expanduser()) if local else model_id
+        unreachable = None
+        if not local and not hub.offline_by_choice():
+            unreachable = hub.unreachable_reason(hub.endpoint())
+            if unreachable:
+                log.warning(
+                    "cannot reach the model hub at %s (%s); loading %s from the local cache only",
+                    hub.endpoint(),
+                    unreachable,
+                    model_id,
+                )
+        cache_only = {"local_files_only": True} if unreachable else {}
         try:
-            model = CLIPModel.from_pretrained(source).eval()
-            tokenizer = AutoTokenizer.from_pretrained(source)
-            processor = CLIPImageProcessorPil.from_pretrained(source)
+            model = CLIPModel.from_pretrained(source, **cache_only).eval()
+            tokenizer = AutoTokenizer.from_pretrained(source, **cache_only)
+            processor = CLIPImageProcessorPil.from_pretrained(source, **cache_only)
         except (OSError, ValueError) as exc:
+            why = (
+                f"the model hub at {hub.endpoint()} cannot be reached ({unreachable}) and no "
+                "copy of the model is cached here"
+                if unreachable
+                else str(exc)
+            )
             raise ModelLoadError(
-                f"could not load the CLIP model {model_id!r}: {exc}\n"
+                f"could not load the CLIP model {model_id!r}: {why}\n"
                 "Without internet access, download it on a connected machine "
                 "(`hf download openai/clip-vit-base-patch32 --local-dir ./models/clip`), copy "
                 "the folder here and set EMBED_MODEL to its path."

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,11 +15,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_embed_service(cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+def run_embed_service(
+    cwd: Path, *, unset: tuple[str, ...] = (), **env: str
+) -> subprocess.CompletedProcess[str]:
     """Runs `python -m embed_service` to its exit, on a free port."""
+    inherited = {k: v for k, v in os.environ.items() if k not in unset}
     return subprocess.run(
         [sys.executable, "-m", "embed_service"],
-        env={**os.environ, "EMBED_ADDR": "127.0.0.1:0", **env},
+        env={**inherited, "EMBED_ADDR": "127.0.0.1:0", **env},
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -46,6 +52,69 @@ def test_an_unreachable_hub_id_exits_non_zero_and_says_how_to_use_a_local_copy(
     assert done.returncode == 2
     assert "openai/clip-vit-base-patch32" in done.stderr
     assert "set EMBED_MODEL to its path" in done.stderr
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on: the hub as seen from a machine without a route."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def test_an_unreachable_hub_is_reported_within_seconds_not_after_retries(tmp_path: Path) -> None:
+    started = time.monotonic()
+    done = run_embed_service(
+        tmp_path,
+        unset=("HF_HUB_OFFLINE",),
+        EMBED_MODEL="openai/clip-vit-base-patch32",
+        HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}",
+        HF_HOME=str(tmp_path / "hf"),
+        EMBED_GRACE_S="0",
+    )
+    elapsed = time.monotonic() - started
+    assert done.returncode == 2, done.stderr
+    assert "cannot be reached" in done.stderr
+    assert "no copy of the model is cached here" in done.stderr
+    assert "set EMBED_MODEL to its path" in done.stderr
+    # Start-up (imports, torch) is most of it; the hub check itself is bounded at 3 s.
+    assert elapsed < 20, elapsed
+
+
+def test_an_unreachable_hub_still_serves_a_model_from_the_local_cache(
+    tmp_path: Path, clip_dir: Path
+) -> None:
+    # The hub cache's own layout: models--<org>--<name>/snapshots/<revision>, refs/main.
+    repo = tmp_path / "hf" / "hub" / "models--tests--tiny-clip"
+    shutil.copytree(clip_dir, repo / "snapshots" / "0123abcd")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "embed_service"],
+        env={
+            **{k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"},
+            "EMBED_ADDR": "127.0.0.1:0",
+            "EMBED_MODEL": "tests/tiny-clip",
+            "HF_ENDPOINT": f"http://127.0.0.1:{closed_port()}",
+            "HF_HOME": str(tmp_path / "hf"),
+        },
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    seen = []
+    try:
+        for line in process.stderr:
+            seen.append(line)
+            if "embed_service ready" in line:
+                break
+    finally:
+        process.terminate()
+        process.wait(30)
+    text = "".join(seen)
+    assert "loading tests/tiny-clip from the local cache only" in text
+    assert "embed_service ready" in text, text
 
 
 def test_generated_stubs_match_the_protos(tmp_path: Path) -> None:
