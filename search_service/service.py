@@ -8,6 +8,7 @@ store was filled with.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -226,6 +227,11 @@ class SearchService:
         top_k = spec.top_k or DEFAULT_TOP_K
         if not 1 <= top_k <= MAX_TOP_K:
             raise InvalidArgument(f"top_k is {top_k}; it must be 1-{MAX_TOP_K}", field="top_k")
+        if spec.min_score is not None and not math.isfinite(spec.min_score):
+            raise InvalidArgument(
+                f"min_score is {spec.min_score}; it must be a finite number (scores are -1 to 1)",
+                field="min_score",
+            )
         condition = parse_filter(spec.filter)
         vector = await self._query_vector(spec, namespace)
         found = await self.store.query(
