@@ -9,10 +9,14 @@ loop keeps serving while they wait.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+import contextlib
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+import grpc
+
+from search_service.app import SearchApp
 from search_service.config import SearchSettings
 
 
@@ -28,6 +32,21 @@ def search_settings(data_dir: Path, embed_target: str, **overrides: object) -> S
     values.update(overrides)
     # model_validate skips the environment and .env: tests see only what they set.
     return SearchSettings.model_validate(values)
+
+
+@contextlib.asynccontextmanager
+async def serving_search(
+    data_dir: Path, embed_target: str, **overrides: object
+) -> AsyncIterator[tuple[SearchApp, grpc.aio.Channel]]:
+    """A SERVING search_service on this loop, and a channel to it; both closed after."""
+    app = SearchApp(search_settings(data_dir, embed_target, **overrides))
+    await app.start()
+    try:
+        await app.wait_serving()
+        async with grpc.aio.insecure_channel(app.address) as channel:
+            yield app, channel
+    finally:
+        await app.stop(0)
 
 
 class InThread:

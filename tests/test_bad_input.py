@@ -24,9 +24,8 @@ from imagesearch.v1 import search_service_pb2 as pb
 from imagesearch.v1 import search_service_pb2_grpc as pb_grpc
 
 from embed_service.app import EmbedApp
-from search_service.app import SearchApp
 from tests.imagegen import encode, picture, png_claiming
-from tests.stack import search_settings
+from tests.stack import serving_search
 
 DIM = 64
 GOOD_IMAGE = encode(picture("green", shape=1), "PNG")
@@ -41,11 +40,11 @@ def struct(values: dict[str, Any]) -> struct_pb2.Struct:
 
 def unit(seed: int) -> list[float]:
     v = np.random.default_rng(seed).standard_normal(DIM)
-    return (v / np.linalg.norm(v)).astype(np.float32).tolist()
+    return [float(x) for x in (v / np.linalg.norm(v)).astype(np.float32)]
 
 
 def scaled(seed: int, scale: float) -> list[float]:
-    return (np.asarray(unit(seed), dtype=np.float64) * scale).tolist()
+    return [x * scale for x in unit(seed)]
 
 
 def nested_and(depth: int) -> dict[str, Any]:
@@ -59,7 +58,7 @@ def vectors(*records: pb.VectorRecord, namespace: str = "") -> pb.UpsertVectorsR
     return pb.UpsertVectorsRequest(namespace=namespace, records=list(records))
 
 
-def record(rid: str, values: list[float] | None = None, **metadata: Any) -> pb.VectorRecord:
+def record(rid: str, values: list[float] | None = None, /, **metadata: Any) -> pb.VectorRecord:
     return pb.VectorRecord(id=rid, values=values or unit(len(rid)), metadata=struct(metadata))
 
 
@@ -454,7 +453,7 @@ CASES: list[Case] = [
             (BAD_ID, "records[12].id"),
             ("", ""),
         ],
-    ),  # fmt: skip
+    ),
     Case(
         "legal odd records",
         "search",
@@ -469,7 +468,7 @@ CASES: list[Case] = [
         ),
         code="OK",
         items=[("", "")] * 6,
-    ),  # fmt: skip
+    ),
     # --- UpsertImages and IngestImages -------------------------------------------------
     Case(
         "65 images",
@@ -502,7 +501,7 @@ CASES: list[Case] = [
             (BAD_MD, "records[4].metadata.x"),
             ("IMAGE_TOO_LARGE", "records[5].image"),
         ],
-    ),  # fmt: skip
+    ),
     Case(
         "ingest batch of 65",
         "search",
@@ -683,7 +682,7 @@ CASES: list[Case] = [
             ("IMAGE_UNREADABLE", ""),
             ("IMAGE_TOO_LARGE", ""),
         ],
-    ),  # fmt: skip
+    ),
     Case(
         "texts empty, blank and huge",
         "embed",
@@ -691,7 +690,7 @@ CASES: list[Case] = [
         epb.EmbedTextsRequest(texts=["", "  ", "x" * 100_000, "ok"]),
         code="OK",
         items=[("TEXT_EMPTY", ""), ("TEXT_EMPTY", ""), ("", ""), ("", "")],
-    ),  # fmt: skip
+    ),
 ]
 
 
@@ -709,25 +708,22 @@ class Stack:
 async def stack(
     embed_app: EmbedApp, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Stack]:
-    app = SearchApp(search_settings(tmp_path_factory.mktemp("corpus"), embed_app.address))
-    await app.start()
-    await app.wait_serving()
-    search_channel = grpc.aio.insecure_channel(app.address)
-    embed_channel = grpc.aio.insecure_channel(embed_app.address)
-    built = Stack(
-        pb_grpc.SearchServiceStub(search_channel),
-        epb_grpc.EmbedServiceStub(embed_channel),
-        search_channel,
-        embed_channel,
-    )
-    seed = vectors(*[record(f"seed-{i}", unit(100 + i), label=f"l{i % 3}") for i in range(20)])
-    await built.search.UpsertVectors(seed)
-    built.acknowledged.update({("", r.id): r for r in seed.records})
-    built.baseline = await known_good(built)
-    yield built
-    await search_channel.close()
-    await embed_channel.close()
-    await app.stop(0)
+    data_dir = tmp_path_factory.mktemp("corpus")
+    async with (
+        serving_search(data_dir, embed_app.address) as (_, search_channel),
+        grpc.aio.insecure_channel(embed_app.address) as embed_channel,
+    ):
+        built = Stack(
+            pb_grpc.SearchServiceStub(search_channel),
+            epb_grpc.EmbedServiceStub(embed_channel),
+            search_channel,
+            embed_channel,
+        )
+        seed = vectors(*[record(f"seed-{i}", unit(100 + i), label=f"l{i % 3}") for i in range(20)])
+        await built.search.UpsertVectors(seed)
+        built.acknowledged.update({("", r.id): r for r in seed.records})
+        built.baseline = await known_good(built)
+        yield built
 
 
 async def known_good(stack: Stack) -> tuple[Any, Any]:
@@ -844,7 +840,7 @@ def _python(values: struct_pb2.Struct) -> dict[str, Any]:
         elif kind == "null_value":
             out[key] = None
         else:
-            number = getattr(value, kind)
+            number = getattr(value, kind or "null_value")
             out[key] = (
                 float(number)
                 if isinstance(number, int | float) and not isinstance(number, bool)

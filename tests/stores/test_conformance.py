@@ -7,6 +7,7 @@ PINECONE_API_KEY is set (see conftest.py).
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +207,34 @@ async def test_values_and_metadata_come_back_as_stored_with_cosine_scores(
     assert [m.score for m in found] == sorted((m.score for m in found), reverse=True)
     bare = await sut.query("catalog", query, top_k=3)
     assert all(m.values is None and m.metadata is None for m in bare)
+
+
+# Doubles that qdrant-edge-py 0.9.0 reads back up to 2 ULP off, beside ones it keeps.
+AWKWARD_NUMBERS = [2.6266540334837103e-23, 0.1 * 3, 1 / 3, -7.000000000000001, 1e300, 19.99, 3.0]
+
+
+async def test_numbers_are_stored_and_compared_exactly_as_64_bit_floats(
+    sut: StoreUnderTest,
+) -> None:
+    rng = np.random.default_rng(9)
+    values = unit(rng, len(AWKWARD_NUMBERS))
+    records = [
+        Record(f"n{i}", values[i], {"x": number}) for i, number in enumerate(AWKWARD_NUMBERS)
+    ]
+    await sut.upsert("numbers", records)
+    await sut.settle()
+    fetched = await sut.store.fetch("numbers", [r.id for r in records])
+    assert [r.metadata["x"] for r in fetched] == AWKWARD_NUMBERS  # bit for bit
+    query = unit(rng)[0]
+    for number in AWKWARD_NUMBERS:
+        for bound in (math.nextafter(number, -math.inf), number, math.nextafter(number, math.inf)):
+            for op in ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte"):
+                await sut.assert_query_matches_reference(
+                    "numbers", query, top_k=100, raw_filter={"x": {op: bound}}
+                )
+        await sut.assert_query_matches_reference(
+            "numbers", query, top_k=100, raw_filter={"x": {"$in": [number, 5.0]}}
+        )
 
 
 # --- generated metadata and filters ----------------------------------------------------

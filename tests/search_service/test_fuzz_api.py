@@ -1,0 +1,252 @@
+"""Hypothesis through the real search_service: any Struct as metadata or as a filter.
+
+Values of any JSON shape, NaN and Infinity, nesting past what protobuf decodes, keys
+with any character, operators in odd places. The only answers allowed are OK and
+INVALID_ARGUMENT; whenever a query is OK its answer equals the reference evaluator's,
+and whenever metadata is stored it comes back as the validator cleaned it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+import pytest
+from google.protobuf import struct_pb2
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from imagesearch.v1 import search_service_pb2 as pb
+from imagesearch.v1 import search_service_pb2_grpc as pb_grpc
+
+from embed_service.app import EmbedApp
+from search_service.errors import InvalidArgument
+from search_service.filters import matches, parse_filter, validate_metadata
+from tests.stack import serving_search
+
+T = TypeVar("T")
+DIM = 64
+KEYS = ["label", "n", "tags", "flag", 'q"uote', "back\\slash", "dot.ted", "br[0]", "sp ace"]
+OPERATORS = ["$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$exists", "$and", "$or"]
+LABELS = ["cat", "dog", "1", ""]
+
+
+def unit(rng: np.random.Generator) -> list[float]:
+    v = rng.standard_normal(DIM)
+    return [float(x) for x in (v / np.linalg.norm(v)).astype(np.float32)]
+
+
+def stored_metadata(i: int) -> dict[str, Any]:
+    return {
+        "label": LABELS[i % 4],
+        "n": float(i % 5) - 1.0,
+        "tags": [LABELS[i % 3], LABELS[(i + 1) % 4]],
+        "flag": i % 2 == 0,
+        KEYS[4 + i % 5]: LABELS[i % 2],
+    }
+
+
+keys = st.one_of(st.sampled_from([*KEYS, *OPERATORS]), st.text(max_size=6))
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-3, 5),
+    st.sampled_from(LABELS),
+    st.text(max_size=4),
+)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(keys, inner, max_size=4)),
+    max_leaves=30,
+)
+# Filters shaped like filters often enough to pass validation, and nested deep sometimes.
+fields = st.sampled_from([*KEYS, "absent"])
+members = st.lists(st.one_of(st.sampled_from(LABELS), st.integers(-1, 4)), min_size=1, max_size=3)
+equal_to = st.one_of(st.sampled_from(LABELS), st.integers(-1, 4), st.booleans())
+typed_leaves = st.one_of(
+    st.builds(lambda k, op, v: {k: {op: v}}, fields, st.sampled_from(["$eq", "$ne"]), equal_to),
+    st.builds(
+        lambda k, op, v: {k: {op: v}},
+        fields,
+        st.sampled_from(["$gt", "$gte", "$lt", "$lte"]),
+        st.floats(-2, 4),
+    ),
+    st.builds(lambda k, op, v: {k: {op: v}}, fields, st.sampled_from(["$in", "$nin"]), members),
+    st.builds(lambda k, v: {k: {"$exists": v}}, fields, st.booleans()),
+    st.builds(lambda k, v: {k: v}, fields, st.sampled_from(LABELS)),
+)
+odd_leaves = st.builds(
+    lambda key, op, operand: {key: {op: operand}},
+    fields,
+    st.sampled_from(OPERATORS[:9]),
+    st.one_of(scalars, st.lists(scalars, max_size=3)),
+)
+
+
+def trees(leaves: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[dict[str, Any]]:
+    return st.recursive(
+        leaves,
+        lambda inner: st.builds(
+            lambda op, parts: {op: parts},
+            st.sampled_from(["$and", "$or"]),
+            st.lists(inner, min_size=1, max_size=3),
+        ),
+        max_leaves=12,
+    )
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    clause: dict[str, Any] = {"label": "cat"}
+    for _ in range(depth):
+        clause = {"$or": [clause]}
+    return clause
+
+
+filters = st.one_of(
+    trees(typed_leaves),  # valid: the answer is checked against the reference
+    trees(typed_leaves),
+    trees(st.one_of(typed_leaves, odd_leaves)),
+    st.dictionaries(keys, json_values, max_size=4),
+    st.integers(8, 40).map(_nested),
+)
+metadata_dicts = st.one_of(
+    st.dictionaries(keys, json_values, max_size=6),
+    st.dictionaries(  # Pinecone's value types, odd keys and non-finite numbers included
+        keys,
+        st.one_of(scalars, st.lists(st.text(max_size=4), max_size=3)),
+        max_size=6,
+    ),
+)
+
+
+def fill(target: struct_pb2.Struct, values: dict[str, Any]) -> bool:
+    """Fills `target` in place (a copy would re-parse, and refuse, what is nested past
+    protobuf's depth limit); False where protobuf's Python API refuses the values."""
+    try:
+        target.update(values)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+def from_struct(values: struct_pb2.Struct) -> dict[str, Any]:
+    """What the server receives: numbers are doubles, nothing else changes."""
+    return {k: _value(v) for k, v in values.fields.items()}
+
+
+def _value(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return from_struct(value.struct_value)
+    if kind == "list_value":
+        return [_value(v) for v in value.list_value.values]
+    if kind in (None, "null_value"):
+        return None
+    return getattr(value, kind)
+
+
+async def ok_or_invalid(call: Awaitable[T]) -> T | None:
+    """The reply, or None for INVALID_ARGUMENT; any other status fails the test."""
+    failure: grpc.aio.AioRpcError | None = None
+    try:
+        return await call
+    except grpc.aio.AioRpcError as error:
+        failure = error
+    assert failure.code() == grpc.StatusCode.INVALID_ARGUMENT, failure.details()
+    return None
+
+
+class Corpus:
+    def __init__(self, stub: pb_grpc.SearchServiceStub) -> None:
+        self.stub = stub
+        self.vectors: dict[str, np.ndarray] = {}
+        self.metadata: dict[str, dict[str, Any]] = {}
+
+
+@pytest.fixture(scope="module")
+async def corpus(
+    embed_app: EmbedApp, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Corpus]:
+    async with serving_search(tmp_path_factory.mktemp("fuzz"), embed_app.address) as (_, ch):
+        built = Corpus(pb_grpc.SearchServiceStub(ch))
+        rng = np.random.default_rng(0)
+        records = []
+        for i in range(40):
+            values, metadata = unit(rng), stored_metadata(i)
+            record = pb.VectorRecord(id=f"r{i}", values=values)
+            assert fill(record.metadata, metadata)
+            records.append(record)
+            built.vectors[f"r{i}"] = np.asarray(values, dtype=np.float32)
+            built.metadata[f"r{i}"] = validate_metadata(metadata)
+        reply = await built.stub.UpsertVectors(pb.UpsertVectorsRequest(records=records))
+        assert not any(r.HasField("error") for r in reply.results)
+        yield built
+
+
+def reference_ids(corpus: Corpus, raw_filter: dict[str, Any], query: np.ndarray) -> list[str]:
+    condition = parse_filter(raw_filter)
+    keep = [i for i, md in corpus.metadata.items() if matches(condition, md)]
+    return sorted(keep, key=lambda i: (-float(corpus.vectors[i] @ query), i))
+
+
+@pytest.mark.slow
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(raw_filter=filters, seed=st.integers(0, 2**16))
+async def test_any_filter_is_ok_or_invalid_argument_and_ok_answers_match_the_reference(
+    corpus: Corpus, raw_filter: dict[str, Any], seed: int
+) -> None:
+    query = np.asarray(unit(np.random.default_rng(seed)), dtype=np.float32)
+    request = pb.QueryRequest(vector=pb.QueryVector(values=query.tolist()), top_k=100)
+    if not fill(request.filter, raw_filter):
+        return
+    reply = await ok_or_invalid(corpus.stub.Query(request, timeout=30))
+    if reply is None:
+        return
+    received = from_struct(request.filter)
+    try:
+        expected = reference_ids(corpus, received, query)
+    except InvalidArgument as exc:
+        pytest.fail(f"the service accepted a filter the validator refuses: {exc}")
+    assert [m.id for m in reply.matches] == expected
+    for match in reply.matches:
+        assert match.score == pytest.approx(float(corpus.vectors[match.id] @ query), abs=1e-5)
+
+
+_ids = itertools.count()
+
+
+@pytest.mark.slow
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(metadata=metadata_dicts)
+async def test_any_metadata_is_stored_as_validated_or_refused_as_invalid_argument(
+    corpus: Corpus, metadata: dict[str, Any]
+) -> None:
+    rid = f"md-{next(_ids)}"
+    record = pb.VectorRecord(id=rid, values=unit(np.random.default_rng(1)))
+    if not fill(record.metadata, metadata):
+        return
+    request = pb.UpsertVectorsRequest(namespace="fuzz-metadata", records=[record])
+    # Only a request protobuf cannot decode is refused whole; bad records, one by one.
+    reply = await ok_or_invalid(corpus.stub.UpsertVectors(request, timeout=30))
+    if reply is None:
+        return
+    (result,) = reply.results
+    received = from_struct(record.metadata)
+    if result.HasField("error"):
+        assert result.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        with pytest.raises(InvalidArgument):
+            validate_metadata(received)
+        return
+    fetched = await corpus.stub.Fetch(pb.FetchRequest(ids=[rid], namespace="fuzz-metadata"))
+    assert from_struct(fetched.records[0].metadata) == validate_metadata(received)
