@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Coroutine
+import os
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +52,46 @@ async def serving_search(
             yield app, channel
     finally:
         await app.stop(0)
+
+
+@contextlib.contextmanager
+def service_process(
+    module: str, env: dict[str, str], *, ready: str, log: Path | None = None
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`python -m module` with `env` added; yields once a line contains `ready`, with the
+    address it logged ("listening on ..."). Its stderr goes on to `log`; it is stopped
+    with SIGTERM at the end."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", module],
+        env={**os.environ, **env},
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    assert process.stderr is not None
+    stderr = process.stderr
+    sink = log.open("a") if log is not None else open(os.devnull, "w")  # noqa: SIM115
+    address = ""
+    for line in stderr:
+        sink.write(line)
+        if found := re.search(r"listening on (\S+)", line):
+            address = found.group(1)
+        if ready in line:
+            break
+    assert address, f"{module} exited before it was ready"
+
+    def drain() -> None:  # a full pipe would block the service
+        for line in stderr:
+            sink.write(line)
+            sink.flush()
+
+    threading.Thread(target=drain, daemon=True).start()
+    try:
+        yield process, address
+    finally:
+        process.terminate()
+        process.wait(30)
+        sink.close()
 
 
 class InThread:

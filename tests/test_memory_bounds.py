@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import re
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -34,6 +31,7 @@ from PIL import Image
 from embed_service.app import EmbedApp
 from tests.conftest import embed_settings
 from tests.imagegen import encode, picture
+from tests.stack import service_process
 
 LIMIT = 2
 CALLERS = 12
@@ -63,32 +61,6 @@ def status_mb(pid: int, key: str) -> int:
     found = re.search(rf"{key}:\s+(\d+)", Path(f"/proc/{pid}/status").read_text())
     assert found, key
     return int(found.group(1)) // 1024
-
-
-def start(
-    module: str, env: dict[str, str], ready: str
-) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", module],
-        env={**os.environ, **env},
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
-    assert process.stderr is not None
-    address = ""
-    for line in process.stderr:
-        if found := LISTENING.search(line):
-            address = found.group(1)
-        if ready in line:
-            break
-    assert address, f"{module} did not start"
-    threading.Thread(target=lambda: process.stderr and process.stderr.read(), daemon=True).start()
-    try:
-        yield process, address
-    finally:
-        process.terminate()
-        process.wait(30)
 
 
 def burst(address: str, call: Callable[[grpc.Channel], object]) -> list[tuple[str, float]]:
@@ -137,7 +109,7 @@ def test_embed_service_refuses_calls_past_its_limit_and_stays_within_its_memory_
     }
     image = noise_jpeg()
     request = embed_pb.EmbedImagesRequest(images=[image] * ((15 * 2**20) // len(image)))
-    for process, address in start("embed_service", env, "embed_service ready"):
+    with service_process("embed_service", env, ready="embed_service ready") as (process, address):
         base = status_mb(process.pid, "VmRSS")
         outcomes = burst(
             address, lambda ch: embed_grpc.EmbedServiceStub(ch).EmbedImages(request, timeout=60)
@@ -175,7 +147,10 @@ async def test_search_service_refuses_calls_past_its_limit_and_stays_within_its_
         return search_grpc.SearchServiceStub(channel).Query(request, timeout=60)
 
     def run() -> None:
-        for process, address in start("search_service", env, "search_service ready"):
+        with service_process("search_service", env, ready="search_service ready") as (
+            process,
+            address,
+        ):
             base = status_mb(process.pid, "VmRSS")
             check(burst(address, query), "OK")
             peak = status_mb(process.pid, "VmHWM")
