@@ -530,7 +530,9 @@ def _check_metadata(metadata: Any, i: int) -> dict[str, Any]:
         return {}
     if not isinstance(metadata, dict):
         raise Rejected(400, f"vectors[{i}].metadata must be an object")
-    if len(json.dumps(metadata).encode()) > MAX_METADATA_BYTES:
+    # Pinecone counts the UTF-8 bytes of the JSON, not its ASCII-escaped form.
+    size = len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > MAX_METADATA_BYTES:
         raise Rejected(400, f"Metadata size of vectors[{i}] exceeds the limit of 40960 bytes")
     clean: dict[str, Any] = {}
     for key, value in metadata.items():

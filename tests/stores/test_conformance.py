@@ -209,6 +209,24 @@ async def test_values_and_metadata_come_back_as_stored_with_cosine_scores(
     assert all(m.values is None and m.metadata is None for m in bare)
 
 
+async def test_metadata_is_sized_as_utf8_json_so_24_kb_of_non_ascii_text_is_stored(
+    sut: StoreUnderTest,
+) -> None:
+    text = "é漢字🙂" * 2_000  # 24,000 UTF-8 bytes; 60,000 as ASCII-escaped JSON
+    assert len(text.encode()) == 24_000
+    record = Record("unicode", unit(np.random.default_rng(3))[0], {"text": text, ODD: "x"})
+    await sut.upsert("unicode", [record])
+    await sut.settle()
+    (fetched,) = await sut.store.fetch("unicode", ["unicode"])
+    assert fetched.metadata == {"text": text, ODD: "x"}
+    await sut.assert_query_matches_reference(
+        "unicode", record.values, top_k=5, raw_filter={ODD: {"$eq": "x"}}
+    )
+
+
+ODD = 'quote" back\\slash dot.ted [0] spaced ü'
+
+
 # Doubles that qdrant-edge-py 0.9.0 reads back up to 2 ULP off, beside ones it keeps.
 AWKWARD_NUMBERS = [2.6266540334837103e-23, 0.1 * 3, 1 / 3, -7.000000000000001, 1e300, 19.99, 3.0]
 
