@@ -61,6 +61,7 @@ HNSW_EF = 128
 # Qdrant Edge counts facets up to a limit; namespaces past it would go unreported.
 MAX_NAMESPACES = 1_000_000
 MIGRATE_PAGE = 1000
+RECOVER = "restore DATA_DIR from a backup, or point DATA_DIR at a new directory"
 
 
 class LocalStore:
@@ -123,17 +124,17 @@ class LocalStore:
 
     def _load_shard(self, name: str) -> qe.EdgeShard:
         path = self._root / name
-        fix = "restore DATA_DIR from a backup, or point DATA_DIR at a new directory"
         if not path.is_dir():
             raise StoreMisconfigured(
                 f"cannot open the local store: {self._root / 'store.json'} names the shard "
-                f"{path}, which does not exist; {fix}"
+                f"{path}, which does not exist; {RECOVER}"
             )
         try:
             return qe.EdgeShard.load(str(path))
         except Exception as exc:
             raise StoreMisconfigured(
-                f"cannot open the local store: the shard {path} could not be loaded ({exc}); {fix}"
+                f"cannot open the local store: the shard {path} could not be loaded "
+                f"({exc}); {RECOVER}"
             ) from exc
 
     def _migrate(self, shard: qe.EdgeShard, version: int) -> None:
@@ -483,7 +484,6 @@ class LocalStore:
         path = self._root / "store.json"
         if not path.exists():
             return None
-        fix = "restore DATA_DIR from a backup, or point DATA_DIR at a new directory"
         try:
             meta = json.loads(path.read_text())
             version, shard = meta["format"], meta["shard"]
@@ -492,7 +492,7 @@ class LocalStore:
                 raise ValueError("format must be a number and shard a directory name")
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise StoreMisconfigured(
-                f"cannot open the local store: {path} is unreadable or corrupt ({exc}); {fix}"
+                f"cannot open the local store: {path} is unreadable or corrupt ({exc}); {RECOVER}"
             ) from exc
         if not 1 <= version <= FORMAT:
             raise StoreMisconfigured(
