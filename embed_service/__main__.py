@@ -6,6 +6,7 @@ import asyncio
 import logging
 import sys
 
+from imagesearch.security import SecurityConfigError
 from imagesearch.serving import configure_logging, init_grpc, stop_requested
 
 from embed_service.app import EmbedApp
@@ -17,7 +18,11 @@ log = logging.getLogger("embed_service")
 
 async def _main(settings: EmbedSettings) -> int:
     stopping = stop_requested()
-    app = EmbedApp(settings)
+    try:
+        app = EmbedApp(settings)
+    except SecurityConfigError as exc:
+        log.error("embed_service cannot start: %s", exc)
+        return 2
     await app.start()
     loading = asyncio.create_task(app.load())
     signalled = asyncio.create_task(stopping.wait())

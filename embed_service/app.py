@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
+from imagesearch.security import TokenAuth, read_tokens, server_credentials
 from imagesearch.serving import GrpcServer, host_of
 from imagesearch.v1 import embed_service_pb2 as pb
 from imagesearch.v1 import embed_service_pb2_grpc as pb_grpc
@@ -30,15 +31,25 @@ class EmbedApp:
     """Owns the server and the engine; `start`, `load`, `stop` in that order."""
 
     def __init__(self, settings: EmbedSettings) -> None:
+        """Raises SecurityConfigError when a TLS or token setting cannot be used."""
         self.settings = settings
         self.engine: EmbedEngine | None = None
         servicer = EmbedServicer(self._require_engine)
+        tokens = read_tokens(
+            settings.tokens.get_secret_value() if settings.tokens else None,
+            settings.tokens_file,
+            variable="EMBED_TOKENS",
+        )
         self._server = GrpcServer(
             settings.addr,
             service_names=[SERVICE_NAME],
             register=lambda s: pb_grpc.add_EmbedServiceServicer_to_server(servicer, s),
             max_message_bytes=settings.max_message_mb * 1024 * 1024,
             max_concurrent_rpcs=settings.max_concurrent_rpcs,
+            credentials=server_credentials(
+                settings.tls_cert, settings.tls_key, settings.tls_client_ca, prefix="EMBED"
+            ),
+            interceptors=[TokenAuth(tokens)] if tokens else [],
         )
         self.address = settings.addr
 

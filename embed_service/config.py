@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
@@ -56,6 +57,16 @@ class EmbedSettings(BaseSettings):
     )
     grace_s: float = Field(default=10.0, ge=0, description="Shutdown grace for in-flight calls.")
     log_level: str = Field(default="INFO")
+    tls_cert: Path | None = Field(default=None, description="PEM certificate: serve TLS only.")
+    tls_key: Path | None = Field(default=None, description="PEM private key of tls_cert.")
+    tls_client_ca: Path | None = Field(
+        default=None, description="PEM CA bundle: also require client certificates it signed."
+    )
+    tokens: SecretStr | None = Field(
+        default=None,
+        description="Comma-separated bearer tokens; set: every RPC but health needs one.",
+    )
+    tokens_file: Path | None = Field(default=None, description="Bearer tokens, one per line.")
 
     @model_validator(mode="after")
     def _queue_holds_a_request(self) -> EmbedSettings:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import sys
 
+from imagesearch.security import SecurityConfigError
 from imagesearch.serving import configure_logging, init_grpc, stop_requested
 
 from search_service.app import SearchApp
@@ -21,7 +22,7 @@ async def _main(settings: SearchSettings) -> int:
         app = SearchApp(settings)
         await app.start()
         await app.serve_until(stopping)
-    except SearchError as exc:
+    except (SearchError, SecurityConfigError) as exc:
         # The store cannot serve as configured (key, metric, dimension): say why and stop.
         log.error("search_service cannot start: %s", exc)
         return 2

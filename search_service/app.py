@@ -6,6 +6,12 @@ import asyncio
 import logging
 from typing import Any
 
+from imagesearch.security import (
+    TokenAuth,
+    channel_credentials,
+    read_tokens,
+    server_credentials,
+)
 from imagesearch.serving import GrpcServer, host_of
 from imagesearch.v1 import search_service_pb2 as pb
 from imagesearch.v1 import search_service_pb2_grpc as pb_grpc
@@ -24,26 +30,49 @@ CONNECT_RETRY_FIRST_S = 0.5
 CONNECT_RETRY_MAX_S = 5.0
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SearchService"].full_name
+READ_METHODS = frozenset(f"/{SERVICE_NAME}/{m}" for m in ("Query", "Fetch", "DescribeStats"))
 
 
 class SearchApp:
     """Owns the server, the store and the embed client; `start` then `stop`."""
 
     def __init__(self, settings: SearchSettings, store: VectorStore | None = None) -> None:
+        """Raises SecurityConfigError when a TLS or token setting cannot be used."""
         self.settings = settings
         max_bytes = settings.max_message_mb * 1024 * 1024
         self.embed = EmbedClient(
-            settings.embed_target, timeout_s=settings.embed_timeout_s, max_message_bytes=max_bytes
+            settings.embed_target,
+            timeout_s=settings.embed_timeout_s,
+            max_message_bytes=max_bytes,
+            credentials=channel_credentials(
+                settings.embed_target_ca,
+                settings.embed_target_cert,
+                settings.embed_target_key,
+                names=("EMBED_TARGET_CA", "EMBED_TARGET_CERT", "EMBED_TARGET_KEY"),
+            ),
+            token=settings.embed_token.get_secret_value() if settings.embed_token else None,
         )
         self.store = store if store is not None else make_store(settings)
         self.service = SearchService(self.store, self.embed)
         servicer = SearchServicer(self.service)
+        secret = settings.tokens.get_secret_value() if settings.tokens else None
+        tokens = read_tokens(secret, settings.tokens_file, variable="SEARCH_TOKENS")
+        readers = read_tokens(
+            settings.read_tokens.get_secret_value() if settings.read_tokens else None,
+            None,
+            variable="SEARCH_READ_TOKENS",
+        )
+        auth = TokenAuth(tokens, read_tokens=readers, read_methods=READ_METHODS)
         self._server = GrpcServer(
             settings.addr,
             service_names=[SERVICE_NAME],
             register=lambda s: pb_grpc.add_SearchServiceServicer_to_server(servicer, s),
             max_message_bytes=max_bytes,
             max_concurrent_rpcs=settings.max_concurrent_rpcs,
+            credentials=server_credentials(
+                settings.tls_cert, settings.tls_key, settings.tls_client_ca, prefix="SEARCH"
+            ),
+            interceptors=[auth] if tokens or readers else [],
         )
         self.address = settings.addr
         self._connecting: asyncio.Task[None] | None = None

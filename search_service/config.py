@@ -87,6 +87,20 @@ class SearchSettings(BaseSettings):
         description="Shutdown grace for in-flight calls.",
     )  # fmt: skip
     log_level: str = Field(default="INFO", validation_alias=_env("SEARCH_LOG_LEVEL"))
+    # TLS and tokens of search_service's own port, and of its channel to embed_service.
+    tls_cert: Path | None = Field(default=None, validation_alias=_env("SEARCH_TLS_CERT"))
+    tls_key: Path | None = Field(default=None, validation_alias=_env("SEARCH_TLS_KEY"))
+    tls_client_ca: Path | None = Field(default=None, validation_alias=_env("SEARCH_TLS_CLIENT_CA"))
+    tokens: SecretStr | None = Field(default=None, validation_alias=_env("SEARCH_TOKENS"))
+    tokens_file: Path | None = Field(default=None, validation_alias=_env("SEARCH_TOKENS_FILE"))
+    read_tokens: SecretStr | None = Field(
+        default=None, validation_alias=_env("SEARCH_READ_TOKENS"),
+        description="Tokens that may only Query, Fetch and DescribeStats.",
+    )  # fmt: skip
+    embed_target_ca: Path | None = Field(default=None, validation_alias=_env("EMBED_TARGET_CA"))
+    embed_target_cert: Path | None = Field(default=None, validation_alias=_env("EMBED_TARGET_CERT"))
+    embed_target_key: Path | None = Field(default=None, validation_alias=_env("EMBED_TARGET_KEY"))
+    embed_token: SecretStr | None = Field(default=None, validation_alias=_env("EMBED_TOKEN"))
 
     @property
     def store_kind(self) -> StoreKind:

@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from imagesearch.security import token_metadata
 from imagesearch.status import field_violations, reason_of, status_from_error
 from imagesearch.v1 import embed_service_pb2 as pb
 from imagesearch.v1 import embed_service_pb2_grpc as pb_grpc
@@ -65,21 +66,30 @@ class Embeddings:
 
 class EmbedClient:
     def __init__(
-        self, target: str, *, timeout_s: float, max_message_bytes: int = 64 * 1024 * 1024
+        self,
+        target: str,
+        *,
+        timeout_s: float,
+        max_message_bytes: int = 64 * 1024 * 1024,
+        credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
     ) -> None:
         self.target = target
         self._timeout_s = timeout_s
-        self._channel = grpc.aio.insecure_channel(
-            target,
-            options=[
-                ("grpc.service_config", SERVICE_CONFIG),
-                ("grpc.enable_retries", 1),
-                ("grpc.max_send_message_length", max_message_bytes),
-                ("grpc.max_receive_message_length", max_message_bytes),
-                ("grpc.initial_reconnect_backoff_ms", 200),
-                ("grpc.min_reconnect_backoff_ms", 200),
-                ("grpc.max_reconnect_backoff_ms", 2000),
-            ],
+        self._metadata = token_metadata(token)
+        options = [
+            ("grpc.service_config", SERVICE_CONFIG),
+            ("grpc.enable_retries", 1),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.min_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 2000),
+        ]
+        self._channel = (
+            grpc.aio.secure_channel(target, credentials, options=options)
+            if credentials is not None
+            else grpc.aio.insecure_channel(target, options=options)
         )
         self._stub = pb_grpc.EmbedServiceStub(self._channel)
 
@@ -130,7 +140,7 @@ class EmbedClient:
 
     async def _call(self, method: Any, request: Any, timeout_s: float) -> Any:
         try:
-            reply = await method(request, timeout=timeout_s)
+            reply = await method(request, timeout=timeout_s, metadata=self._metadata)
         except grpc.aio.AioRpcError as error:
             raise self._domain_error(error) from None
         return reply

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imagesearch.security import SecurityConfigError
 from tqdm import tqdm
 
 from imagesearch_client.client import ImageRecord, ImageSearchClient, Match
@@ -49,11 +50,21 @@ def main(argv: Sequence[str] | None = None) -> None:
 def run(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        with ImageSearchClient(args.target, timeout_s=args.timeout) as client:
+        with ImageSearchClient(
+            args.target,
+            timeout_s=args.timeout,
+            tls_ca=args.tls_ca,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            token=args.token,
+        ) as client:
             code: int = args.handler(client, args)
             return code
     except Unavailable as exc:
         print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    except SecurityConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     except ImageSearchError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -285,6 +296,14 @@ def _parser() -> argparse.ArgumentParser:
         "--target", help="search_service address (default: $SEARCH_ADDR or 127.0.0.1:50052)"
     )
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
+    parser.add_argument(
+        "--tls-ca", help="CA to verify search_service with (default: $IMAGESEARCH_TLS_CA)"
+    )
+    parser.add_argument("--tls-cert", help="client certificate for mTLS ($IMAGESEARCH_TLS_CERT)")
+    parser.add_argument("--tls-key", help="its private key ($IMAGESEARCH_TLS_KEY)")
+    parser.add_argument(
+        "--token", help="bearer token (default: $IMAGESEARCH_TOKEN; prefer the variable)"
+    )
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     def command(name: str, handler: Any, help: str) -> argparse.ArgumentParser:

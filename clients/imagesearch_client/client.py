@@ -6,21 +6,25 @@
             print(match.id, match.score)
 
 Every call has a deadline; failures raise `ImageSearchError` subclasses that carry
-the gRPC code and the server's reason.
+the gRPC code and the server's reason. TLS (`tls_ca`, and `tls_cert`/`tls_key` for
+mutual TLS) and a bearer `token` default to IMAGESEARCH_TLS_CA, IMAGESEARCH_TLS_CERT,
+IMAGESEARCH_TLS_KEY and IMAGESEARCH_TOKEN.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import grpc
 from google.protobuf import json_format, struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from imagesearch.security import channel_credentials, token_metadata
 from imagesearch.status import code_name, reason_of
 from imagesearch.v1 import search_service_pb2 as pb
 from imagesearch.v1 import search_service_pb2_grpc as pb_grpc
@@ -85,17 +89,37 @@ class Stats:
 class ImageSearchClient:
     """A synchronous client; use it as a context manager, or call `close()`."""
 
-    def __init__(self, target: str | None = None, *, timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        timeout_s: float = 60.0,
+        tls_ca: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
+        token: str | None = None,
+    ) -> None:
+        """Raises SecurityConfigError when a TLS file cannot be used."""
         self.target = target or os.environ.get("SEARCH_ADDR") or DEFAULT_TARGET
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(
-            self.target,
-            options=[
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ],
+        credentials = channel_credentials(
+            _path(tls_ca, "IMAGESEARCH_TLS_CA"),
+            _path(tls_cert, "IMAGESEARCH_TLS_CERT"),
+            _path(tls_key, "IMAGESEARCH_TLS_KEY"),
+            names=("IMAGESEARCH_TLS_CA", "IMAGESEARCH_TLS_CERT", "IMAGESEARCH_TLS_KEY"),
         )
-        self._stub = pb_grpc.SearchServiceStub(self._channel)
+        options = [
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ]
+        self._channel = (
+            grpc.secure_channel(self.target, credentials, options=options)
+            if credentials is not None
+            else grpc.insecure_channel(self.target, options=options)
+        )
+        metadata = token_metadata(token or os.environ.get("IMAGESEARCH_TOKEN"))
+        channel = grpc.intercept_channel(self._channel, _WithMetadata(metadata))
+        self._stub = pb_grpc.SearchServiceStub(channel)
 
     def __enter__(self) -> ImageSearchClient:
         return self
@@ -293,3 +317,38 @@ def _outcomes(results: Iterable[pb.UpsertResult]) -> list[Outcome]:
         else:
             out.append(Outcome(result.id, True))
     return out
+
+
+def _path(value: str | Path | None, variable: str) -> Path | None:
+    chosen = value or os.environ.get(variable)
+    return Path(chosen) if chosen else None
+
+
+class _Details(grpc.ClientCallDetails):  # type: ignore[misc]
+    def __init__(self, base: grpc.ClientCallDetails, metadata: Sequence[tuple[str, str]]) -> None:
+        self.method = base.method
+        self.timeout = base.timeout
+        self.metadata = [*(base.metadata or ()), *metadata]
+        self.credentials = base.credentials
+        self.wait_for_ready = base.wait_for_ready
+        self.compression = base.compression
+
+
+class _WithMetadata(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+    grpc.StreamUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.StreamStreamClientInterceptor,  # type: ignore[misc]
+):
+    """Adds the same metadata (the bearer token) to every call of a channel."""
+
+    def __init__(self, metadata: Sequence[tuple[str, str]]) -> None:
+        self._metadata = metadata
+
+    def _call(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        return continuation(_Details(details, self._metadata), request)
+
+    intercept_unary_unary = _call
+    intercept_unary_stream = _call
+    intercept_stream_unary = _call
+    intercept_stream_stream = _call

@@ -42,11 +42,15 @@ class GrpcServer:
         register: Callable[[grpc.aio.Server], None],
         max_message_bytes: int = 4 * 1024 * 1024,
         max_concurrent_rpcs: int | None = None,
+        credentials: grpc.ServerCredentials | None = None,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     ) -> None:
         self._addr = addr
         self._service_names = list(service_names)
+        self._credentials = credentials
         self._server = grpc.aio.server(
-            interceptors=[DecodeGuard()],
+            # Authentication first: a refused caller's request is never decoded.
+            interceptors=[*interceptors, DecodeGuard()],
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
@@ -63,7 +67,10 @@ class GrpcServer:
 
     async def start(self) -> int:
         """Binds and starts serving (NOT_SERVING until `set_serving`); returns the port."""
-        self.port = self._server.add_insecure_port(self._addr)
+        if self._credentials is not None:
+            self.port = self._server.add_secure_port(self._addr, self._credentials)
+        else:
+            self.port = self._server.add_insecure_port(self._addr)
         if self.port == 0:
             raise OSError(f"could not listen on {self._addr}: the address is in use or invalid")
         await self._set(health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -1,0 +1,225 @@
+"""TLS and bearer tokens for every server and client of the project, on gRPC's own means.
+
+Servers: `server_credentials` (TLS, or mutual TLS with a client CA) and `TokenAuth`, one
+interceptor that requires `authorization: Bearer <token>` on every RPC but health.
+Clients: `channel_credentials` and `token_metadata`. PEM files are checked when a
+process starts (with Python's `ssl`, which names what is wrong, where gRPC only says it
+could not bind): a missing, unreadable or mismatched file is `SecurityConfigError`,
+naming the variable and the file. Tokens never appear in a log line or an error.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import ssl
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from imagesearch.status import make_status, to_rpc_status
+
+log = logging.getLogger(__name__)
+
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+
+
+class SecurityConfigError(Exception):
+    """A TLS or token setting cannot be used; the message names the variable and file."""
+
+
+# --- tokens ------------------------------------------------------------------------------
+
+
+def read_tokens(inline: str | None, file: Path | None, *, variable: str) -> frozenset[str]:
+    """Tokens from a comma-separated value and/or a file of one token per line."""
+    tokens = {t.strip() for t in (inline or "").split(",")}
+    if file is not None:
+        try:
+            tokens |= {line.strip() for line in file.read_text().splitlines()}
+        except OSError as exc:
+            raise SecurityConfigError(
+                f"{variable}_FILE={file} cannot be read ({exc.strerror or exc})"
+            ) from exc
+    tokens.discard("")
+    return frozenset(tokens)
+
+
+def token_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    """The metadata a client sends with every call."""
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+def _bearer(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
+    for key, value in metadata or ():
+        if key.lower() == "authorization" and isinstance(value, str):
+            scheme, _, token = value.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+    return None
+
+
+def _one_of(token: str, tokens: Iterable[str]) -> bool:
+    """Compares with every token in constant time each, without stopping at a match."""
+    given = token.encode()
+    found = False
+    for candidate in tokens:
+        found |= hmac.compare_digest(given, candidate.encode())
+    return found
+
+
+class TokenAuth(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Requires a bearer token on every RPC except grpc.health.v1.Health.
+
+    `read_tokens` may call only `read_methods` (full method names); their writes get
+    PERMISSION_DENIED. Refusals carry ErrorInfo reasons TOKEN_MISSING, TOKEN_INVALID
+    or TOKEN_READ_ONLY and never echo the token.
+    """
+
+    def __init__(
+        self,
+        tokens: frozenset[str],
+        *,
+        read_tokens: frozenset[str] = frozenset(),
+        read_methods: frozenset[str] = frozenset(),
+    ) -> None:
+        self._tokens = tokens
+        self._read_tokens = read_tokens
+        self._read_methods = read_methods
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        method = str(details.method)
+        if handler is None or method.startswith(HEALTH_PREFIX):
+            return handler
+        token = _bearer(details.invocation_metadata)
+        if token is None:
+            return _refusal(
+                handler,
+                grpc.StatusCode.UNAUTHENTICATED,
+                "TOKEN_MISSING",
+                "this service requires a token: send metadata 'authorization: Bearer <token>'",
+            )
+        if _one_of(token, self._tokens):
+            return handler
+        if _one_of(token, self._read_tokens):
+            if method in self._read_methods:
+                return handler
+            return _refusal(
+                handler,
+                grpc.StatusCode.PERMISSION_DENIED,
+                "TOKEN_READ_ONLY",
+                f"the token is read-only; {method} needs a read-write token",
+            )
+        return _refusal(
+            handler,
+            grpc.StatusCode.UNAUTHENTICATED,
+            "TOKEN_INVALID",
+            "the token is not one this service accepts",
+        )
+
+
+def _refusal(
+    handler: grpc.RpcMethodHandler, code: grpc.StatusCode, reason: str, message: str
+) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as `handler` that answers `code` without reading on."""
+    status = to_rpc_status(make_status(code, reason, message))
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort_with_status(status)
+
+    kind = next(
+        name
+        for name in ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+        if getattr(handler, name) is not None
+    )
+    return handler._replace(request_deserializer=None, **{kind: refuse})
+
+
+# --- TLS ---------------------------------------------------------------------------------
+
+
+def _read(path: Path, variable: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise SecurityConfigError(
+            f"{variable}={path} cannot be read ({exc.strerror or exc})"
+        ) from exc
+
+
+def _check_pair(cert: Path, key: Path, cert_var: str, key_var: str) -> None:
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        raise SecurityConfigError(
+            f"{cert_var}={cert} and {key_var}={key} are not a PEM certificate and its "
+            f"private key ({exc.reason or exc})"
+        ) from exc
+
+
+def _check_ca(ca: Path, variable: str) -> None:
+    try:
+        ssl.create_default_context().load_verify_locations(cafile=ca)
+    except ssl.SSLError as exc:
+        raise SecurityConfigError(
+            f"{variable}={ca} is not a PEM CA bundle ({exc.reason or exc})"
+        ) from exc
+
+
+def server_credentials(
+    cert: Path | None, key: Path | None, client_ca: Path | None, *, prefix: str
+) -> grpc.ServerCredentials | None:
+    """TLS for a server from <prefix>_TLS_CERT/_KEY, mutual with <prefix>_TLS_CLIENT_CA;
+    None (plaintext) when none is set."""
+    cert_var, key_var, ca_var = f"{prefix}_TLS_CERT", f"{prefix}_TLS_KEY", f"{prefix}_TLS_CLIENT_CA"
+    if cert is None and key is None:
+        if client_ca is not None:
+            raise SecurityConfigError(
+                f"{ca_var} is set, but TLS is not: set {cert_var} and {key_var}"
+            )
+        return None
+    if cert is None or key is None:
+        raise SecurityConfigError(f"set both {cert_var} and {key_var}, or neither")
+    chain, private = _read(cert, cert_var), _read(key, key_var)
+    _check_pair(cert, key, cert_var, key_var)
+    roots = None
+    if client_ca is not None:
+        roots = _read(client_ca, ca_var)
+        _check_ca(client_ca, ca_var)
+    return grpc.ssl_server_credentials(
+        [(private, chain)], root_certificates=roots, require_client_auth=roots is not None
+    )
+
+
+def channel_credentials(
+    ca: Path | None,
+    cert: Path | None,
+    key: Path | None,
+    *,
+    names: tuple[str, str, str],
+) -> grpc.ChannelCredentials | None:
+    """TLS for a channel: trust `ca`, present `cert`/`key` (mTLS); None for plaintext.
+
+    `names` are the variables (CA, cert, key) to name in errors.
+    """
+    ca_var, cert_var, key_var = names
+    if ca is None:
+        if cert is not None or key is not None:
+            raise SecurityConfigError(f"{cert_var}/{key_var} need {ca_var}: set it too")
+        return None
+    roots = _read(ca, ca_var)
+    _check_ca(ca, ca_var)
+    if (cert is None) != (key is None):
+        raise SecurityConfigError(f"set both {cert_var} and {key_var}, or neither")
+    chain = private = None
+    if cert is not None and key is not None:
+        chain, private = _read(cert, cert_var), _read(key, key_var)
+        _check_pair(cert, key, cert_var, key_var)
+    return grpc.ssl_channel_credentials(roots, private, chain)
