@@ -9,14 +9,17 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
+from imagesearch.metrics import GrpcMetrics, MetricsEndpoint
 from imagesearch.security import TokenAuth, read_tokens, server_credentials
 from imagesearch.serving import GrpcServer, host_of
 from imagesearch.v1 import embed_service_pb2 as pb
 from imagesearch.v1 import embed_service_pb2_grpc as pb_grpc
+from prometheus_client import CollectorRegistry
 
 from embed_service.config import EmbedSettings
 from embed_service.engine import EmbedEngine
 from embed_service.errors import ModelNotReady
+from embed_service.metrics import EmbedMetrics
 from embed_service.model import ClipModel
 from embed_service.server import EmbedServicer
 
@@ -40,6 +43,9 @@ class EmbedApp:
             settings.tokens_file,
             variable="EMBED_TOKENS",
         )
+        self.registry = CollectorRegistry()
+        self.metrics = EmbedMetrics(self.registry)
+        self.metrics_endpoint: MetricsEndpoint | None = None
         self._server = GrpcServer(
             settings.addr,
             service_names=[SERVICE_NAME],
@@ -49,11 +55,14 @@ class EmbedApp:
             credentials=server_credentials(
                 settings.tls_cert, settings.tls_key, settings.tls_client_ca, prefix="EMBED"
             ),
-            interceptors=[TokenAuth(tokens)] if tokens else [],
+            interceptors=[GrpcMetrics(self.registry), *([TokenAuth(tokens)] if tokens else [])],
         )
         self.address = settings.addr
 
     async def start(self) -> str:
+        if self.settings.metrics_addr:
+            self.metrics_endpoint = MetricsEndpoint(self.settings.metrics_addr, self.registry)
+            log.info("metrics at http://%s/metrics", self.metrics_endpoint.address)
         port = await self._server.start()
         self.address = host_of(self.settings.addr, port)
         log.info("embed_service listening on %s (loading %s)", self.address, self.settings.model)
@@ -71,7 +80,7 @@ class EmbedApp:
                 threads=s.torch_threads,
             )
         )
-        engine = EmbedEngine(model, s)
+        engine = EmbedEngine(model, s, self.metrics)
         await engine.start()
         await engine.warm_up()
         self.engine = engine
@@ -82,6 +91,8 @@ class EmbedApp:
         await self._server.stop(self.settings.grace_s if grace_s is None else grace_s)
         if self.engine is not None:
             await self.engine.stop()
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.close()
 
     async def serve_until(self, stopping: asyncio.Event) -> None:
         await stopping.wait()

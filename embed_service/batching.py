@@ -63,8 +63,10 @@ class DynamicBatcher(Generic[In, Out]):
         max_batch: int,
         max_wait_s: float,
         name: str,
+        on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self._run_batch = run_batch
+        self._on_batch = on_batch
         self._executor = executor
         self._max_batch = max_batch
         self._max_wait_s = max_wait_s
@@ -74,6 +76,11 @@ class DynamicBatcher(Generic[In, Out]):
         self._dead: BatcherStopped | None = None
         self._running: list[_Pending[In, Out]] = []
         self.stats = BatchStats()
+
+    @property
+    def waiting(self) -> int:
+        """Items queued for a forward pass."""
+        return self._queue.qsize()
 
     async def start(self) -> None:
         if self._worker is None:
@@ -165,6 +172,8 @@ class DynamicBatcher(Generic[In, Out]):
                         entry.future.set_exception(exc)
                 continue
             self.stats.sizes[len(live)] += 1
+            if self._on_batch is not None:
+                self._on_batch(len(live))
             self._resolve(live, results)
             self._running = []
 

@@ -57,6 +57,9 @@ class EmbedSettings(BaseSettings):
     )
     grace_s: float = Field(default=10.0, ge=0, description="Shutdown grace for in-flight calls.")
     log_level: str = Field(default="INFO")
+    metrics_addr: str | None = Field(
+        default=None, description="host:port to serve Prometheus metrics at /metrics."
+    )
     tls_cert: Path | None = Field(default=None, description="PEM certificate: serve TLS only.")
     tls_key: Path | None = Field(default=None, description="PEM private key of tls_cert.")
     tls_client_ca: Path | None = Field(

@@ -22,6 +22,7 @@ from embed_service.batching import BatchStats, DynamicBatcher
 from embed_service.config import EmbedSettings
 from embed_service.errors import InvalidRequest, ItemError, Overloaded, TextEmpty
 from embed_service.images import Preprocessing, prepare
+from embed_service.metrics import EmbedMetrics
 from embed_service.model import ClipModel
 
 Pixels = npt.NDArray[np.float32]
@@ -52,9 +53,12 @@ class ModelInfo:
 class EmbedEngine:
     """Embeds images and texts with one loaded model, batching across callers."""
 
-    def __init__(self, model: ClipModel, settings: EmbedSettings) -> None:
+    def __init__(
+        self, model: ClipModel, settings: EmbedSettings, metrics: EmbedMetrics | None = None
+    ) -> None:
         self._model = model
         self._settings = settings
+        self._metrics = metrics
         self._decode_pool = ThreadPoolExecutor(settings.decode_threads, "decode")
         self._model_thread = ThreadPoolExecutor(1, "model")
         wait_s = settings.batch_wait_ms / 1000
@@ -64,6 +68,7 @@ class EmbedEngine:
             max_batch=settings.model_batch_size,
             max_wait_s=wait_s,
             name="images",
+            on_batch=metrics.batch_items.labels("images").observe if metrics else None,
         )
         self._texts = DynamicBatcher[str, tuple[Vector, bool]](
             self._embed_texts,
@@ -71,8 +76,15 @@ class EmbedEngine:
             max_batch=settings.model_batch_size,
             max_wait_s=wait_s,
             name="texts",
+            on_batch=metrics.batch_items.labels("texts").observe if metrics else None,
         )
         self._admitted = 0
+        if metrics is not None:
+            info = self.info()
+            metrics.model.labels(info.model_id, info.fingerprint, info.device, info.precision).set(
+                1
+            )
+            metrics.count_waiting(lambda: self._images.waiting + self._texts.waiting)
 
     @property
     def image_batches(self) -> BatchStats:
@@ -125,6 +137,9 @@ class EmbedEngine:
                 *(loop.run_in_executor(self._decode_pool, job, data) for data in images)
             )
             good = [p for p in prepared if not isinstance(p, ItemError)]
+            if self._metrics is not None:
+                for failure in (p for p in prepared if isinstance(p, ItemError)):
+                    self._metrics.decode_failures.labels(failure.reason).inc()
             vectors = iter(await self._images.submit(good))
             return [
                 EmbeddingResult(error=p)

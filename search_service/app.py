@@ -6,6 +6,7 @@ import asyncio
 import logging
 from typing import Any
 
+from imagesearch.metrics import GrpcMetrics, MetricsEndpoint
 from imagesearch.security import (
     TokenAuth,
     channel_credentials,
@@ -15,10 +16,12 @@ from imagesearch.security import (
 from imagesearch.serving import GrpcServer, host_of
 from imagesearch.v1 import search_service_pb2 as pb
 from imagesearch.v1 import search_service_pb2_grpc as pb_grpc
+from prometheus_client import CollectorRegistry
 
 from search_service.config import SearchSettings
 from search_service.embed_client import EmbedClient
 from search_service.errors import Unavailable
+from search_service.metrics import SearchMetrics
 from search_service.server import SearchServicer
 from search_service.service import SearchService
 from search_service.stores import make_store
@@ -28,6 +31,7 @@ log = logging.getLogger(__name__)
 
 CONNECT_RETRY_FIRST_S = 0.5
 CONNECT_RETRY_MAX_S = 5.0
+VECTOR_COUNT_EVERY_S = 5.0
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SearchService"].full_name
 READ_METHODS = frozenset(f"/{SERVICE_NAME}/{m}" for m in ("Query", "Fetch", "DescribeStats"))
@@ -39,6 +43,9 @@ class SearchApp:
     def __init__(self, settings: SearchSettings, store: VectorStore | None = None) -> None:
         """Raises SecurityConfigError when a TLS or token setting cannot be used."""
         self.settings = settings
+        self.registry = CollectorRegistry()
+        self.metrics = SearchMetrics(self.registry)
+        self.metrics_endpoint: MetricsEndpoint | None = None
         max_bytes = settings.max_message_mb * 1024 * 1024
         self.embed = EmbedClient(
             settings.embed_target,
@@ -51,8 +58,13 @@ class SearchApp:
                 names=("EMBED_TARGET_CA", "EMBED_TARGET_CERT", "EMBED_TARGET_KEY"),
             ),
             token=settings.embed_token.get_secret_value() if settings.embed_token else None,
+            observe=lambda method, s: self.metrics.embed_seconds.labels(method).observe(s),
         )
-        self.store = store if store is not None else make_store(settings)
+        self.store = (
+            store
+            if store is not None
+            else make_store(settings, on_index_build=self.metrics.observe_build)
+        )
         self.service = SearchService(self.store, self.embed)
         servicer = SearchServicer(self.service)
         secret = settings.tokens.get_secret_value() if settings.tokens else None
@@ -72,14 +84,19 @@ class SearchApp:
             credentials=server_credentials(
                 settings.tls_cert, settings.tls_key, settings.tls_client_ca, prefix="SEARCH"
             ),
-            interceptors=[auth] if tokens or readers else [],
+            interceptors=[GrpcMetrics(self.registry), *([auth] if tokens or readers else [])],
         )
         self.address = settings.addr
         self._connecting: asyncio.Task[None] | None = None
+        self._counting: asyncio.Task[None] | None = None
 
     async def start(self) -> str:
         """Opens the store and listens; health turns SERVING once embed_service does."""
         await self.service.open()
+        if self.settings.metrics_addr:
+            self.metrics_endpoint = MetricsEndpoint(self.settings.metrics_addr, self.registry)
+            self._counting = asyncio.create_task(self._count_vectors(), name="count-vectors")
+            log.info("metrics at http://%s/metrics", self.metrics_endpoint.address)
         port = await self._server.start()
         self.address = host_of(self.settings.addr, port)
         log.info(
@@ -110,12 +127,25 @@ class SearchApp:
         await self._server.set_serving()
         log.info("search_service ready: embed_service at %s serves", self.settings.embed_target)
 
+    async def _count_vectors(self) -> None:
+        """Keeps the per-namespace gauge fresh; a stats call is cheap on every store."""
+        while True:
+            try:
+                self.metrics.observe_stats(await self.store.stats())
+            except Exception as exc:  # a store that is down shows in its own errors
+                log.debug("counting vectors failed: %s", exc)
+            await asyncio.sleep(VECTOR_COUNT_EVERY_S)
+
     async def stop(self, grace_s: float | None = None) -> None:
+        if self._counting is not None:
+            self._counting.cancel()
         if self._connecting is not None:
             self._connecting.cancel()
         await self._server.stop(self.settings.grace_s if grace_s is None else grace_s)
         await self.store.close()
         await self.embed.close()
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.close()
 
     async def serve_until(self, stopping: asyncio.Event) -> None:
         """Serves until `stopping` is set; raises StoreMisconfigured if the store cannot serve."""

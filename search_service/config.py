@@ -87,6 +87,10 @@ class SearchSettings(BaseSettings):
         description="Shutdown grace for in-flight calls.",
     )  # fmt: skip
     log_level: str = Field(default="INFO", validation_alias=_env("SEARCH_LOG_LEVEL"))
+    metrics_addr: str | None = Field(
+        default=None, validation_alias=_env("SEARCH_METRICS_ADDR"),
+        description="host:port to serve Prometheus metrics at /metrics.",
+    )  # fmt: skip
     # TLS and tokens of search_service's own port, and of its channel to embed_service.
     tls_cert: Path | None = Field(default=None, validation_alias=_env("SEARCH_TLS_CERT"))
     tls_key: Path | None = Field(default=None, validation_alias=_env("SEARCH_TLS_KEY"))

@@ -9,7 +9,8 @@ domain errors here, so service.py never sees grpc.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,8 +74,11 @@ class EmbedClient:
         max_message_bytes: int = 64 * 1024 * 1024,
         credentials: grpc.ChannelCredentials | None = None,
         token: str | None = None,
+        observe: Callable[[str, float], None] | None = None,
     ) -> None:
+        """`observe(method, seconds)` is told how long each call took."""
         self.target = target
+        self._observe = observe
         self._timeout_s = timeout_s
         self._metadata = token_metadata(token)
         options = [
@@ -139,10 +143,16 @@ class EmbedClient:
         return _embedded(reply.embeddings[0]), reply.model_fingerprint
 
     async def _call(self, method: Any, request: Any, timeout_s: float) -> Any:
+        began = time.perf_counter()
         try:
             reply = await method(request, timeout=timeout_s, metadata=self._metadata)
         except grpc.aio.AioRpcError as error:
             raise self._domain_error(error) from None
+        finally:
+            if self._observe is not None:
+                self._observe(
+                    type(request).__name__.removesuffix("Request"), time.perf_counter() - began
+                )
         return reply
 
     def _domain_error(self, error: grpc.aio.AioRpcError) -> SearchError:

@@ -216,7 +216,7 @@ def _guard(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler
         async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> None:
             if isinstance(request, _Undecodable):
                 await refuse(context, request)
-            await _respond(streaming(request, context), context)
+            await respond(streaming(request, context), context)
 
         return handler._replace(request_deserializer=safe_decode, unary_stream=unary_stream)
     if handler.stream_unary is not None:
@@ -229,12 +229,12 @@ def _guard(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler
     both = handler.stream_stream
 
     async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> None:
-        await _respond(both(checked(requests, context), context), context)
+        await respond(both(checked(requests, context), context), context)
 
     return handler._replace(request_deserializer=safe_decode, stream_stream=stream_stream)
 
 
-async def _respond(result: Any, context: grpc.aio.ServicerContext) -> None:
+async def respond(result: Any, context: grpc.aio.ServicerContext) -> None:
     """Runs a streaming handler of either style: an async generator, or one that writes."""
     if inspect.isasyncgen(result):
         async for response in result:

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from search_service.config import SearchSettings
 from search_service.stores.base import VectorStore
 
 
-def make_store(settings: SearchSettings) -> VectorStore:
+def make_store(
+    settings: SearchSettings, *, on_index_build: Callable[[bool, float], None] | None = None
+) -> VectorStore:
     """The store the settings ask for; each implementation is imported only when chosen."""
     match settings.store_kind:
         case "local":
             from search_service.stores.local import LocalStore
 
-            return LocalStore(settings.data_dir, index_threshold=settings.index_threshold)
+            return LocalStore(
+                settings.data_dir,
+                index_threshold=settings.index_threshold,
+                on_build=on_index_build,
+            )
         case "pinecone":
             from search_service.stores.pinecone import PineconeStore
 

@@ -69,8 +69,16 @@ class LocalStore:
 
     name = "local"
 
-    def __init__(self, data_dir: Path, *, index_threshold: int = 10_000) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        index_threshold: int = 10_000,
+        on_build: Callable[[bool, float], None] | None = None,
+    ) -> None:
+        """`on_build(ok, seconds)` is told of every background build that ends."""
         self._root = Path(data_dir) / "local"
+        self._on_build = on_build
         self._index_threshold = index_threshold
         self._model: ModelInfo | None = None
         self._shard: qe.EdgeShard | None = None
@@ -412,17 +420,22 @@ class LocalStore:
             progressed = info.indexed_vectors_count > indexed_before
             unindexed = info.points_count - info.indexed_vectors_count
             self._build_floor = 0 if progressed else unindexed + self._index_threshold
+            took = asyncio.get_running_loop().time() - started
             log.info(
                 "HNSW index ready: %d of %d vectors indexed in %.0f s",
                 info.indexed_vectors_count,
                 info.points_count,
-                asyncio.get_running_loop().time() - started,
+                took,
             )
+            if self._on_build is not None:
+                self._on_build(True, took)
         except asyncio.CancelledError:
             await asyncio.to_thread(self._discard, target)
             raise
         except Exception:
             log.exception("building the index failed; queries stay exact, will retry later")
+            if self._on_build is not None:
+                self._on_build(False, asyncio.get_running_loop().time() - started)
             self._build_floor = self._points() + self._index_threshold
             await asyncio.to_thread(self._discard, target)
         finally:

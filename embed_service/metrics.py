@@ -1,0 +1,34 @@
+"""embed_service's own Prometheus series, beside the gRPC ones (imagesearch.metrics)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class EmbedMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.batch_items = Histogram(
+            "embed_batch_items",
+            "Items per forward pass.",
+            ["kind"],
+            registry=registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+        )
+        self.waiting = Gauge(
+            "embed_items_waiting", "Items queued for a forward pass.", registry=registry
+        )
+        self.decode_failures = Counter(
+            "embed_decode_failures", "Inputs that could not be embedded, by reason.", ["reason"],
+            registry=registry,
+        )  # fmt: skip
+        self.model = Gauge(
+            "embed_model_info",
+            "The loaded model (always 1).",
+            ["model_id", "fingerprint", "device", "precision"],
+            registry=registry,
+        )
+
+    def count_waiting(self, waiting: Callable[[], float]) -> None:
+        self.waiting.set_function(waiting)

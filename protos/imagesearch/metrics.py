@@ -1,0 +1,120 @@
+"""Prometheus metrics shared by both services: the gRPC server series and /metrics.
+
+The gRPC series follow go-grpc-prometheus / py-grpc-prometheus, so existing Grafana
+dashboards work: `grpc_server_started_total`, `grpc_server_handled_total` (with
+`grpc_code`) and the `grpc_server_handling_seconds` histogram, labelled by `grpc_type`,
+`grpc_service` and `grpc_method`. One interceptor counts every RPC (health and
+reflection too) before authentication, so refused calls are counted with their code.
+Each app has its own registry; labels never carry ids, metadata values or tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+from imagesearch.serving import respond
+
+_KINDS = {
+    (False, False): "unary",
+    (True, False): "client_stream",
+    (False, True): "server_stream",
+    (True, True): "bidi_stream",
+}
+_BEHAVIOURS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+
+
+class GrpcMetrics(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Counts and times every RPC of the server it is given to."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        labels = ["grpc_type", "grpc_service", "grpc_method"]
+        self.started = Counter(
+            "grpc_server_started", "RPCs started on the server.", labels, registry=registry
+        )
+        self.handled = Counter(
+            "grpc_server_handled",
+            "RPCs completed on the server, whatever their status.",
+            [*labels, "grpc_code"],
+            registry=registry,
+        )
+        self.seconds = Histogram(
+            "grpc_server_handling_seconds",
+            "Time from the start of an RPC to its status, seconds.",
+            labels,
+            registry=registry,
+            buckets=(
+                0.0005,
+                0.001,
+                0.0025,
+                0.005,
+                0.01,
+                0.025,
+                0.05,
+                0.1,
+                0.25,
+                0.5,
+                1,
+                2.5,
+                5,
+                10,
+            ),
+        )
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return handler
+        service, _, method = str(details.method).lstrip("/").rpartition("/")
+        kind = _KINDS[(handler.request_streaming, handler.response_streaming)]
+        name = next(b for b in _BEHAVIOURS if getattr(handler, b) is not None)
+        behaviour = getattr(handler, name)
+
+        async def counted(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            self.started.labels(kind, service, method).inc()
+            began = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                if handler.response_streaming:
+                    await respond(behaviour(request, context), context)
+                    return None
+                return await behaviour(request, context)
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception:
+                code = grpc.StatusCode.UNKNOWN
+                raise
+            finally:
+                self.handled.labels(kind, service, method, code.name).inc()
+                self.seconds.labels(kind, service, method).observe(time.perf_counter() - began)
+
+        return handler._replace(**{name: counted})
+
+
+class MetricsEndpoint:
+    """Serves a registry's metrics in Prometheus' text format at http://ADDR/metrics."""
+
+    def __init__(self, addr: str, registry: CollectorRegistry) -> None:
+        host, _, port = addr.rpartition(":")
+        self._server, self._thread = start_http_server(
+            int(port), addr=host or "127.0.0.1", registry=registry
+        )
+        self.address = f"{host or '127.0.0.1'}:{self._server.server_port}"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)

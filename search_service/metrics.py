@@ -1,0 +1,41 @@
+"""search_service's own Prometheus series, beside the gRPC ones (imagesearch.metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from search_service.stores.base import StoreStats
+
+
+class SearchMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.vectors = Gauge(
+            "search_vectors", "Vectors stored, per namespace (refreshed every few seconds).",
+            ["namespace"], registry=registry,
+        )  # fmt: skip
+        self.embed_seconds = Histogram(
+            "search_embed_call_seconds",
+            "Calls to embed_service, seconds, by method.",
+            ["method"],
+            registry=registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.index_builds = Counter(
+            "search_index_builds", "Background HNSW builds of the local store, by outcome.",
+            ["outcome"], registry=registry,
+        )  # fmt: skip
+        self.last_build_seconds = Gauge(
+            "search_index_build_last_seconds",
+            "How long the last finished HNSW build took.",
+            registry=registry,
+        )
+
+    def observe_stats(self, stats: StoreStats) -> None:
+        self.vectors.clear()
+        for namespace, count in stats.namespaces.items():
+            self.vectors.labels(namespace or "__default__").set(count)
+
+    def observe_build(self, ok: bool, seconds: float) -> None:
+        self.index_builds.labels("ok" if ok else "failed").inc()
+        if ok:
+            self.last_build_seconds.set(seconds)

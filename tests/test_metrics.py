@@ -1,0 +1,154 @@
+"""Prometheus /metrics of both services: counters rise by exactly the calls made.
+
+Both services run with EMBED_/SEARCH_METRICS_ADDR and tokens; a known set of calls is
+made and the scraped series are compared before and after. The endpoint must carry no
+token, no record id and no metadata value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from imagesearch.v1 import search_service_pb2 as pb
+from imagesearch_client import ImageRecord, ImageSearchClient, InvalidArgument, VectorRecord
+from prometheus_client.parser import text_string_to_metric_families
+
+from embed_service.app import EmbedApp
+from search_service.app import SearchApp
+from tests.conftest import embed_settings
+from tests.imagegen import encode, picture
+from tests.stack import InThread, search_settings
+
+TOKEN = "metrics-test-token"
+SEARCH = "imagesearch.v1.SearchService"
+EMBED = "imagesearch.v1.EmbedService"
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+async def scrape(address: str) -> tuple[str, Samples]:
+    async with httpx.AsyncClient() as http:
+        reply = await http.get(f"http://{address}/metrics", timeout=10)
+    reply.raise_for_status()
+    samples: Samples = {}
+    for family in text_string_to_metric_families(reply.text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return reply.text, samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def handled(samples: Samples, service: str, method: str, code: str) -> float:
+    return value(
+        samples, "grpc_server_handled_total",
+        grpc_type="unary", grpc_service=service, grpc_method=method, grpc_code=code,
+    )  # fmt: skip
+
+
+@pytest.fixture
+async def watched(clip_dir: Path, tmp_path: Path) -> AsyncIterator[tuple[EmbedApp, SearchApp]]:
+    embed = EmbedApp(embed_settings(clip_dir, metrics_addr="127.0.0.1:0"))
+    await embed.start()
+    await embed.load()
+    search = SearchApp(
+        search_settings(tmp_path / "data", embed.address, metrics_addr="127.0.0.1:0", tokens=TOKEN)
+    )
+    await search.start()
+    await search.wait_serving()
+    yield embed, search
+    await search.stop(0)
+    await embed.stop(0)
+
+
+async def test_counters_rise_by_exactly_the_calls_made_with_their_codes(
+    watched: tuple[EmbedApp, SearchApp],
+) -> None:
+    embed, search = watched
+    assert embed.metrics_endpoint is not None
+    assert search.metrics_endpoint is not None
+    _, search_before = await scrape(search.metrics_endpoint.address)
+    _, embed_before = await scrape(embed.metrics_endpoint.address)
+
+    with ImageSearchClient(search.address, timeout_s=20, token=TOKEN) as sync_client:
+        client = InThread(sync_client)
+        for i in range(2):
+            records = [VectorRecord(f"secret-id-{i}", [1.0, float(i)] + [0.0] * 62,
+                                    {"label": "private-value"})]  # fmt: skip
+            await client.upsert_vectors(records)
+        for text in ("a red square", "a blue circle", "a green shape"):
+            await client.query(text=text, top_k=1)
+        with pytest.raises(InvalidArgument):
+            await client.query(text="x", top_k=-1)
+        await client.upsert_images([ImageRecord(image=b"not an image", id="bad-image")])
+        await client.upsert_images([ImageRecord(image=encode(picture("red")), id="good-image")])
+    async with grpc.aio.insecure_channel(search.address) as channel:
+        with pytest.raises(grpc.aio.AioRpcError):
+            await channel.unary_unary(f"/{SEARCH}/DescribeStats")(
+                pb.DescribeStatsRequest().SerializeToString()
+            )
+
+    search_text, search_after = await scrape(search.metrics_endpoint.address)
+    embed_text, embed_after = await scrape(embed.metrics_endpoint.address)
+
+    def delta(after: Samples, before: Samples, service: str, method: str, code: str) -> float:
+        return handled(after, service, method, code) - handled(before, service, method, code)
+
+    assert delta(search_after, search_before, SEARCH, "UpsertVectors", "OK") == 2
+    assert delta(search_after, search_before, SEARCH, "Query", "OK") == 3
+    assert delta(search_after, search_before, SEARCH, "Query", "INVALID_ARGUMENT") == 1
+    assert delta(search_after, search_before, SEARCH, "UpsertImages", "OK") == 2
+    assert delta(search_after, search_before, SEARCH, "DescribeStats", "UNAUTHENTICATED") == 1
+    started = value(search_after, "grpc_server_started_total", grpc_type="unary",
+                    grpc_service=SEARCH, grpc_method="Query")  # fmt: skip
+    assert started - value(search_before, "grpc_server_started_total", grpc_type="unary",
+                           grpc_service=SEARCH, grpc_method="Query") == 4  # fmt: skip
+    query_labels = {"grpc_type": "unary", "grpc_service": SEARCH, "grpc_method": "Query"}
+    timed = ("grpc_server_handling_seconds_count", frozenset(query_labels.items()))
+    assert search_after[timed] - search_before.get(timed, 0) == 4
+    # search_service -> embed_service: three texts, two image batches.
+    assert delta(embed_after, embed_before, EMBED, "EmbedTexts", "OK") == 3
+    assert delta(embed_after, embed_before, EMBED, "EmbedImages", "OK") == 2
+    latency = ("search_embed_call_seconds_count", frozenset({"method": "EmbedTexts"}.items()))
+    assert search_after[latency] - search_before.get(latency, 0) == 3
+    failures = ("embed_decode_failures_total", frozenset({"reason": "IMAGE_UNREADABLE"}.items()))
+    assert embed_after[failures] - embed_before.get(failures, 0) == 1
+    batches = ("embed_batch_items_count", frozenset({"kind": "texts"}.items()))
+    assert embed_after[batches] - embed_before.get(batches, 0) == 3
+    info = embed.engine.info() if embed.engine else None
+    assert info is not None
+    assert value(embed_after, "embed_model_info", model_id=info.model_id,
+                 fingerprint=info.fingerprint, device="cpu", precision="fp32") == 1  # fmt: skip
+
+    for text in (search_text, embed_text):
+        assert TOKEN not in text
+        assert "secret-id" not in text
+        assert "private-value" not in text
+        assert "good-image" not in text
+
+
+async def test_vectors_per_namespace_are_refreshed_from_the_store(
+    watched: tuple[EmbedApp, SearchApp],
+) -> None:
+    _, search = watched
+    assert search.metrics_endpoint is not None
+    with ImageSearchClient(search.address, timeout_s=20, token=TOKEN) as sync_client:
+        records = [VectorRecord(f"v{i}", [1.0, float(i)] + [0.0] * 62) for i in range(5)]
+        await InThread(sync_client).upsert_vectors(records)
+        await InThread(sync_client).upsert_vectors(records[:2], namespace="other")
+    deadline = time.monotonic() + 15  # refreshed every VECTOR_COUNT_EVERY_S
+    while True:
+        _, samples = await scrape(search.metrics_endpoint.address)
+        counts = (value(samples, "search_vectors", namespace="__default__"),
+                  value(samples, "search_vectors", namespace="other"))  # fmt: skip
+        if counts == (5, 2) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    assert counts == (5, 2)
