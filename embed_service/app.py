@@ -37,7 +37,7 @@ class EmbedApp:
         """Raises SecurityConfigError when a TLS or token setting cannot be used."""
         self.settings = settings
         self.engine: EmbedEngine | None = None
-        servicer = EmbedServicer(self._require_engine)
+        servicer = EmbedServicer(self._require_engine, lambda: self.address)
         tokens = read_tokens(
             settings.tokens.get_secret_value() if settings.tokens else None,
             settings.tokens_file,

@@ -33,10 +33,16 @@ PRECISIONS = {
 }
 
 
+REPLICA_HEADER = "imagesearch-replica"
+
+
 class EmbedServicer(pb_grpc.EmbedServiceServicer):
-    def __init__(self, engine: Callable[[], EmbedEngine]) -> None:
+    def __init__(self, engine: Callable[[], EmbedEngine], replica: Callable[[], str]) -> None:
         # A callable, because the server answers (UNAVAILABLE) while the model loads.
         self._engine = engine
+        # This replica's address, sent with every embedding so a caller spreading calls
+        # over several replicas can say which one answered.
+        self._replica = replica
 
     @handle_errors
     async def EmbedImages(
@@ -44,6 +50,7 @@ class EmbedServicer(pb_grpc.EmbedServiceServicer):
     ) -> pb.EmbedImagesResponse:
         engine = self._engine()
         results = await engine.embed_images(request.images)
+        context.set_trailing_metadata(((REPLICA_HEADER, self._replica()),))
         return pb.EmbedImagesResponse(
             embeddings=_embeddings(results), model_fingerprint=engine.info().fingerprint
         )
@@ -54,6 +61,7 @@ class EmbedServicer(pb_grpc.EmbedServiceServicer):
     ) -> pb.EmbedTextsResponse:
         engine = self._engine()
         results = await engine.embed_texts(request.texts)
+        context.set_trailing_metadata(((REPLICA_HEADER, self._replica()),))
         return pb.EmbedTextsResponse(
             embeddings=_embeddings(results), model_fingerprint=engine.info().fingerprint
         )

@@ -32,8 +32,13 @@ from search_service.errors import (
 from search_service.stores.base import ModelInfo, Vector
 
 SERVICE = "imagesearch.v1.EmbedService"
+REPLICA_HEADER = "imagesearch-replica"
+# Every address of EMBED_TARGET gets calls in turn, but only while its health says
+# SERVING: a replica that is loading, draining or gone gets none.
 SERVICE_CONFIG = json.dumps(
     {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "healthCheckConfig": {"serviceName": SERVICE},
         "methodConfig": [
             {
                 "name": [{"service": SERVICE}],
@@ -45,7 +50,7 @@ SERVICE_CONFIG = json.dumps(
                     "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
                 },
             }
-        ]
+        ],
     }
 )
 
@@ -61,8 +66,11 @@ class Embedded:
 
 @dataclass(frozen=True, slots=True)
 class Embeddings:
+    """What one replica answered: its vectors, its model, and its address."""
+
     items: list[Embedded]
     fingerprint: str
+    replica: str = ""
 
 
 class EmbedClient:
@@ -123,37 +131,42 @@ class EmbedClient:
                     raise
 
     async def model_info(self, timeout_s: float | None = None) -> ModelInfo:
-        reply = await self._call(
-            self._stub.GetModelInfo, pb.GetModelInfoRequest(), timeout_s or self._timeout_s
+        call = self._stub.GetModelInfo(
+            pb.GetModelInfoRequest(), timeout=timeout_s or self._timeout_s, metadata=self._metadata
         )
+        reply = await self._finish(call, "GetModelInfo")
         return ModelInfo(
             model_id=reply.model_id, dimension=reply.dimension, fingerprint=reply.fingerprint
         )
 
     async def embed_images(self, images: Sequence[bytes]) -> Embeddings:
-        reply = await self._call(
-            self._stub.EmbedImages, pb.EmbedImagesRequest(images=images), self._timeout_s
-        )
-        return Embeddings([_embedded(e) for e in reply.embeddings], reply.model_fingerprint)
+        reply, replica = await self._embed("EmbedImages", pb.EmbedImagesRequest(images=images))
+        items = [_embedded(e) for e in reply.embeddings]
+        return Embeddings(items, reply.model_fingerprint, replica)
 
-    async def embed_text(self, text: str) -> tuple[Embedded, str]:
-        reply = await self._call(
-            self._stub.EmbedTexts, pb.EmbedTextsRequest(texts=[text]), self._timeout_s
-        )
-        return _embedded(reply.embeddings[0]), reply.model_fingerprint
+    async def embed_text(self, text: str) -> Embeddings:
+        reply, replica = await self._embed("EmbedTexts", pb.EmbedTextsRequest(texts=[text]))
+        return Embeddings([_embedded(reply.embeddings[0])], reply.model_fingerprint, replica)
 
-    async def _call(self, method: Any, request: Any, timeout_s: float) -> Any:
+    async def _embed(self, method: str, request: Any) -> tuple[Any, str]:
+        """The reply, and the replica that sent it (its trailing metadata)."""
+        call = getattr(self._stub, method)(
+            request, timeout=self._timeout_s, metadata=self._metadata
+        )
+        reply = await self._finish(call, method)
+        trailing = dict(await call.trailing_metadata() or ())
+        return reply, str(trailing.get(REPLICA_HEADER, self.target))
+
+    async def _finish(self, call: Any, method: str) -> Any:
+        """Awaits a started call; gRPC errors become domain errors, the time is observed."""
         began = time.perf_counter()
         try:
-            reply = await method(request, timeout=timeout_s, metadata=self._metadata)
+            return await call
         except grpc.aio.AioRpcError as error:
             raise self._domain_error(error) from None
         finally:
             if self._observe is not None:
-                self._observe(
-                    type(request).__name__.removesuffix("Request"), time.perf_counter() - began
-                )
-        return reply
+                self._observe(method, time.perf_counter() - began)
 
     def _domain_error(self, error: grpc.aio.AioRpcError) -> SearchError:
         """The domain error for a failed call, keeping embed_service's reason and field."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -21,6 +21,7 @@ from search_service.errors import (
     ImageRejected,
     InvalidArgument,
     InvalidVector,
+    ModelMismatch,
     NotFound,
     SearchError,
     StoreMisconfigured,
@@ -63,6 +64,11 @@ class Embedder(Protocol):
     async def embed_images(self, images: Sequence[bytes]) -> Any: ...
 
     async def embed_text(self, text: str) -> Any: ...
+
+
+# Replicas of another model are skipped: the call is made again (round_robin picks the
+# next replica) this many times in all before the call fails.
+REPLICA_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,10 +155,8 @@ class SearchService:
             pending.append((i, record_id, metadata))
         if not pending:
             return results
-        embedded = await self._embed_call(
-            self._embed.embed_images([items[i].image for i, _, _ in pending])
-        )
-        await self._ready(embedded.fingerprint)
+        images = [items[i].image for i, _, _ in pending]
+        embedded = await self._consistent(lambda: self._embed.embed_images(images))
         records: list[tuple[int, Record]] = []
         for (i, record_id, metadata), out in zip(pending, embedded.items, strict=True):
             if out.vector is None:
@@ -263,13 +267,13 @@ class SearchService:
         if spec.image is not None:
             if not spec.image:
                 raise ImageRejected("the query image is empty", field="image", reason="IMAGE_EMPTY")
-            embedded = await self._embed_call(self._embed.embed_images([spec.image]))
-            await self._ready(embedded.fingerprint)
+            image = spec.image
+            embedded = await self._consistent(lambda: self._embed.embed_images([image]))
             return _vector_or_error(embedded.items[0], "image")
         if spec.text is not None:
-            out, fingerprint = await self._embed_call(self._embed.embed_text(spec.text))
-            await self._ready(fingerprint)
-            return _vector_or_error(out, "text")
+            text = spec.text
+            embedded = await self._consistent(lambda: self._embed.embed_text(text))
+            return _vector_or_error(embedded.items[0], "text")
         if spec.id is not None:
             record_id = validate_id(spec.id)
             await self._model_for_vectors()
@@ -290,6 +294,39 @@ class SearchService:
         except EmbedUnavailable:
             self._running = None
             raise
+
+    async def _consistent(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        """Embeds with `call`, keeping only an answer from the model the store holds.
+
+        With several replicas behind EMBED_TARGET, one may run another model: its answer
+        is dropped (and its address logged) and the call made again, so its vectors are
+        never stored; REPLICA_ATTEMPTS answers of another model fail the call.
+        """
+        for _ in range(REPLICA_ATTEMPTS):
+            embedded = await self._embed_call(call())
+            held = self.store.model
+            if held is None:  # a new store takes the model that answered
+                await self._ready(embedded.fingerprint)
+                held = self.store.model
+            # Decided by the answer's own fingerprint: asking for model info would take
+            # a round_robin turn of its own and could land on another replica.
+            if held is not None and held.fingerprint == embedded.fingerprint:
+                return embedded
+            log.warning(
+                "embed_service replica %s runs a model of fingerprint %s, not the store's %s "
+                "(%s); its answer is dropped",
+                embedded.replica,
+                embedded.fingerprint,
+                held.fingerprint if held else "?",
+                held.model_id if held else "?",
+            )
+        # Every answer came from another model: the store's own check says which.
+        await self._ready(embedded.fingerprint)
+        raise ModelMismatch(
+            f"embed_service answered {REPLICA_ATTEMPTS} times from replicas of another model "
+            f"than the store holds ({held.model_id if held else '?'}); run every replica "
+            "behind EMBED_TARGET with the store's model"
+        )
 
     async def _ready(self, fingerprint: str) -> ModelInfo:
         """Checks that the model that made `fingerprint` is the one the store holds."""

@@ -1,0 +1,127 @@
+"""Several embed_service replicas behind one EMBED_TARGET: spread, failover, one model.
+
+search_service dials `ipv4:A,B` with round_robin and client-side health checking.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from imagesearch_client import ImageRecord, ImageSearchClient
+
+from embed_service.app import EmbedApp
+from search_service.app import SearchApp
+from tests.conftest import embed_settings
+from tests.imagegen import PALETTE, encode, picture
+from tests.stack import InThread, search_settings, service_process
+from tests.tiny_clip import build_clip
+
+HANDLED = "grpc_server_handled_total"
+
+
+def embedded_images(app: EmbedApp) -> float:
+    labels = {"grpc_type": "unary", "grpc_service": "imagesearch.v1.EmbedService",
+              "grpc_method": "EmbedImages", "grpc_code": "OK"}  # fmt: skip
+    return app.registry.get_sample_value(HANDLED, labels) or 0.0
+
+
+def folder_of(root: Path, count: int) -> Path:
+    colours = list(PALETTE)
+    for n in range(count):
+        image = picture(colours[n % len(colours)], shape=n % 7, size=(48 + n % 40, 40 + n // 40))
+        (root / f"img-{n:03d}.png").parent.mkdir(parents=True, exist_ok=True)
+        (root / f"img-{n:03d}.png").write_bytes(encode(image, "PNG"))
+    return root
+
+
+@pytest.mark.slow
+async def test_a_replica_killed_mid_index_loses_nothing_and_the_survivor_takes_the_rest(
+    clip_dir: Path, tmp_path: Path
+) -> None:
+    survivor = EmbedApp(embed_settings(clip_dir))
+    await survivor.start()
+    await survivor.load()
+    env = {"EMBED_MODEL": str(clip_dir), "EMBED_ADDR": "127.0.0.1:0", "EMBED_PRECISION": "fp32"}
+    with contextlib.ExitStack() as running:
+        victim, victim_address = await asyncio.to_thread(
+            running.enter_context, service_process("embed_service", env, ready="ready")
+        )
+        search = SearchApp(
+            search_settings(tmp_path / "data", f"ipv4:{victim_address},{survivor.address}")
+        )
+        await search.start()
+        await search.wait_serving()
+        folder = folder_of(tmp_path / "images", 200)
+        cli = [sys.executable, "-m", "imagesearch_client.cli", "--target", search.address]
+        index = await asyncio.create_subprocess_exec(
+            *cli, "index", str(folder), "--quiet", "--json",
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        # Kill the other replica once the index is well under way.
+        # The CLI is another process: nothing here is told of its progress but the store.
+        while (await search.store.stats()).total < 60:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        before_kill = embedded_images(survivor)
+        victim.send_signal(signal.SIGKILL)
+        out, err = await index.communicate()
+        try:
+            assert index.returncode == 0, err.decode()
+            assert '"stored": 200' in out.decode(), out.decode()
+            assert '"failures": []' in out.decode(), out.decode()
+            assert (await search.store.stats()).total == 200
+            # Calls went to both before the kill, and the survivor took what was left.
+            assert before_kill > 0
+            assert embedded_images(survivor) > before_kill
+        finally:
+            await search.stop(0)
+            await survivor.stop(0)
+
+
+async def test_a_replica_running_another_model_is_never_stored_from_and_is_named(
+    clip_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    right = EmbedApp(embed_settings(clip_dir))
+    other = EmbedApp(embed_settings(build_clip(tmp_path / "other-clip", seed=1)))
+    for app in (right, other):
+        await app.start()
+        await app.load()
+    # The store is made by the right model first; then both replicas serve it.
+    data = tmp_path / "data"
+    alone = SearchApp(search_settings(data, right.address))
+    await alone.start()
+    await alone.wait_serving()
+    with ImageSearchClient(alone.address, timeout_s=20) as sync_client:
+        await InThread(sync_client).upsert_images([ImageRecord(image=encode(picture("red")))])
+    await alone.stop(0)
+
+    search = SearchApp(search_settings(data, f"ipv4:{right.address},{other.address}"))
+    await search.start()
+    await search.wait_serving()
+    try:
+        images = [encode(picture(c, shape=s), "PNG") for c in PALETTE for s in range(2)]
+        records = [ImageRecord(image=image, id=f"r{i}") for i, image in enumerate(images)]
+        with ImageSearchClient(search.address, timeout_s=20) as sync_client:
+            client = InThread(sync_client)
+            outcomes = await client.upsert_images(records)
+            assert all(o.ok for o in outcomes), outcomes
+            stored = await client.fetch([r.id for r in records])
+        assert right.engine is not None
+        expected = [result.vector for result in await right.engine.embed_images(images)]
+        for got, want in zip(stored, expected, strict=True):
+            assert want is not None
+            assert np.allclose(got.values, want, atol=1e-5), got.id
+        assert other.address in caplog.text
+        assert "its answer is dropped" in caplog.text
+    finally:
+        await search.stop(0)
+        for app in (right, other):
+            await app.stop(0)
