@@ -1,26 +1,45 @@
 #!/usr/bin/env bash
-# `make run`: embed_service and search_service side by side; Ctrl-C stops both cleanly.
+# `make run`: embed_service and search_service side by side; Ctrl-C stops them all.
+# EMBED_REPLICAS=N starts N embed_service replicas on consecutive ports from EMBED_ADDR's
+# and points search_service at all of them (unless EMBED_TARGET says otherwise).
 set -euo pipefail
 PY="${PY:-.venv/bin/python}"
 export EMBED_ADDR="${EMBED_ADDR:-127.0.0.1:50051}"
-export EMBED_TARGET="${EMBED_TARGET:-$EMBED_ADDR}"
 export SEARCH_ADDR="${SEARCH_ADDR:-127.0.0.1:50052}"
+replicas="${EMBED_REPLICAS:-1}"
+host="${EMBED_ADDR%:*}"
+port="${EMBED_ADDR##*:}"
 
-"$PY" -m embed_service &
-embed=$!
+pids=()
+addresses=()
+for ((i = 0; i < replicas; i++)); do
+  address="$host:$((port + i))"
+  metrics=""
+  if [ -n "${EMBED_METRICS_ADDR:-}" ]; then
+    metrics="${EMBED_METRICS_ADDR%:*}:$((${EMBED_METRICS_ADDR##*:} + i))"
+  fi
+  EMBED_ADDR="$address" EMBED_METRICS_ADDR="$metrics" "$PY" -m embed_service &
+  pids+=("$!")
+  addresses+=("$address")
+done
+if [ "$replicas" -gt 1 ]; then
+  export EMBED_TARGET="${EMBED_TARGET:-ipv4:$(IFS=,; echo "${addresses[*]}")}"
+else
+  export EMBED_TARGET="${EMBED_TARGET:-$EMBED_ADDR}"
+fi
 "$PY" -m search_service &
 search=$!
 
 stop() {
   trap - INT TERM
   echo "stopping search_service and embed_service..." >&2
-  kill -TERM "$search" "$embed" 2>/dev/null || true
-  wait "$search" "$embed" 2>/dev/null || true
+  kill -TERM "$search" "${pids[@]}" 2>/dev/null || true
+  wait "$search" "${pids[@]}" 2>/dev/null || true
 }
 trap stop INT TERM
 
-echo "embed_service:  $EMBED_ADDR" >&2
+echo "embed_service:  ${addresses[*]}" >&2
 echo "search_service: $SEARCH_ADDR  (try: .venv/bin/imagesearch stats)" >&2
-# Either one exiting (a model that will not load, a port in use) stops the pair.
-wait -n "$embed" "$search" || true
+# Any one exiting (a model that will not load, a port in use) stops them all.
+wait -n "${pids[@]}" "$search" || true
 stop

@@ -52,12 +52,32 @@ def free_port() -> int:
         return port
 
 
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive free ports (EMBED_REPLICAS takes consecutive ones)."""
+    while True:
+        first = free_port()
+        sockets = []
+        try:
+            for offset in range(count):
+                s = socket.socket()
+                sockets.append(s)
+                s.bind(("127.0.0.1", first + offset))
+            return first
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("replicas", [1, 2])
 def test_ctrl_c_stops_both_services_within_the_grace_period_without_a_traceback(
-    clip_dir: Path, tmp_path: Path
+    clip_dir: Path, tmp_path: Path, replicas: int
 ) -> None:
     search_addr = f"127.0.0.1:{free_port()}"
-    embed_addr = f"127.0.0.1:{free_port()}"
+    first = free_ports(replicas)
+    embed_addr = f"127.0.0.1:{first}"
     env = {
         **os.environ,
         "PY": sys.executable,
@@ -66,6 +86,7 @@ def test_ctrl_c_stops_both_services_within_the_grace_period_without_a_traceback(
         "SEARCH_ADDR": search_addr,
         "DATA_DIR": str(tmp_path / "data"),
         "VECTOR_STORE": "local",
+        "EMBED_REPLICAS": str(replicas),
     }
     log = tmp_path / "run.log"
     with log.open("w") as sink:
@@ -94,7 +115,8 @@ def test_ctrl_c_stops_both_services_within_the_grace_period_without_a_traceback(
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
         assert queried.returncode == 0, queried.stderr
-        told: dict[str, list[int]] = {search_addr: [], embed_addr: []}
+        told: dict[str, list[int]] = {search_addr: []}
+        told.update({f"127.0.0.1:{first + i}": [] for i in range(replicas)})
         watchers = [watch_health(address, seen) for address, seen in told.items()]
         while not all(told.values()):
             time.sleep(0.05)
@@ -117,6 +139,9 @@ def test_ctrl_c_stops_both_services_within_the_grace_period_without_a_traceback(
     text = log.read_text()
     assert "Traceback" not in text, text
     assert "CancelledError" not in text, text
+    if replicas > 1:
+        target = ",".join(f"127.0.0.1:{first + i}" for i in range(replicas))
+        assert f"embed_service at ipv4:{target}" in text, text
 
 
 @pytest.mark.slow
