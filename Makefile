@@ -7,7 +7,7 @@ BUF := node_modules/.bin/buf
 DIR ?=
 ARGS ?=
 
-.PHONY: install proto run run-embed run-search test test-fast bench bench-search lint index query clean
+.PHONY: install proto run run-embed run-search test test-fast bench bench-search bench-tls lint index query clean
 
 install: $(STAMP)
 
@@ -40,6 +40,9 @@ bench: install
 
 bench-search: install
 	$(PY) -m tests.bench_search $(ARGS)
+
+bench-tls: install
+	$(PY) -m tests.bench_security $(ARGS)
 
 # npm ci installs exactly the committed lock and never rewrites it.
 $(BUF): package.json package-lock.json
