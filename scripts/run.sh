@@ -4,11 +4,22 @@
 # and points search_service at all of them (unless EMBED_TARGET says otherwise).
 set -euo pipefail
 PY="${PY:-.venv/bin/python}"
-export EMBED_ADDR="${EMBED_ADDR:-127.0.0.1:50051}"
-export SEARCH_ADDR="${SEARCH_ADDR:-127.0.0.1:50052}"
 replicas="${EMBED_REPLICAS:-1}"
+if [ "$replicas" -gt 1 ]; then
+  default_embed="127.0.0.1:50061"  # clear of search_service's 50052
+else
+  default_embed="127.0.0.1:50051"
+fi
+export EMBED_ADDR="${EMBED_ADDR:-$default_embed}"
+export SEARCH_ADDR="${SEARCH_ADDR:-127.0.0.1:50052}"
 host="${EMBED_ADDR%:*}"
 port="${EMBED_ADDR##*:}"
+search_port="${SEARCH_ADDR##*:}"
+if [ "$search_port" -ge "$port" ] && [ "$search_port" -lt $((port + replicas)) ]; then
+  echo "EMBED_REPLICAS=$replicas takes ports $port-$((port + replicas - 1)) from EMBED_ADDR," \
+    "which include SEARCH_ADDR's $search_port; set EMBED_ADDR to another port" >&2
+  exit 2
+fi
 
 pids=()
 addresses=()
