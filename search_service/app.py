@@ -63,7 +63,11 @@ class SearchApp:
         self.store = (
             store
             if store is not None
-            else make_store(settings, on_index_build=self.metrics.observe_build)
+            else make_store(
+                settings,
+                on_index_build=self.metrics.observe_build,
+                on_store_error=lambda kind: self.metrics.store_errors.labels(kind).inc(),
+            )
         )
         self.service = SearchService(self.store, self.embed)
         servicer = SearchServicer(self.service)

@@ -24,6 +24,10 @@ class SearchMetrics:
             "search_index_builds", "Background HNSW builds of the local store, by outcome.",
             ["outcome"], registry=registry,
         )  # fmt: skip
+        self.store_errors = Counter(
+            "search_store_errors", "Errors the vector store answered, by kind.", ["kind"],
+            registry=registry,
+        )  # fmt: skip
         self.last_build_seconds = Gauge(
             "search_index_build_last_seconds",
             "How long the last finished HNSW build took.",

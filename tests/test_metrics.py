@@ -23,6 +23,8 @@ from embed_service.app import EmbedApp
 from search_service.app import SearchApp
 from tests.conftest import embed_settings
 from tests.imagegen import encode, picture
+from tests.pinecone_standin import PineconeStandIn
+from tests.search_service.conftest import on_pinecone
 from tests.stack import InThread, search_settings
 
 TOKEN = "metrics-test-token"
@@ -152,3 +154,26 @@ async def test_vectors_per_namespace_are_refreshed_from_the_store(
             break
         await asyncio.sleep(0.2)
     assert counts == (5, 2)
+
+
+async def test_store_errors_are_counted_by_kind(
+    embed_app: EmbedApp, tmp_path: Path, standin: PineconeStandIn
+) -> None:
+    settings = search_settings(
+        tmp_path / "data", embed_app.address, metrics_addr="127.0.0.1:0", **on_pinecone(standin)
+    )
+    search = SearchApp(settings)
+    await search.start()
+    await search.wait_serving()
+    try:
+        assert search.metrics_endpoint is not None
+        standin.fail("/query", 400, times=1)
+        with (
+            ImageSearchClient(search.address, timeout_s=20) as sync_client,
+            pytest.raises(InvalidArgument),
+        ):
+            await InThread(sync_client).query(vector=[1.0] + [0.0] * 63)
+        _, samples = await scrape(search.metrics_endpoint.address)
+        assert value(samples, "search_store_errors_total", kind="InvalidArgument") == 1
+    finally:
+        await search.stop(0)

@@ -9,7 +9,10 @@ from search_service.stores.base import VectorStore
 
 
 def make_store(
-    settings: SearchSettings, *, on_index_build: Callable[[bool, float], None] | None = None
+    settings: SearchSettings,
+    *,
+    on_index_build: Callable[[bool, float], None] | None = None,
+    on_store_error: Callable[[str], None] | None = None,
 ) -> VectorStore:
     """The store the settings ask for; each implementation is imported only when chosen."""
     match settings.store_kind:
@@ -24,6 +27,6 @@ def make_store(
         case "pinecone":
             from search_service.stores.pinecone import PineconeStore
 
-            return PineconeStore.from_settings(settings)
+            return PineconeStore.from_settings(settings, on_error=on_store_error)
         case other:
             raise ValueError(f"unknown VECTOR_STORE {other!r}; use local or pinecone")

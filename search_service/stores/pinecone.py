@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -100,7 +100,10 @@ class PineconeStore:
         host: str | None = None,
         ready_timeout_s: float = 300.0,
         request_timeout_s: float = 30.0,
+        on_error: Callable[[str], None] | None = None,
     ) -> None:
+        """`on_error(kind)` is told of every error Pinecone answers (kind: our class name)."""
+        self._on_error = on_error
         self._api_key = api_key
         self._index_name = index_name
         self._cloud = cloud
@@ -117,7 +120,9 @@ class PineconeStore:
         self._bind_lock = asyncio.Lock()
 
     @classmethod
-    def from_settings(cls, settings: SearchSettings) -> PineconeStore:
+    def from_settings(
+        cls, settings: SearchSettings, *, on_error: Callable[[str], None] | None = None
+    ) -> PineconeStore:
         if settings.pinecone_api_key is None:
             raise StoreMisconfigured(
                 "VECTOR_STORE=pinecone needs PINECONE_API_KEY (the key of your Pinecone project)"
@@ -129,6 +134,7 @@ class PineconeStore:
             region=settings.pinecone_region,
             host=settings.pinecone_host,
             ready_timeout_s=settings.pinecone_ready_timeout_s,
+            on_error=on_error,
         )
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -391,6 +397,12 @@ class PineconeStore:
             raise self._translate(exc) from None
 
     def _translate(self, exc: PineconeError) -> SearchError:
+        error = self._domain_error(exc)
+        if self._on_error is not None:
+            self._on_error(type(error).__name__)
+        return error
+
+    def _domain_error(self, exc: PineconeError) -> SearchError:
         status = getattr(exc, "status_code", None)
         detail = self._redact(str(getattr(exc, "message", None) or exc) or type(exc).__name__)
         where = f"Pinecone index {self._index_name!r}"
