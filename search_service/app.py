@@ -67,6 +67,7 @@ class SearchApp:
                 settings,
                 on_index_build=self.metrics.observe_build,
                 on_store_error=lambda kind: self.metrics.store_errors.labels(kind).inc(),
+                on_store_retry=self.metrics.store_retries.inc,
             )
         )
         self.service = SearchService(self.store, self.embed)

@@ -28,6 +28,9 @@ class SearchMetrics:
             "search_store_errors", "Errors the vector store answered, by kind.", ["kind"],
             registry=registry,
         )  # fmt: skip
+        self.store_retries = Counter(
+            "search_store_retries", "Requests to Pinecone that its SDK retried.", registry=registry
+        )
         self.last_build_seconds = Gauge(
             "search_index_build_last_seconds",
             "How long the last finished HNSW build took.",

@@ -156,8 +156,8 @@ async def test_vectors_per_namespace_are_refreshed_from_the_store(
     assert counts == (5, 2)
 
 
-async def test_store_errors_are_counted_by_kind(
-    embed_app: EmbedApp, tmp_path: Path, standin: PineconeStandIn
+async def test_store_errors_and_retries_are_counted(
+    embed_app: EmbedApp, tmp_path: Path, standin: PineconeStandIn, backoff: list[float]
 ) -> None:
     settings = search_settings(
         tmp_path / "data", embed_app.address, metrics_addr="127.0.0.1:0", **on_pinecone(standin)
@@ -173,7 +173,12 @@ async def test_store_errors_are_counted_by_kind(
             pytest.raises(InvalidArgument),
         ):
             await InThread(sync_client).query(vector=[1.0] + [0.0] * 63)
+        standin.fail("/query", 503, times=2)  # retried twice by the SDK, then answered
+        with ImageSearchClient(search.address, timeout_s=20) as sync_client:
+            assert await InThread(sync_client).query(vector=[1.0] + [0.0] * 63) == []
         _, samples = await scrape(search.metrics_endpoint.address)
         assert value(samples, "search_store_errors_total", kind="InvalidArgument") == 1
+        assert value(samples, "search_store_retries_total") == 2
+        assert len(backoff) == 2
     finally:
         await search.stop(0)

@@ -13,6 +13,7 @@ def make_store(
     *,
     on_index_build: Callable[[bool, float], None] | None = None,
     on_store_error: Callable[[str], None] | None = None,
+    on_store_retry: Callable[[], None] | None = None,
 ) -> VectorStore:
     """The store the settings ask for; each implementation is imported only when chosen."""
     match settings.store_kind:
@@ -27,6 +28,8 @@ def make_store(
         case "pinecone":
             from search_service.stores.pinecone import PineconeStore
 
-            return PineconeStore.from_settings(settings, on_error=on_store_error)
+            return PineconeStore.from_settings(
+                settings, on_error=on_store_error, on_retry=on_store_retry
+            )
         case other:
             raise ValueError(f"unknown VECTOR_STORE {other!r}; use local or pinecone")

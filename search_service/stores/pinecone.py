@@ -101,9 +101,12 @@ class PineconeStore:
         ready_timeout_s: float = 300.0,
         request_timeout_s: float = 30.0,
         on_error: Callable[[str], None] | None = None,
+        on_retry: Callable[[], None] | None = None,
     ) -> None:
-        """`on_error(kind)` is told of every error Pinecone answers (kind: our class name)."""
+        """`on_error(kind)` is told of every error Pinecone answers (kind: our class name),
+        `on_retry()` of every retry the SDK makes."""
         self._on_error = on_error
+        self._retries = _RetryCounter(on_retry) if on_retry is not None else None
         self._api_key = api_key
         self._index_name = index_name
         self._cloud = cloud
@@ -121,7 +124,11 @@ class PineconeStore:
 
     @classmethod
     def from_settings(
-        cls, settings: SearchSettings, *, on_error: Callable[[str], None] | None = None
+        cls,
+        settings: SearchSettings,
+        *,
+        on_error: Callable[[str], None] | None = None,
+        on_retry: Callable[[], None] | None = None,
     ) -> PineconeStore:
         if settings.pinecone_api_key is None:
             raise StoreMisconfigured(
@@ -135,6 +142,7 @@ class PineconeStore:
             host=settings.pinecone_host,
             ready_timeout_s=settings.pinecone_ready_timeout_s,
             on_error=on_error,
+            on_retry=on_retry,
         )
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -144,6 +152,8 @@ class PineconeStore:
         return self._model
 
     async def open(self) -> ModelInfo | None:
+        if self._retries is not None:
+            self._retries.install()
         self._client = PineconeAsyncio(
             api_key=self._api_key, host=self._host, timeout=self._request_timeout_s
         )
@@ -256,6 +266,8 @@ class PineconeStore:
             return None
 
     async def close(self) -> None:
+        if self._retries is not None:
+            self._retries.remove()
         index, client = self._index, self._client
         self._index = self._client = None
         if index is not None:
@@ -514,3 +526,33 @@ def _metadata(raw: Mapping[str, Any] | None) -> Metadata:
 
 
 __all__ = ["PineconeStore"]
+
+
+class _RetryCounter(logging.Filter):
+    """Counts the SDK's retries from the debug line it logs for each (pinecone 10.2.0 has
+    no retry hook), and keeps its debug lines out of the log unless it is at DEBUG."""
+
+    SDK_LOGGER = "pinecone._internal.http_client"
+
+    def __init__(self, on_retry: Callable[[], None]) -> None:
+        super().__init__()
+        self._on_retry = on_retry
+        self._logger = logging.getLogger(self.SDK_LOGGER)
+        self._level = self._logger.level
+
+    def install(self) -> None:
+        self._keep_debug = logging.getLogger().isEnabledFor(logging.DEBUG)
+        self._logger.setLevel(logging.DEBUG)
+        self._logger.addFilter(self)
+
+    def remove(self) -> None:
+        self._logger.removeFilter(self)
+        self._logger.setLevel(self._level)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        message = str(record.msg)
+        if "retrying" in message or message.startswith("Throttled response"):
+            self._on_retry()
+        return self._keep_debug
