@@ -20,10 +20,10 @@ async def _main(settings: EmbedSettings) -> int:
     stopping = stop_requested()
     try:
         app = EmbedApp(settings)
-    except SecurityConfigError as exc:
+        await app.start()
+    except (SecurityConfigError, OSError) as exc:
         log.error("embed_service cannot start: %s", exc)
         return 2
-    await app.start()
     loading = asyncio.create_task(app.load())
     signalled = asyncio.create_task(stopping.wait())
     await asyncio.wait({loading, signalled}, return_when=asyncio.FIRST_COMPLETED)

@@ -61,7 +61,9 @@ class EmbedApp:
 
     async def start(self) -> str:
         if self.settings.metrics_addr:
-            self.metrics_endpoint = MetricsEndpoint(self.settings.metrics_addr, self.registry)
+            self.metrics_endpoint = MetricsEndpoint(
+                self.settings.metrics_addr, self.registry, variable="EMBED_METRICS_ADDR"
+            )
             log.info("metrics at http://%s/metrics", self.metrics_endpoint.address)
         port = await self._server.start()
         self.address = host_of(self.settings.addr, port)

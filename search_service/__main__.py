@@ -22,7 +22,7 @@ async def _main(settings: SearchSettings) -> int:
         app = SearchApp(settings)
         await app.start()
         await app.serve_until(stopping)
-    except (SearchError, SecurityConfigError) as exc:
+    except (SearchError, SecurityConfigError, OSError) as exc:
         # The store cannot serve as configured (key, metric, dimension): say why and stop.
         log.error("search_service cannot start: %s", exc)
         return 2

@@ -99,7 +99,9 @@ class SearchApp:
         """Opens the store and listens; health turns SERVING once embed_service does."""
         await self.service.open()
         if self.settings.metrics_addr:
-            self.metrics_endpoint = MetricsEndpoint(self.settings.metrics_addr, self.registry)
+            self.metrics_endpoint = MetricsEndpoint(
+                self.settings.metrics_addr, self.registry, variable="SEARCH_METRICS_ADDR"
+            )
             self._counting = asyncio.create_task(self._count_vectors(), name="count-vectors")
             log.info("metrics at http://%s/metrics", self.metrics_endpoint.address)
         port = await self._server.start()

@@ -8,6 +8,10 @@ token, no record id and no metadata value.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -182,3 +186,34 @@ async def test_store_errors_and_retries_are_counted(
         assert len(backoff) == 2
     finally:
         await search.stop(0)
+
+
+@pytest.mark.parametrize(
+    ("module", "variable"),
+    [
+        ("embed_service", "EMBED_METRICS_ADDR"),
+        ("search_service", "SEARCH_METRICS_ADDR"),
+        ("embed_service", "EMBED_ADDR"),
+        ("search_service", "SEARCH_ADDR"),
+    ],
+)
+def test_a_port_in_use_stops_the_service_with_exit_2_and_no_traceback(
+    clip_dir: Path, tmp_path: Path, module: str, variable: str
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = f"127.0.0.1:{taken.getsockname()[1]}"
+        env = {
+            **os.environ, "EMBED_MODEL": str(clip_dir), "EMBED_ADDR": "127.0.0.1:0",
+            "SEARCH_ADDR": "127.0.0.1:0", "EMBED_TARGET": "127.0.0.1:1",
+            "DATA_DIR": str(tmp_path / "data"), variable: busy,
+        }  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", module], env=env, cwd=tmp_path, capture_output=True,
+            text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "cannot start" in done.stderr
+    assert busy in done.stderr
+    assert "Traceback" not in done.stderr

@@ -107,11 +107,15 @@ class GrpcMetrics(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 class MetricsEndpoint:
     """Serves a registry's metrics in Prometheus' text format at http://ADDR/metrics."""
 
-    def __init__(self, addr: str, registry: CollectorRegistry) -> None:
+    def __init__(self, addr: str, registry: CollectorRegistry, *, variable: str) -> None:
+        """Raises OSError, naming `variable`, when `addr` cannot be listened on."""
         host, _, port = addr.rpartition(":")
-        self._server, self._thread = start_http_server(
-            int(port), addr=host or "127.0.0.1", registry=registry
-        )
+        try:
+            self._server, self._thread = start_http_server(
+                int(port), addr=host or "127.0.0.1", registry=registry
+            )
+        except (OSError, ValueError) as exc:
+            raise OSError(f"{variable}={addr}: cannot serve metrics there ({exc})") from exc
         self.address = f"{host or '127.0.0.1'}:{self._server.server_port}"
 
     def close(self) -> None:

@@ -67,10 +67,13 @@ class GrpcServer:
 
     async def start(self) -> int:
         """Binds and starts serving (NOT_SERVING until `set_serving`); returns the port."""
-        if self._credentials is not None:
-            self.port = self._server.add_secure_port(self._addr, self._credentials)
-        else:
-            self.port = self._server.add_insecure_port(self._addr)
+        try:
+            if self._credentials is not None:
+                self.port = self._server.add_secure_port(self._addr, self._credentials)
+            else:
+                self.port = self._server.add_insecure_port(self._addr)
+        except RuntimeError:  # gRPC's "Failed to bind"; it says why only in its own log
+            self.port = 0
         if self.port == 0:
             raise OSError(f"could not listen on {self._addr}: the address is in use or invalid")
         await self._set(health_pb2.HealthCheckResponse.NOT_SERVING)
