@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
-from imagesearch.serving import respond
+from imagesearch.serving import Continuation, behaviour_of, respond
 
 _KINDS = {
     (False, False): "unary",
@@ -26,7 +25,6 @@ _KINDS = {
     (False, True): "server_stream",
     (True, True): "bidi_stream",
 }
-_BEHAVIOURS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
 
 
 class GrpcMetrics(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -67,16 +65,14 @@ class GrpcMetrics(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         )
 
     async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
+        self, continuation: Continuation, details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
         if handler is None:
             return handler
         service, _, method = str(details.method).lstrip("/").rpartition("/")
         kind = _KINDS[(handler.request_streaming, handler.response_streaming)]
-        name = next(b for b in _BEHAVIOURS if getattr(handler, b) is not None)
+        name = behaviour_of(handler)
         behaviour = getattr(handler, name)
 
         async def counted(request: Any, context: grpc.aio.ServicerContext) -> Any:

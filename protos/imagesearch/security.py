@@ -13,12 +13,13 @@ from __future__ import annotations
 import hmac
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
 
+from imagesearch.serving import Continuation, behaviour_of
 from imagesearch.status import make_status, to_rpc_status
 
 log = logging.getLogger(__name__)
@@ -90,9 +91,7 @@ class TokenAuth(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._read_methods = read_methods
 
     async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
+        self, continuation: Continuation, details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
         method = str(details.method)
@@ -134,12 +133,7 @@ def _refusal(
     async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
         await context.abort_with_status(status)
 
-    kind = next(
-        name
-        for name in ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
-        if getattr(handler, name) is not None
-    )
-    return handler._replace(request_deserializer=None, **{kind: refuse})
+    return handler._replace(request_deserializer=None, **{behaviour_of(handler): refuse})
 
 
 # --- TLS ---------------------------------------------------------------------------------

@@ -95,6 +95,16 @@ class GrpcServer:
             await self._health.set(name, status)
 
 
+# What a grpc.aio server interceptor is handed to reach the next one, or the servicer.
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]]
+BEHAVIOURS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+
+
+def behaviour_of(handler: grpc.RpcMethodHandler) -> str:
+    """The name of the one behaviour a method handler has (unary_unary, ...)."""
+    return next(name for name in BEHAVIOURS if getattr(handler, name) is not None)
+
+
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # The generated enum's value type (an int); health_pb2 carries no stubs mypy can read.
 ServingStatus = int
@@ -161,9 +171,7 @@ class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._guarded: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
+        self, continuation: Continuation, details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
         if handler is None or handler.request_deserializer is None:
