@@ -111,9 +111,12 @@ async def test_a_replica_running_another_model_is_never_stored_from_and_is_named
         records = [ImageRecord(image=image, id=f"r{i}") for i, image in enumerate(images)]
         with ImageSearchClient(search.address, timeout_s=20) as sync_client:
             client = InThread(sync_client)
-            outcomes = await client.upsert_images(records)
-            assert all(o.ok for o in outcomes), outcomes
+            # One call each: round_robin alternates, so the other replica is asked too.
+            for record in records:
+                outcomes = await client.upsert_images([record])
+                assert all(o.ok for o in outcomes), outcomes
             stored = await client.fetch([r.id for r in records])
+        assert embedded_images(other) > 0, "the other replica was never asked"
         assert right.engine is not None
         expected = [result.vector for result in await right.engine.embed_images(images)]
         for got, want in zip(stored, expected, strict=True):
