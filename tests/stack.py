@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -85,13 +86,23 @@ def service_process(
             sink.write(line)
             sink.flush()
 
-    threading.Thread(target=drain, daemon=True).start()
+    drainer = threading.Thread(target=drain, daemon=True)
+    drainer.start()
     try:
         yield process, address
     finally:
         process.terminate()
         process.wait(30)
+        drainer.join(timeout=10)  # its last lines reach the log before it is read
         sink.close()
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
 
 
 class InThread:

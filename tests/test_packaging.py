@@ -19,7 +19,7 @@ from pydantic import AliasChoices
 from embed_service.app import EmbedApp
 from embed_service.config import EmbedSettings
 from search_service.config import SearchSettings
-from tests.test_run_script import free_port
+from tests.stack import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = {"embed_service", "search_service", "imagesearch.probe"}

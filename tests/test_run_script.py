@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from imagesearch_client import ImageSearchClient
 
 from tests.imagegen import image_folder
+from tests.stack import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 GRACE_S = 10.0  # EMBED_GRACE_S and SEARCH_GRACE_S defaults
@@ -43,13 +44,6 @@ def watch_health(address: str, seen: list[int]) -> threading.Thread:
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
     return thread
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def free_ports(count: int) -> int:

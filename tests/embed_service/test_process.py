@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.stack import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,21 +55,13 @@ def test_an_unreachable_hub_id_exits_non_zero_and_says_how_to_use_a_local_copy(
     assert "set EMBED_MODEL to its path" in done.stderr
 
 
-def closed_port() -> int:
-    """A loopback port nothing listens on: the hub as seen from a machine without a route."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
 def test_an_unreachable_hub_is_reported_within_seconds_not_after_retries(tmp_path: Path) -> None:
     started = time.monotonic()
     done = run_embed_service(
         tmp_path,
         unset=("HF_HUB_OFFLINE",),
         EMBED_MODEL="openai/clip-vit-base-patch32",
-        HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}",
+        HF_ENDPOINT=f"http://127.0.0.1:{free_port()}",
         HF_HOME=str(tmp_path / "hf"),
         EMBED_GRACE_S="0",
     )
@@ -95,7 +88,7 @@ def test_an_unreachable_hub_still_serves_a_model_from_the_local_cache(
             **{k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"},
             "EMBED_ADDR": "127.0.0.1:0",
             "EMBED_MODEL": "tests/tiny-clip",
-            "HF_ENDPOINT": f"http://127.0.0.1:{closed_port()}",
+            "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}",
             "HF_HOME": str(tmp_path / "hf"),
         },
         cwd=tmp_path,

@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import re
 import signal
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,17 +14,11 @@ from embed_service.app import EmbedApp
 from tests.conftest import embed_settings
 from tests.imagegen import PALETTE, encode, picture
 from tests.search_service.conftest import StartSearch
-from tests.stack import InThread
-
-LISTENING = re.compile(r"search_service listening on (\S+)")
+from tests.stack import InThread, service_process
 
 
-def start_search_process(
-    data_dir: Path, embed_target: str, log: Path
-) -> tuple[subprocess.Popen[str], str]:
-    """`python -m search_service` on a free port; returns once it logs its address."""
-    env = {
-        **os.environ,
+def search_env(data_dir: Path, embed_target: str) -> dict[str, str]:
+    return {
         "SEARCH_ADDR": "127.0.0.1:0",
         "EMBED_TARGET": embed_target,
         "DATA_DIR": str(data_dir),
@@ -37,29 +26,6 @@ def start_search_process(
         # Small, so index builds (and their replay) are under way when the kill lands.
         "SEARCH_INDEX_THRESHOLD": "24",
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "search_service"],
-        env=env,
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
-    assert process.stderr is not None
-    with log.open("a") as sink:
-        for line in process.stderr:
-            sink.write(line)
-            if found := LISTENING.search(line):
-                # Keep draining stderr so the child never blocks on a full pipe.
-                threading.Thread(target=_drain, args=(process, log), daemon=True).start()
-                return process, found.group(1)
-    raise AssertionError(f"search_service exited before listening:\n{log.read_text()}")
-
-
-def _drain(process: subprocess.Popen[str], log: Path) -> None:
-    assert process.stderr is not None
-    with log.open("a") as sink:
-        for line in process.stderr:
-            sink.write(line)
 
 
 def many_images() -> Iterator[list[ImageRecord]]:
@@ -80,40 +46,41 @@ async def test_a_sigkilled_search_service_keeps_every_acknowledged_upsert(
     embed_app: EmbedApp, tmp_path: Path
 ) -> None:
     log = tmp_path / "search.log"
-    process, address = start_search_process(tmp_path / "data", embed_app.address, log)
+    env = search_env(tmp_path / "data", embed_app.address)
+    # Only up to "listening" on this loop: search_service waits for embed_service after.
+    ready = "search_service listening"
     acknowledged: list[str] = []
+    with service_process("search_service", env, ready=ready, log=log) as (process, address):
 
-    def ingest_until_killed() -> None:
-        with ImageSearchClient(address, timeout_s=30) as client:
-            client.wait_ready()
-            try:
-                for outcomes in client.ingest(many_images(), window=3):
-                    acknowledged.extend(o.id for o in outcomes if o.ok)
-                    if len(acknowledged) >= 120:
-                        process.send_signal(signal.SIGKILL)
-            except Unavailable:
-                pass  # the kill
+        def ingest_until_killed() -> None:
+            with ImageSearchClient(address, timeout_s=30) as client:
+                client.wait_ready()
+                try:
+                    for outcomes in client.ingest(many_images(), window=3):
+                        acknowledged.extend(o.id for o in outcomes if o.ok)
+                        if len(acknowledged) >= 120:
+                            process.send_signal(signal.SIGKILL)
+                except Unavailable:
+                    pass  # the kill
 
-    await asyncio.to_thread(ingest_until_killed)
-    assert process.wait(10) == -signal.SIGKILL
+        await asyncio.to_thread(ingest_until_killed)
+        assert process.wait(10) == -signal.SIGKILL
     assert len(acknowledged) >= 120
 
-    process, address = start_search_process(tmp_path / "data", embed_app.address, log)
-    try:
-        with ImageSearchClient(address, timeout_s=30) as client:
-            await asyncio.to_thread(client.wait_ready)
-            found: set[str] = set()
-            for start in range(0, len(acknowledged), 500):
-                chunk = acknowledged[start : start + 500]
-                found.update(r.id for r in await asyncio.to_thread(client.fetch, chunk))
-            assert found == set(acknowledged), log.read_text()
-            stats = await asyncio.to_thread(client.stats)
-            assert stats.total >= len(acknowledged)
-            top = await asyncio.to_thread(client.query, id=acknowledged[-1], top_k=1)
-            assert top[0].id == acknowledged[-1]
-    finally:
-        process.terminate()
-        process.wait(30)
+    with (
+        service_process("search_service", env, ready=ready, log=log) as (_, address),
+        ImageSearchClient(address, timeout_s=30) as client,
+    ):
+        await asyncio.to_thread(client.wait_ready)
+        found: set[str] = set()
+        for start in range(0, len(acknowledged), 500):
+            chunk = acknowledged[start : start + 500]
+            found.update(r.id for r in await asyncio.to_thread(client.fetch, chunk))
+        assert found == set(acknowledged), log.read_text()
+        stats = await asyncio.to_thread(client.stats)
+        assert stats.total >= len(acknowledged)
+        top = await asyncio.to_thread(client.query, id=acknowledged[-1], top_k=1)
+        assert top[0].id == acknowledged[-1]
     assert "Traceback" not in log.read_text(), log.read_text()
 
 
