@@ -34,7 +34,9 @@ CONNECT_RETRY_MAX_S = 5.0
 VECTOR_COUNT_EVERY_S = 5.0
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SearchService"].full_name
-READ_METHODS = frozenset(f"/{SERVICE_NAME}/{m}" for m in ("Query", "Fetch", "DescribeStats"))
+READ_METHODS = frozenset(
+    f"/{SERVICE_NAME}/{m}" for m in ("Query", "Fetch", "ListRecords", "DescribeStats")
+)
 
 
 class SearchApp:
@@ -71,7 +73,7 @@ class SearchApp:
             )
         )
         self.service = SearchService(self.store, self.embed)
-        servicer = SearchServicer(self.service)
+        servicer = SearchServicer(self.service, max_reply_bytes=max_bytes)
         secret = settings.tokens.get_secret_value() if settings.tokens else None
         tokens = read_tokens(secret, settings.tokens_file, variable="SEARCH_TOKENS")
         readers = read_tokens(

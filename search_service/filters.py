@@ -87,6 +87,17 @@ def validate_id(value: str, *, field: str = "id") -> str:
     return value
 
 
+def validate_prefix(value: str, *, field: str = "prefix") -> str:
+    """An id prefix to list by: what an id may hold, and "" for every id."""
+    if len(value) > MAX_ID_LENGTH or not _printable_ascii(value):
+        raise InvalidId(
+            f"{field} {value[:40]!r} is invalid: a prefix is up to {MAX_ID_LENGTH} printable "
+            "ASCII characters, as ids are",
+            field=field,
+        )
+    return value
+
+
 def validate_namespace(value: str, *, field: str = "namespace") -> str:
     """The namespace to use; Pinecone's name for the default one, "__default__", means ""."""
     if len(value) > MAX_NAMESPACE_LENGTH or not _printable_ascii(value):

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 # Batches of one ingest stream that are embedded and stored at once; answers stay in order.
 INGEST_PIPELINE_DEPTH = 2
+# Room left in a ListRecords reply for its envelope and next_page_token.
+REPLY_MARGIN_BYTES = 64 * 1024
 
 STATUS_CODES: dict[type[Exception], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -47,8 +49,10 @@ handle_errors = grpc_errors(STATUS_CODES, log)
 
 
 class SearchServicer(pb_grpc.SearchServiceServicer):
-    def __init__(self, service: SearchService) -> None:
+    def __init__(self, service: SearchService, *, max_reply_bytes: int = 16 * 1024 * 1024) -> None:
+        """`max_reply_bytes`: the server's send limit; ListRecords pages stay under it."""
         self._service = service
+        self._reply_budget = max_reply_bytes - REPLY_MARGIN_BYTES
 
     @handle_errors
     async def UpsertImages(
@@ -90,7 +94,9 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         self, request: pb.UpsertVectorsRequest, context: grpc.aio.ServicerContext
     ) -> pb.UpsertVectorsResponse:
         items = [VectorItem(r.id, r.values, _dict(r.metadata)) for r in request.records]
-        results = await self._service.upsert_vectors(request.namespace, items)
+        results = await self._service.upsert_vectors(
+            request.namespace, items, model_fingerprint=request.model_fingerprint
+        )
         return pb.UpsertVectorsResponse(results=_results(results))
 
     @handle_errors
@@ -136,6 +142,38 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
                 for r in records
             ],
         )
+
+    @handle_errors
+    async def ListRecords(
+        self, request: pb.ListRecordsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListRecordsResponse:
+        detailed = request.include_metadata or request.include_values
+        page = await self._service.list_records(
+            request.namespace,
+            prefix=request.prefix,
+            page_size=request.page_size,
+            page_token=request.page_token,
+            include_metadata=request.include_metadata,
+            include_values=request.include_values,
+        )
+        reply = pb.ListRecordsResponse(namespace=request.namespace)
+        size = 0
+        for record, token in zip(page.records, page.tokens, strict=True):
+            message = pb.VectorRecord(
+                id=record.id,
+                values=record.values.tolist() if record.values is not None else [],
+                metadata=_struct(record.metadata) if record.metadata is not None else None,
+            )
+            size += message.ByteSize() + 8 if detailed else len(record.id) + 4
+            # A page is cut short rather than overflow the reply; its token resumes after
+            # the last record sent. The first record always goes: one fits by the limits.
+            if size > self._reply_budget and reply.ids:
+                break
+            reply.ids.append(record.id)
+            if detailed:
+                reply.records.append(message)
+            reply.next_page_token = token
+        return reply
 
     @handle_errors
     async def Delete(

@@ -32,8 +32,11 @@ from search_service.filters import (
     validate_id,
     validate_metadata,
     validate_namespace,
+    validate_prefix,
 )
+from search_service.paging import Listing
 from search_service.stores.base import (
+    Listed,
     ModelInfo,
     Record,
     ScoredRecord,
@@ -49,6 +52,10 @@ MAX_VECTORS_PER_BATCH = 1000
 MAX_IDS = 1000
 MAX_TOP_K = 10_000
 DEFAULT_TOP_K = 10
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+# A float32 vector rounded from a unit one has a norm within ~6e-8 of 1.
+UNIT_TOLERANCE = 1e-6
 STARTUP_MODEL_TIMEOUT_S = 5.0
 
 
@@ -109,6 +116,18 @@ class QuerySpec:
     min_score: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class RecordPage:
+    """One page of ListRecords; `tokens[i]` continues the listing after `records[i]`."""
+
+    records: list[Listed]
+    tokens: list[str]
+
+    @property
+    def next_page_token(self) -> str:
+        return self.tokens[-1] if self.tokens else ""
+
+
 class SearchService:
     def __init__(self, store: VectorStore, embedder: Embedder) -> None:
         self.store = store
@@ -167,10 +186,19 @@ class SearchService:
         await self._store(namespace, records, results)
         return results
 
-    async def upsert_vectors(self, namespace: str, items: Sequence[VectorItem]) -> list[ItemResult]:
+    async def upsert_vectors(
+        self, namespace: str, items: Sequence[VectorItem], *, model_fingerprint: str = ""
+    ) -> list[ItemResult]:
         namespace = validate_namespace(namespace)
         _check_batch(len(items), MAX_VECTORS_PER_BATCH, "records")
         model = await self._model_for_vectors()
+        if model_fingerprint and model_fingerprint != model.fingerprint:
+            raise ModelMismatch(
+                f"these vectors were made by a model of fingerprint {model_fingerprint}, but "
+                f"the service runs {model.model_id} (fingerprint {model.fingerprint}); their "
+                "scores would mean nothing next to this model's. Import them into a service "
+                "that runs their model, or index the images again"
+            )
         results: list[ItemResult] = []
         records: list[tuple[int, Record]] = []
         for i, item in enumerate(items):
@@ -259,6 +287,36 @@ class SearchService:
         return await self.store.fetch(
             namespace, [validate_id(x, field=f"ids[{i}]") for i, x in enumerate(ids)]
         )
+
+    async def list_records(
+        self,
+        namespace: str,
+        *,
+        prefix: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+        include_metadata: bool = False,
+        include_values: bool = False,
+    ) -> RecordPage:
+        namespace = validate_namespace(namespace)
+        prefix = validate_prefix(prefix)
+        page_size = page_size or DEFAULT_PAGE_SIZE
+        if not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise InvalidArgument(
+                f"page_size is {page_size}; it must be 1-{MAX_PAGE_SIZE} (0 means "
+                f"{DEFAULT_PAGE_SIZE})",
+                field="page_size",
+            )
+        listing = Listing(self.store.name, namespace, prefix)
+        page = await self.store.list_page(
+            namespace,
+            prefix,
+            limit=page_size,
+            cursor=listing.cursor(page_token),
+            include_values=include_values,
+            include_metadata=include_metadata,
+        )
+        return RecordPage(page.records, [listing.token(c) for c in page.resume])
 
     async def stats(self) -> StoreStats:
         return await self.store.stats()
@@ -384,6 +442,10 @@ def _unit_vector(values: Sequence[float], dimension: int, field: str) -> Vector:
     largest = float(np.abs(vector).max())
     if largest == 0:
         raise InvalidVector(f"{field} is all zeros; it has no direction to search", field=field)
+    if abs(float(np.linalg.norm(vector)) - 1.0) <= UNIT_TOLERANCE:
+        # Already unit length as float32 allows (an exported or embedded vector): kept
+        # bit for bit, since dividing again by a norm of 1 +- 1e-8 would move last bits.
+        return np.asarray(values, dtype=np.float32)
     scaled = vector / largest
     unit: Vector = (scaled / np.linalg.norm(scaled)).astype(np.float32)
     return unit

@@ -18,6 +18,8 @@ Faults are injected with `fail(path, status, times)`; every request is logged in
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 import re
@@ -38,6 +40,7 @@ MAX_TOP_K = 10_000
 MAX_RESULT_BYTES = 4 * 1000 * 1000
 MAX_METADATA_BYTES = 40 * 1024
 MAX_ID_LENGTH = 512
+MAX_LIST_LIMIT = 100
 INDEX_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,43}[a-z0-9])?$")
 TAG_KEY = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 METRICS = ("cosine", "euclidean", "dotproduct")
@@ -303,6 +306,8 @@ class PineconeStandIn:
             params = parse_qs(query, keep_blank_values=True)
             namespace = params.get("namespace", [""])[0]
             return self._fetch(index, params.get("ids", []), namespace)
+        if (method, path) == ("GET", "/vectors/list"):
+            return self._list(index, parse_qs(query, keep_blank_values=True))
         if (method, path) == ("POST", "/vectors/delete"):
             return self._delete(index, body)
         if (method, path) == ("POST", "/describe_index_stats"):
@@ -417,6 +422,33 @@ class PineconeStandIn:
                     found[record_id]["metadata"] = metadata
         return {"vectors": found, "namespace": namespace, "usage": {"readUnits": 1}}
 
+    def _list(self, index: IndexState, params: Mapping[str, list[str]]) -> Any:
+        """Ids in sorted order, `limit` at a time; the token is the last id given, opaque."""
+        namespace = _namespace(params.get("namespace", [""])[0])
+        prefix = params.get("prefix", [""])[0]
+        if len(prefix) > MAX_ID_LENGTH or not prefix.isascii():
+            raise Rejected(400, f"prefix must be up to {MAX_ID_LENGTH} ASCII characters")
+        raw_limit = params.get("limit", [str(MAX_LIST_LIMIT)])[0]
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIST_LIMIT:
+            raise Rejected(400, f"limit must be 1-{MAX_LIST_LIMIT}, got {raw_limit!r}")
+        after = ""
+        if "paginationToken" in params:
+            try:
+                after = base64.urlsafe_b64decode(params["paginationToken"][0]).decode("ascii")
+            except (binascii.Error, UnicodeDecodeError, ValueError):
+                raise Rejected(400, "Invalid pagination token") from None
+        ids = sorted(i for i in index.data.get(namespace, {}) if i.startswith(prefix) and i > after)
+        page = ids[: int(raw_limit)]
+        answer: dict[str, Any] = {
+            "vectors": [{"id": i} for i in page],
+            "namespace": namespace,
+            "usage": {"readUnits": 1},
+        }
+        if len(ids) > len(page):
+            token = base64.urlsafe_b64encode(page[-1].encode("ascii")).decode("ascii")
+            answer["pagination"] = {"next": token}
+        return answer
+
     def _delete(self, index: IndexState, body: Any) -> Any:
         selectors = [k for k in ("ids", "deleteAll", "filter") if body.get(k) not in (None, False)]
         if len(selectors) != 1:
@@ -445,6 +477,9 @@ class PineconeStandIn:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; with Nagle on, each answer waits out the
+    # client's delayed ACK (about 40 ms).
+    disable_nagle_algorithm = True
     owner: PineconeStandIn
     target: IndexState | None
 

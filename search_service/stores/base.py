@@ -56,6 +56,33 @@ class ScoredRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Listed:
+    """A record as a listing returns it: values and metadata only when asked for."""
+
+    id: str
+    values: Vector | None = None
+    metadata: Metadata | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListedPage:
+    """One page of a listing.
+
+    `resume[i]` is the store's cursor that continues the listing right after
+    `records[i]` ("" when nothing follows), so a caller may hand out fewer records
+    than it was given and still miss none.
+    """
+
+    records: list[Listed]
+    resume: list[str]
+
+    @property
+    def cursor(self) -> str:
+        """The cursor after the whole page; "" at the end."""
+        return self.resume[-1] if self.resume else ""
+
+
+@dataclass(frozen=True, slots=True)
 class StoreStats:
     namespaces: dict[str, int]
     model: ModelInfo | None
@@ -106,6 +133,24 @@ class VectorStore(Protocol):
 
     async def fetch(self, namespace: str, ids: Sequence[str]) -> list[Record]:
         """The stored records among `ids`, in the order asked; missing ones are left out."""
+        ...
+
+    async def list_page(
+        self,
+        namespace: str,
+        prefix: str,
+        *,
+        limit: int,
+        cursor: str,
+        include_values: bool,
+        include_metadata: bool,
+    ) -> ListedPage:
+        """Up to `limit` records whose id starts with `prefix`, from `cursor` ("" starts).
+
+        The order is the store's own and fixed per record, so a record stored for the
+        whole listing is listed exactly once. The page is empty only at the end.
+        Raises InvalidArgument for a cursor this store did not make.
+        """
         ...
 
     async def delete_ids(self, namespace: str, ids: Sequence[str]) -> None: ...

@@ -31,6 +31,7 @@ import logging
 import os
 import shutil
 import sys
+import uuid
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict
@@ -40,10 +41,12 @@ from typing import Any, TypeVar
 import numpy as np
 import qdrant_edge as qe
 
-from search_service.errors import SearchError, StoreMisconfigured
+from search_service.errors import InvalidArgument, SearchError, StoreMisconfigured
 from search_service.filters import Condition, Metadata
 from search_service.stores import local_layout as layout
 from search_service.stores.base import (
+    Listed,
+    ListedPage,
     ModelInfo,
     Record,
     ScoredRecord,
@@ -62,6 +65,9 @@ HNSW_EF = 128
 MAX_NAMESPACES = 1_000_000
 MIGRATE_PAGE = 1000
 RECOVER = "restore DATA_DIR from a backup, or point DATA_DIR at a new directory"
+# Payload fields every store has indexed: namespace and key filters, and id prefixes
+# for listings.
+BASE_INDEXES = ("ns", "keys", "id")
 
 
 class LocalStore:
@@ -110,6 +116,7 @@ class LocalStore:
         await asyncio.to_thread(self._remove_leftovers)
         if version < FORMAT:
             await asyncio.to_thread(self._migrate, shard, version)
+        await asyncio.to_thread(_index_base_fields, shard)
         self._indexed_fields = set(shard.info().payload_schema)
         log.info(
             "local store at %s: %d vectors of %s", self._root, self._points(), self._model.model_id
@@ -187,7 +194,7 @@ class LocalStore:
             if offset is None:
                 break
         for key in shard.info().payload_schema:
-            if key not in ("ns", "keys"):  # layout 1's metadata paths address nothing now
+            if key not in BASE_INDEXES:  # layout 1's metadata paths address nothing now
                 shard.update(qe.UpdateOperation.delete_field_index(key))
         shard.flush()
         self._write_meta(self._model, self._shard_name)
@@ -198,12 +205,10 @@ class LocalStore:
         name = "shard-000001"
         shutil.rmtree(self._root / name, ignore_errors=True)
         shard = qe.EdgeShard.create(str(self._root / name), _shard_config(model.dimension))
-        shard.update(qe.UpdateOperation.create_field_index("ns", qe.PayloadSchemaType.Keyword))
-        shard.update(qe.UpdateOperation.create_field_index("keys", qe.PayloadSchemaType.Keyword))
-        shard.flush()
+        _index_base_fields(shard)
         self._write_meta(model, name)
         self._shard, self._shard_name, self._model = shard, name, model
-        self._indexed_fields = {"ns", "keys"}
+        self._indexed_fields = set(BASE_INDEXES)
         log.info("created a local store in %s for %s", self._root, model.model_id)
 
     async def close(self) -> None:
@@ -317,6 +322,40 @@ class LocalStore:
             for i in dict.fromkeys(ids)
             if i in by_id
         ]
+
+    async def list_page(
+        self,
+        namespace: str,
+        prefix: str,
+        *,
+        limit: int,
+        cursor: str,
+        include_values: bool,
+        include_metadata: bool,
+    ) -> ListedPage:
+        # Scroll walks points in point-id order; a point id is fixed per (namespace, id),
+        # so a cursor (the next point id) stays meaningful across writes and index swaps.
+        if self._shard is None:
+            return ListedPage([], [])
+        offset = _point_cursor(cursor) if cursor else None
+        request = qe.ScrollRequest(
+            offset=offset,
+            limit=limit,
+            filter=layout.listing_filter(namespace, prefix),
+            with_payload=True,
+            with_vector=include_values,
+        )
+        points, after = await self._read(lambda shard: shard.scroll(request))
+        records = [
+            Listed(
+                id=(p.payload or {})["id"],
+                values=_vector(p.vector) if include_values else None,
+                metadata=layout.metadata_of(p.payload) if include_metadata else None,
+            )
+            for p in points
+        ]
+        resume = [str(p.id) for p in points[1:]] + [str(after) if after is not None else ""]
+        return ListedPage(records, resume if records else [])
 
     async def stats(self) -> StoreStats:
         if self._shard is None:
@@ -558,6 +597,28 @@ async def _uncancellable(work: Coroutine[Any, Any, None]) -> None:
     task.result()
     if cancelled:
         raise asyncio.CancelledError
+
+
+def _index_base_fields(shard: qe.EdgeShard) -> None:
+    """Creates the payload indexes every store has, where missing (older stores)."""
+    present = shard.info().payload_schema
+    for key in BASE_INDEXES:
+        if key not in present:
+            shard.update(qe.UpdateOperation.create_field_index(key, qe.PayloadSchemaType.Keyword))
+    shard.flush()
+
+
+def _point_cursor(cursor: str) -> str:
+    """A listing cursor of this store is a point id (a UUID); anything else is refused."""
+    try:
+        return str(uuid.UUID(cursor))
+    except ValueError:
+        raise InvalidArgument(
+            "page_token does not continue a listing of this store; start again with an "
+            "empty page_token",
+            field="page_token",
+            reason="INVALID_PAGE_TOKEN",
+        ) from None
 
 
 def _flush_and_close(shard: qe.EdgeShard) -> None:

@@ -120,6 +120,14 @@ def namespace_filter(namespace: str, condition: Condition | None) -> qe.Filter:
     return qe.Filter(must=must)
 
 
+def listing_filter(namespace: str, prefix: str) -> qe.Filter:
+    """The records of `namespace` whose id starts with `prefix` ("" for all)."""
+    must: list[Any] = [qe.FieldCondition("ns", match=qe.MatchValue(namespace))]
+    if prefix:
+        must.append(qe.FieldCondition("id", match=qe.MatchPrefix(prefix)))
+    return qe.Filter(must=must)
+
+
 def translate(condition: Condition) -> Any:
     """One Pinecone condition as a Qdrant condition with the same meaning."""
     if isinstance(condition, And):

@@ -17,6 +17,7 @@ redacted from every message.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import suppress
@@ -54,6 +55,8 @@ from search_service.errors import (
 )
 from search_service.filters import DEFAULT_NAMESPACE, Condition, Metadata, to_filter
 from search_service.stores.base import (
+    Listed,
+    ListedPage,
     ModelInfo,
     Record,
     ScoredRecord,
@@ -81,6 +84,9 @@ MAX_IDS = 1000
 FETCH_URL_BUDGET = 6_000
 # Query results are capped at 4 MB; above this estimate, values are fetched separately.
 RESULT_VALUES_BUDGET = 3_000_000
+# Pinecone lists at most 100 ids per call; always asking for 100 keeps the pages of
+# one listing the same, so a cursor can point into the middle of one.
+LIST_PAGE = 100
 READY_POLL_FIRST_S = 0.1
 READY_POLL_MAX_S = 5.0
 
@@ -386,6 +392,64 @@ class PineconeStore:
             if i in found
         ]
 
+    async def list_page(
+        self,
+        namespace: str,
+        prefix: str,
+        *,
+        limit: int,
+        cursor: str,
+        include_values: bool,
+        include_metadata: bool,
+    ) -> ListedPage:
+        # A cursor is [Pinecone's token of a page, the last id taken from that page]: a
+        # caller may stop anywhere in a page of 100, and the next call re-lists from that
+        # token and skips ids up to the one taken. Pinecone lists ids in sorted order, so
+        # that skips exactly what was taken, even after inserts pushed it to a later page.
+        if self._index is None:
+            return ListedPage([], [])
+        token, after = _list_cursor(cursor) if cursor else (None, "")
+        index = self._index
+        ids: list[str] = []
+        resume: list[str] = []
+        while len(ids) < limit:
+            answer = await self._call(
+                index.list_paginated(
+                    prefix=prefix or None,
+                    limit=LIST_PAGE,
+                    pagination_token=token,
+                    namespace=namespace,
+                )
+            )
+            listed = [item.id for item in answer.vectors if item.id and item.id > after]
+            following = answer.pagination.next if answer.pagination else None
+            taken = listed[: limit - len(ids)]
+            for i, record_id in enumerate(taken):
+                if i < len(listed) - 1:
+                    resume.append(json.dumps([token, record_id]))
+                else:
+                    resume.append(json.dumps([following, ""]) if following else "")
+            ids.extend(taken)
+            if not following or len(taken) < len(listed):
+                break
+            token = following
+        if not (include_values or include_metadata):
+            return ListedPage([Listed(i) for i in ids], resume)
+        found = {r.id: r for r in await self.fetch(namespace, ids)}
+        # A record deleted between the list and the fetch is left out, with its cursor.
+        kept = [(i, cursor) for i, cursor in zip(ids, resume, strict=True) if i in found]
+        return ListedPage(
+            [
+                Listed(
+                    i,
+                    found[i].values if include_values else None,
+                    found[i].metadata if include_metadata else None,
+                )
+                for i, _ in kept
+            ],
+            [cursor for _, cursor in kept],
+        )
+
     async def stats(self) -> StoreStats:
         if self._index is None:
             return StoreStats(namespaces={}, model=self._model)
@@ -515,6 +579,21 @@ def _fetch_chunks(ids: Sequence[str]) -> Iterator[list[str]]:
         length += cost
     if chunk:
         yield chunk
+
+
+def _list_cursor(cursor: str) -> tuple[str | None, str]:
+    try:
+        token, after = json.loads(cursor)
+        if (token is None or isinstance(token, str)) and isinstance(after, str):
+            return token, after
+    except (ValueError, TypeError):
+        pass
+    raise InvalidArgument(
+        "page_token does not continue a listing of this store; start again with an empty "
+        "page_token",
+        field="page_token",
+        reason="INVALID_PAGE_TOKEN",
+    )
 
 
 def _metadata(raw: Mapping[str, Any] | None) -> Metadata:

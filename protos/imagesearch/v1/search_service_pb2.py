@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#imagesearch/v1/search_service.proto\x12\x0eimagesearch.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x17google/rpc/status.proto\"S\n\x0bImageRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"U\n\x0cVectorRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\x02\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"=\n\x0cUpsertResult\x12\n\n\x02id\x18\x01 \x01(\t\x12!\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status\"V\n\x13UpsertImagesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12,\n\x07records\x18\x02 \x03(\x0b\x32\x1b.imagesearch.v1.ImageRecord\"E\n\x14UpsertImagesResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.imagesearch.v1.UpsertResult\"V\n\x13IngestImagesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12,\n\x07records\x18\x02 \x03(\x0b\x32\x1b.imagesearch.v1.ImageRecord\"E\n\x14IngestImagesResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.imagesearch.v1.UpsertResult\"X\n\x14UpsertVectorsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12-\n\x07records\x18\x02 \x03(\x0b\x32\x1c.imagesearch.v1.VectorRecord\"F\n\x15UpsertVectorsResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.imagesearch.v1.UpsertResult\"\x1d\n\x0bQueryVector\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\x98\x02\n\x0cQueryRequest\x12\x0f\n\x05image\x18\x01 \x01(\x0cH\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12\x0c\n\x02id\x18\x03 \x01(\tH\x00\x12-\n\x06vector\x18\x04 \x01(\x0b\x32\x1b.imagesearch.v1.QueryVectorH\x00\x12\r\n\x05top_k\x18\x05 \x01(\x05\x12\'\n\x06\x66ilter\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tnamespace\x18\x07 \x01(\t\x12\x18\n\x10include_metadata\x18\x08 \x01(\x08\x12\x16\n\x0einclude_values\x18\t \x01(\x08\x12\x16\n\tmin_score\x18\n \x01(\x02H\x01\x88\x01\x01\x42\x07\n\x05queryB\x0c\n\n_min_score\"]\n\x05Match\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0e\n\x06values\x18\x03 \x03(\x02\x12)\n\x08metadata\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"J\n\rQueryResponse\x12&\n\x07matches\x18\x01 \x03(\x0b\x32\x15.imagesearch.v1.Match\x12\x11\n\tnamespace\x18\x02 \x01(\t\".\n\x0c\x46\x65tchRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\"Q\n\rFetchResponse\x12-\n\x07records\x18\x01 \x03(\x0b\x32\x1c.imagesearch.v1.VectorRecord\x12\x11\n\tnamespace\x18\x02 \x01(\t\"\x15\n\x06IdList\x12\x0b\n\x03ids\x18\x01 \x03(\t\"\x96\x01\n\rDeleteRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12%\n\x03ids\x18\x02 \x01(\x0b\x32\x16.imagesearch.v1.IdListH\x00\x12)\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12\x14\n\ndelete_all\x18\x04 \x01(\x08H\x00\x42\n\n\x08selector\"\x10\n\x0e\x44\x65leteResponse\"\x16\n\x14\x44\x65scribeStatsRequest\"&\n\x0eNamespaceStats\x12\x14\n\x0cvector_count\x18\x01 \x01(\x03\"\xa0\x02\n\x15\x44\x65scribeStatsResponse\x12I\n\nnamespaces\x18\x01 \x03(\x0b\x32\x35.imagesearch.v1.DescribeStatsResponse.NamespacesEntry\x12\x1a\n\x12total_vector_count\x18\x02 \x01(\x03\x12\x11\n\tdimension\x18\x03 \x01(\x05\x12\x10\n\x08model_id\x18\x04 \x01(\t\x12\x19\n\x11model_fingerprint\x18\x05 \x01(\t\x12\r\n\x05store\x18\x06 \x01(\t\x1aQ\n\x0fNamespacesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x05value\x18\x02 \x01(\x0b\x32\x1e.imagesearch.v1.NamespaceStats:\x02\x38\x01\x32\xda\x04\n\rSearchService\x12Y\n\x0cUpsertImages\x12#.imagesearch.v1.UpsertImagesRequest\x1a$.imagesearch.v1.UpsertImagesResponse\x12]\n\x0cIngestImages\x12#.imagesearch.v1.IngestImagesRequest\x1a$.imagesearch.v1.IngestImagesResponse(\x01\x30\x01\x12\\\n\rUpsertVectors\x12$.imagesearch.v1.UpsertVectorsRequest\x1a%.imagesearch.v1.UpsertVectorsResponse\x12\x44\n\x05Query\x12\x1c.imagesearch.v1.QueryRequest\x1a\x1d.imagesearch.v1.QueryResponse\x12\x44\n\x05\x46\x65tch\x12\x1c.imagesearch.v1.FetchRequest\x1a\x1d.imagesearch.v1.FetchResponse\x12G\n\x06\x44\x65lete\x12\x1d.imagesearch.v1.DeleteRequest\x1a\x1e.imagesearch.v1.DeleteResponse\x12\\\n\rDescribeStats\x12$.imagesearch.v1.DescribeStatsRequest\x1a%.imagesearch.v1.DescribeStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#imagesearch/v1/search_service.proto\x12\x0eimagesearch.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x17google/rpc/status.proto\"S\n\x0bImageRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"U\n\x0cVectorRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\x02\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"=\n\x0cUpsertResult\x12\n\n\x02id\x18\x01 \x01(\t\x12!\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status\"V\n\x13UpsertImagesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12,\n\x07records\x18\x02 \x03(\x0b\x32\x1b.imagesearch.v1.ImageRecord\"E\n\x14UpsertImagesResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.imagesearch.v1.UpsertResult\"V\n\x13IngestImagesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12,\n\x07records\x18\x02 \x03(\x0b\x32\x1b.imagesearch.v1.ImageRecord\"E\n\x14IngestImagesResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.imagesearch.v1.UpsertResult\"s\n\x14UpsertVectorsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12-\n\x07records\x18\x02 \x03(\x0b\x32\x1c.imagesearch.v1.VectorRecord\x12\x19\n\x11model_fingerprint\x18\x03 \x01(\t\"F\n\x15UpsertVectorsResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.imagesearch.v1.UpsertResult\"\x1d\n\x0bQueryVector\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\x98\x02\n\x0cQueryRequest\x12\x0f\n\x05image\x18\x01 \x01(\x0cH\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12\x0c\n\x02id\x18\x03 \x01(\tH\x00\x12-\n\x06vector\x18\x04 \x01(\x0b\x32\x1b.imagesearch.v1.QueryVectorH\x00\x12\r\n\x05top_k\x18\x05 \x01(\x05\x12\'\n\x06\x66ilter\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tnamespace\x18\x07 \x01(\t\x12\x18\n\x10include_metadata\x18\x08 \x01(\x08\x12\x16\n\x0einclude_values\x18\t \x01(\x08\x12\x16\n\tmin_score\x18\n \x01(\x02H\x01\x88\x01\x01\x42\x07\n\x05queryB\x0c\n\n_min_score\"]\n\x05Match\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0e\n\x06values\x18\x03 \x03(\x02\x12)\n\x08metadata\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"J\n\rQueryResponse\x12&\n\x07matches\x18\x01 \x03(\x0b\x32\x15.imagesearch.v1.Match\x12\x11\n\tnamespace\x18\x02 \x01(\t\".\n\x0c\x46\x65tchRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\"Q\n\rFetchResponse\x12-\n\x07records\x18\x01 \x03(\x0b\x32\x1c.imagesearch.v1.VectorRecord\x12\x11\n\tnamespace\x18\x02 \x01(\t\"\x90\x01\n\x12ListRecordsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x18\n\x10include_metadata\x18\x05 \x01(\x08\x12\x16\n\x0einclude_values\x18\x06 \x01(\x08\"}\n\x13ListRecordsResponse\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12-\n\x07records\x18\x02 \x03(\x0b\x32\x1c.imagesearch.v1.VectorRecord\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\x12\x11\n\tnamespace\x18\x04 \x01(\t\"\x15\n\x06IdList\x12\x0b\n\x03ids\x18\x01 \x03(\t\"\x96\x01\n\rDeleteRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12%\n\x03ids\x18\x02 \x01(\x0b\x32\x16.imagesearch.v1.IdListH\x00\x12)\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12\x14\n\ndelete_all\x18\x04 \x01(\x08H\x00\x42\n\n\x08selector\"\x10\n\x0e\x44\x65leteResponse\"\x16\n\x14\x44\x65scribeStatsRequest\"&\n\x0eNamespaceStats\x12\x14\n\x0cvector_count\x18\x01 \x01(\x03\"\xa0\x02\n\x15\x44\x65scribeStatsResponse\x12I\n\nnamespaces\x18\x01 \x03(\x0b\x32\x35.imagesearch.v1.DescribeStatsResponse.NamespacesEntry\x12\x1a\n\x12total_vector_count\x18\x02 \x01(\x03\x12\x11\n\tdimension\x18\x03 \x01(\x05\x12\x10\n\x08model_id\x18\x04 \x01(\t\x12\x19\n\x11model_fingerprint\x18\x05 \x01(\t\x12\r\n\x05store\x18\x06 \x01(\t\x1aQ\n\x0fNamespacesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x05value\x18\x02 \x01(\x0b\x32\x1e.imagesearch.v1.NamespaceStats:\x02\x38\x01\x32\xb2\x05\n\rSearchService\x12Y\n\x0cUpsertImages\x12#.imagesearch.v1.UpsertImagesRequest\x1a$.imagesearch.v1.UpsertImagesResponse\x12]\n\x0cIngestImages\x12#.imagesearch.v1.IngestImagesRequest\x1a$.imagesearch.v1.IngestImagesResponse(\x01\x30\x01\x12\\\n\rUpsertVectors\x12$.imagesearch.v1.UpsertVectorsRequest\x1a%.imagesearch.v1.UpsertVectorsResponse\x12\x44\n\x05Query\x12\x1c.imagesearch.v1.QueryRequest\x1a\x1d.imagesearch.v1.QueryResponse\x12\x44\n\x05\x46\x65tch\x12\x1c.imagesearch.v1.FetchRequest\x1a\x1d.imagesearch.v1.FetchResponse\x12V\n\x0bListRecords\x12\".imagesearch.v1.ListRecordsRequest\x1a#.imagesearch.v1.ListRecordsResponse\x12G\n\x06\x44\x65lete\x12\x1d.imagesearch.v1.DeleteRequest\x1a\x1e.imagesearch.v1.DeleteResponse\x12\\\n\rDescribeStats\x12$.imagesearch.v1.DescribeStatsRequest\x1a%.imagesearch.v1.DescribeStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,35 +50,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INGESTIMAGESRESPONSE']._serialized_start=592
   _globals['_INGESTIMAGESRESPONSE']._serialized_end=661
   _globals['_UPSERTVECTORSREQUEST']._serialized_start=663
-  _globals['_UPSERTVECTORSREQUEST']._serialized_end=751
-  _globals['_UPSERTVECTORSRESPONSE']._serialized_start=753
-  _globals['_UPSERTVECTORSRESPONSE']._serialized_end=823
-  _globals['_QUERYVECTOR']._serialized_start=825
-  _globals['_QUERYVECTOR']._serialized_end=854
-  _globals['_QUERYREQUEST']._serialized_start=857
-  _globals['_QUERYREQUEST']._serialized_end=1137
-  _globals['_MATCH']._serialized_start=1139
-  _globals['_MATCH']._serialized_end=1232
-  _globals['_QUERYRESPONSE']._serialized_start=1234
-  _globals['_QUERYRESPONSE']._serialized_end=1308
-  _globals['_FETCHREQUEST']._serialized_start=1310
-  _globals['_FETCHREQUEST']._serialized_end=1356
-  _globals['_FETCHRESPONSE']._serialized_start=1358
-  _globals['_FETCHRESPONSE']._serialized_end=1439
-  _globals['_IDLIST']._serialized_start=1441
-  _globals['_IDLIST']._serialized_end=1462
-  _globals['_DELETEREQUEST']._serialized_start=1465
-  _globals['_DELETEREQUEST']._serialized_end=1615
-  _globals['_DELETERESPONSE']._serialized_start=1617
-  _globals['_DELETERESPONSE']._serialized_end=1633
-  _globals['_DESCRIBESTATSREQUEST']._serialized_start=1635
-  _globals['_DESCRIBESTATSREQUEST']._serialized_end=1657
-  _globals['_NAMESPACESTATS']._serialized_start=1659
-  _globals['_NAMESPACESTATS']._serialized_end=1697
-  _globals['_DESCRIBESTATSRESPONSE']._serialized_start=1700
-  _globals['_DESCRIBESTATSRESPONSE']._serialized_end=1988
-  _globals['_DESCRIBESTATSRESPONSE_NAMESPACESENTRY']._serialized_start=1907
-  _globals['_DESCRIBESTATSRESPONSE_NAMESPACESENTRY']._serialized_end=1988
-  _globals['_SEARCHSERVICE']._serialized_start=1991
-  _globals['_SEARCHSERVICE']._serialized_end=2593
+  _globals['_UPSERTVECTORSREQUEST']._serialized_end=778
+  _globals['_UPSERTVECTORSRESPONSE']._serialized_start=780
+  _globals['_UPSERTVECTORSRESPONSE']._serialized_end=850
+  _globals['_QUERYVECTOR']._serialized_start=852
+  _globals['_QUERYVECTOR']._serialized_end=881
+  _globals['_QUERYREQUEST']._serialized_start=884
+  _globals['_QUERYREQUEST']._serialized_end=1164
+  _globals['_MATCH']._serialized_start=1166
+  _globals['_MATCH']._serialized_end=1259
+  _globals['_QUERYRESPONSE']._serialized_start=1261
+  _globals['_QUERYRESPONSE']._serialized_end=1335
+  _globals['_FETCHREQUEST']._serialized_start=1337
+  _globals['_FETCHREQUEST']._serialized_end=1383
+  _globals['_FETCHRESPONSE']._serialized_start=1385
+  _globals['_FETCHRESPONSE']._serialized_end=1466
+  _globals['_LISTRECORDSREQUEST']._serialized_start=1469
+  _globals['_LISTRECORDSREQUEST']._serialized_end=1613
+  _globals['_LISTRECORDSRESPONSE']._serialized_start=1615
+  _globals['_LISTRECORDSRESPONSE']._serialized_end=1740
+  _globals['_IDLIST']._serialized_start=1742
+  _globals['_IDLIST']._serialized_end=1763
+  _globals['_DELETEREQUEST']._serialized_start=1766
+  _globals['_DELETEREQUEST']._serialized_end=1916
+  _globals['_DELETERESPONSE']._serialized_start=1918
+  _globals['_DELETERESPONSE']._serialized_end=1934
+  _globals['_DESCRIBESTATSREQUEST']._serialized_start=1936
+  _globals['_DESCRIBESTATSREQUEST']._serialized_end=1958
+  _globals['_NAMESPACESTATS']._serialized_start=1960
+  _globals['_NAMESPACESTATS']._serialized_end=1998
+  _globals['_DESCRIBESTATSRESPONSE']._serialized_start=2001
+  _globals['_DESCRIBESTATSRESPONSE']._serialized_end=2289
+  _globals['_DESCRIBESTATSRESPONSE_NAMESPACESENTRY']._serialized_start=2208
+  _globals['_DESCRIBESTATSRESPONSE_NAMESPACESENTRY']._serialized_end=2289
+  _globals['_SEARCHSERVICE']._serialized_start=2292
+  _globals['_SEARCHSERVICE']._serialized_end=2982
 # @@protoc_insertion_point(module_scope)

@@ -65,12 +65,14 @@ class IngestImagesResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[UpsertResult, _Mapping]]] = ...) -> None: ...
 
 class UpsertVectorsRequest(_message.Message):
-    __slots__ = ("namespace", "records")
+    __slots__ = ("namespace", "records", "model_fingerprint")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     records: _containers.RepeatedCompositeFieldContainer[VectorRecord]
-    def __init__(self, namespace: _Optional[str] = ..., records: _Optional[_Iterable[_Union[VectorRecord, _Mapping]]] = ...) -> None: ...
+    model_fingerprint: str
+    def __init__(self, namespace: _Optional[str] = ..., records: _Optional[_Iterable[_Union[VectorRecord, _Mapping]]] = ..., model_fingerprint: _Optional[str] = ...) -> None: ...
 
 class UpsertVectorsResponse(_message.Message):
     __slots__ = ("results",)
@@ -143,6 +145,34 @@ class FetchResponse(_message.Message):
     records: _containers.RepeatedCompositeFieldContainer[VectorRecord]
     namespace: str
     def __init__(self, records: _Optional[_Iterable[_Union[VectorRecord, _Mapping]]] = ..., namespace: _Optional[str] = ...) -> None: ...
+
+class ListRecordsRequest(_message.Message):
+    __slots__ = ("namespace", "prefix", "page_size", "page_token", "include_metadata", "include_values")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_METADATA_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_VALUES_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    prefix: str
+    page_size: int
+    page_token: str
+    include_metadata: bool
+    include_values: bool
+    def __init__(self, namespace: _Optional[str] = ..., prefix: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., include_metadata: _Optional[bool] = ..., include_values: _Optional[bool] = ...) -> None: ...
+
+class ListRecordsResponse(_message.Message):
+    __slots__ = ("ids", "records", "next_page_token", "namespace")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    records: _containers.RepeatedCompositeFieldContainer[VectorRecord]
+    next_page_token: str
+    namespace: str
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., records: _Optional[_Iterable[_Union[VectorRecord, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., namespace: _Optional[str] = ...) -> None: ...
 
 class IdList(_message.Message):
     __slots__ = ("ids",)

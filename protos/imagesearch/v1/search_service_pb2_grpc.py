@@ -64,6 +64,11 @@ class SearchServiceStub:
                 request_serializer=imagesearch_dot_v1_dot_search__service__pb2.FetchRequest.SerializeToString,
                 response_deserializer=imagesearch_dot_v1_dot_search__service__pb2.FetchResponse.FromString,
                 _registered_method=True)
+        self.ListRecords = channel.unary_unary(
+                '/imagesearch.v1.SearchService/ListRecords',
+                request_serializer=imagesearch_dot_v1_dot_search__service__pb2.ListRecordsRequest.SerializeToString,
+                response_deserializer=imagesearch_dot_v1_dot_search__service__pb2.ListRecordsResponse.FromString,
+                _registered_method=True)
         self.Delete = channel.unary_unary(
                 '/imagesearch.v1.SearchService/Delete',
                 request_serializer=imagesearch_dot_v1_dot_search__service__pb2.DeleteRequest.SerializeToString,
@@ -122,6 +127,14 @@ class SearchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRecords(self, request, context):
+        """Lists the records of a namespace a page at a time, in a stable order: a record
+        stored for the whole listing is listed exactly once, whatever is written meanwhile.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Delete(self, request, context):
         """Deletes records by id, by filter, or all of a namespace.
         """
@@ -163,6 +176,11 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     servicer.Fetch,
                     request_deserializer=imagesearch_dot_v1_dot_search__service__pb2.FetchRequest.FromString,
                     response_serializer=imagesearch_dot_v1_dot_search__service__pb2.FetchResponse.SerializeToString,
+            ),
+            'ListRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRecords,
+                    request_deserializer=imagesearch_dot_v1_dot_search__service__pb2.ListRecordsRequest.FromString,
+                    response_serializer=imagesearch_dot_v1_dot_search__service__pb2.ListRecordsResponse.SerializeToString,
             ),
             'Delete': grpc.unary_unary_rpc_method_handler(
                     servicer.Delete,
@@ -315,6 +333,33 @@ class SearchService:
             '/imagesearch.v1.SearchService/Fetch',
             imagesearch_dot_v1_dot_search__service__pb2.FetchRequest.SerializeToString,
             imagesearch_dot_v1_dot_search__service__pb2.FetchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagesearch.v1.SearchService/ListRecords',
+            imagesearch_dot_v1_dot_search__service__pb2.ListRecordsRequest.SerializeToString,
+            imagesearch_dot_v1_dot_search__service__pb2.ListRecordsResponse.FromString,
             options,
             channel_credentials,
             insecure,

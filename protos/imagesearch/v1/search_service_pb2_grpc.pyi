@@ -54,6 +54,10 @@ class SearchServiceStub:
     """
     Fetch: _grpc.UnaryUnaryMultiCallable[_search_service_pb2.FetchRequest, _search_service_pb2.FetchResponse]
     """Reads records by id."""
+    ListRecords: _grpc.UnaryUnaryMultiCallable[_search_service_pb2.ListRecordsRequest, _search_service_pb2.ListRecordsResponse]
+    """Lists the records of a namespace a page at a time, in a stable order: a record
+    stored for the whole listing is listed exactly once, whatever is written meanwhile.
+    """
     Delete: _grpc.UnaryUnaryMultiCallable[_search_service_pb2.DeleteRequest, _search_service_pb2.DeleteResponse]
     """Deletes records by id, by filter, or all of a namespace."""
     DescribeStats: _grpc.UnaryUnaryMultiCallable[_search_service_pb2.DescribeStatsRequest, _search_service_pb2.DescribeStatsResponse]
@@ -85,6 +89,10 @@ class SearchServiceAsyncStub(SearchServiceStub):
     """
     Fetch: _aio.UnaryUnaryMultiCallable[_search_service_pb2.FetchRequest, _search_service_pb2.FetchResponse]  # type: ignore[assignment]
     """Reads records by id."""
+    ListRecords: _aio.UnaryUnaryMultiCallable[_search_service_pb2.ListRecordsRequest, _search_service_pb2.ListRecordsResponse]  # type: ignore[assignment]
+    """Lists the records of a namespace a page at a time, in a stable order: a record
+    stored for the whole listing is listed exactly once, whatever is written meanwhile.
+    """
     Delete: _aio.UnaryUnaryMultiCallable[_search_service_pb2.DeleteRequest, _search_service_pb2.DeleteResponse]  # type: ignore[assignment]
     """Deletes records by id, by filter, or all of a namespace."""
     DescribeStats: _aio.UnaryUnaryMultiCallable[_search_service_pb2.DescribeStatsRequest, _search_service_pb2.DescribeStatsResponse]  # type: ignore[assignment]
@@ -143,6 +151,16 @@ class SearchServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_search_service_pb2.FetchResponse, _abc.Awaitable[_search_service_pb2.FetchResponse]]:
         """Reads records by id."""
+
+    @_abc_1.abstractmethod
+    def ListRecords(
+        self,
+        request: _search_service_pb2.ListRecordsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_search_service_pb2.ListRecordsResponse, _abc.Awaitable[_search_service_pb2.ListRecordsResponse]]:
+        """Lists the records of a namespace a page at a time, in a stable order: a record
+        stored for the whole listing is listed exactly once, whatever is written meanwhile.
+        """
 
     @_abc_1.abstractmethod
     def Delete(
