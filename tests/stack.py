@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import re
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
+from imagesearch_client import AsyncImageSearchClient
 
 from search_service.app import SearchApp
 from search_service.config import SearchSettings
@@ -106,15 +108,31 @@ def free_port() -> int:
 
 
 class InThread:
-    """`await proxy.method(...)` runs `target.method(...)` in a worker thread."""
+    """`await proxy.method(...)` runs `target.method(...)` in a worker thread.
+
+    Generators are run to the end there and come back as async iterators, so a test
+    written for AsyncImageSearchClient runs unchanged against the sync client.
+    """
 
     def __init__(self, target: Any) -> None:
         self.target = target
 
-    def __getattr__(self, name: str) -> Callable[..., Coroutine[Any, Any, Any]]:
+    def __getattr__(self, name: str) -> Callable[..., Any]:
         method = getattr(self.target, name)
+
+        if inspect.isgeneratorfunction(method):
+
+            async def each(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+                for item in await asyncio.to_thread(lambda: list(method(*args, **kwargs))):
+                    yield item
+
+            return each
 
         async def call(*args: Any, **kwargs: Any) -> Any:
             return await asyncio.to_thread(method, *args, **kwargs)
 
         return call
+
+
+# What the behaviour tests drive: the sync client through InThread, or the async one.
+AnyClient = InThread | AsyncImageSearchClient

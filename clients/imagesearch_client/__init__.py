@@ -1,15 +1,7 @@
 """The imagesearch client: a typed wrapper of SearchService and the `imagesearch` CLI."""
 
-from imagesearch_client.client import (
-    DEFAULT_TARGET,
-    FetchedRecord,
-    ImageRecord,
-    ImageSearchClient,
-    Match,
-    Outcome,
-    Stats,
-    VectorRecord,
-)
+from imagesearch_client.aio import AsyncImageSearchClient
+from imagesearch_client.client import ImageSearchClient
 from imagesearch_client.errors import (
     FailedPrecondition,
     ImageSearchError,
@@ -18,9 +10,20 @@ from imagesearch_client.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from imagesearch_client.messages import (
+    DEFAULT_TARGET,
+    FetchedRecord,
+    ImageRecord,
+    Match,
+    Outcome,
+    RecordPage,
+    Stats,
+    VectorRecord,
+)
 
 __all__ = [
     "DEFAULT_TARGET",
+    "AsyncImageSearchClient",
     "FailedPrecondition",
     "FetchedRecord",
     "ImageRecord",
@@ -30,6 +33,7 @@ __all__ = [
     "Match",
     "NotFound",
     "Outcome",
+    "RecordPage",
     "ResourceExhausted",
     "Stats",
     "Unavailable",

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from imagesearch_client import ImageSearchClient
+from imagesearch_client import AsyncImageSearchClient, ImageSearchClient
 
 from embed_service.app import EmbedApp
 from search_service.app import SearchApp
 from tests.pinecone_standin import PineconeStandIn
-from tests.stack import InThread, search_settings
+from tests.stack import AnyClient, InThread, search_settings
 
 StartSearch = Callable[..., Awaitable[SearchApp]]
 
@@ -57,7 +57,12 @@ async def search_app(
             yield await start_search_app(**on_pinecone(standin))
 
 
-@pytest.fixture
-def client(search_app: SearchApp) -> Iterator[InThread]:
-    with ImageSearchClient(search_app.address, timeout_s=30) as c:
-        yield InThread(c)
+@pytest.fixture(params=["sync", "async"])
+async def client(request: pytest.FixtureRequest, search_app: SearchApp) -> AsyncIterator[AnyClient]:
+    """Each client on each store: the same behaviour tests run against both clients."""
+    if request.param == "sync":
+        with ImageSearchClient(search_app.address, timeout_s=30) as sync:
+            yield InThread(sync)
+    else:
+        async with AsyncImageSearchClient(search_app.address, timeout_s=30) as aio:
+            yield aio

@@ -3,7 +3,6 @@ real servers, tiny CLIP, temp DATA_DIR."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ from search_service.stores.base import ModelInfo
 from search_service.stores.local import LocalStore
 from tests.imagegen import CLASSES, encode, picture
 from tests.search_service.conftest import StartSearch
-from tests.stack import InThread
+from tests.stack import AnyClient, InThread
 
 
 def labelled_images(per_class: int = 4) -> list[ImageRecord]:
@@ -38,7 +37,7 @@ def labelled_images(per_class: int = 4) -> list[ImageRecord]:
 
 
 @pytest.fixture
-async def stored(client: InThread) -> list[ImageRecord]:
+async def stored(client: AnyClient) -> list[ImageRecord]:
     records = labelled_images()
     outcomes = await client.upsert_images(records)
     assert all(o.ok for o in outcomes)
@@ -46,7 +45,7 @@ async def stored(client: InThread) -> list[ImageRecord]:
 
 
 async def test_a_stored_image_comes_back_first_by_its_bytes_and_by_its_id(
-    client: InThread, stored: list[ImageRecord]
+    client: AnyClient, stored: list[ImageRecord]
 ) -> None:
     target = stored[5]
     by_bytes = await client.query(image=target.image, top_k=3)
@@ -59,7 +58,7 @@ async def test_a_stored_image_comes_back_first_by_its_bytes_and_by_its_id(
 
 
 async def test_a_label_filter_returns_exactly_what_brute_force_search_returns(
-    client: InThread, stored: list[ImageRecord]
+    client: AnyClient, stored: list[ImageRecord]
 ) -> None:
     ids = [o.id for o in await client.upsert_images(stored)]
     records = await client.fetch(ids)
@@ -84,7 +83,7 @@ async def test_a_label_filter_returns_exactly_what_brute_force_search_returns(
 
 
 async def test_top_k_min_score_and_namespaces_bound_the_answer(
-    client: InThread, stored: list[ImageRecord], search_app: SearchApp
+    client: AnyClient, stored: list[ImageRecord], search_app: SearchApp
 ) -> None:
     query = stored[0].image
     assert len(await client.query(image=query, top_k=5)) == 5
@@ -106,7 +105,7 @@ async def test_top_k_min_score_and_namespaces_bound_the_answer(
 
 
 async def test_storing_the_same_images_again_adds_nothing(
-    client: InThread, stored: list[ImageRecord]
+    client: AnyClient, stored: list[ImageRecord]
 ) -> None:
     before = (await client.stats()).total
     again = await client.upsert_images(stored)
@@ -115,7 +114,7 @@ async def test_storing_the_same_images_again_adds_nothing(
 
 
 async def test_an_unreadable_image_is_reported_and_the_rest_of_the_batch_is_stored(
-    client: InThread,
+    client: AnyClient,
 ) -> None:
     good = labelled_images(per_class=1)
     batch = [good[0], ImageRecord(image=b"not an image at all", id="broken"), good[1]]
@@ -129,7 +128,7 @@ async def test_an_unreadable_image_is_reported_and_the_rest_of_the_batch_is_stor
     }
 
 
-async def test_bad_metadata_or_ids_fail_only_their_own_item(client: InThread) -> None:
+async def test_bad_metadata_or_ids_fail_only_their_own_item(client: AnyClient) -> None:
     image = encode(picture("cyan"), "PNG")
     outcomes = await client.upsert_images(
         [
@@ -147,7 +146,7 @@ async def test_bad_metadata_or_ids_fail_only_their_own_item(client: InThread) ->
 
 
 async def test_a_bad_filter_is_refused_with_the_field_that_is_wrong(
-    client: InThread, stored: list[ImageRecord]
+    client: AnyClient, stored: list[ImageRecord]
 ) -> None:
     with pytest.raises(InvalidArgument) as caught:
         await client.query(text="red", filter={"label": {"$regex": "r.*"}})
@@ -155,13 +154,13 @@ async def test_a_bad_filter_is_refused_with_the_field_that_is_wrong(
     assert "filter.label.$regex" in caught.value.fields
 
 
-async def test_querying_an_unknown_id_is_not_found(client: InThread) -> None:
+async def test_querying_an_unknown_id_is_not_found(client: AnyClient) -> None:
     with pytest.raises(NotFound, match="nobody"):
         await client.query(id="nobody")
 
 
 async def test_vectors_are_checked_stored_normalized_fetched_and_deleted(
-    client: InThread, stored: list[ImageRecord]
+    client: AnyClient, stored: list[ImageRecord]
 ) -> None:
     dimension = (await client.stats()).dimension
     vector = np.arange(1, dimension + 1, dtype=np.float32)
@@ -196,7 +195,7 @@ async def test_vectors_are_checked_stored_normalized_fetched_and_deleted(
     assert (await client.stats()).namespaces == {}
 
 
-async def test_equal_scores_come_back_in_id_order(client: InThread) -> None:
+async def test_equal_scores_come_back_in_id_order(client: AnyClient) -> None:
     dimension = (await client.stats()).dimension
     same = [1.0] * dimension
     near = [1.0] * (dimension - 1) + [0.5]
@@ -205,7 +204,7 @@ async def test_equal_scores_come_back_in_id_order(client: InThread) -> None:
     assert [m.id for m in await client.query(vector=same, top_k=5)] == ["a", "b", "c", "d", "n"]
 
 
-async def test_the_default_namespace_answers_to_its_pinecone_name(client: InThread) -> None:
+async def test_the_default_namespace_answers_to_its_pinecone_name(client: AnyClient) -> None:
     dimension = (await client.stats()).dimension
     vector = [1.0] * dimension
     await client.upsert_vectors([VectorRecord("d", vector)], namespace="__default__")
@@ -214,12 +213,10 @@ async def test_the_default_namespace_answers_to_its_pinecone_name(client: InThre
     assert (await client.stats()).namespaces == {"__default__": 1}
 
 
-async def test_the_ingest_stream_answers_each_batch_once_stored(client: InThread) -> None:
+async def test_the_ingest_stream_answers_each_batch_once_stored(client: AnyClient) -> None:
     records = labelled_images(per_class=3)
     batches = [records[:4], records[4:8], records[8:]]
-    answers = await asyncio.to_thread(
-        lambda: list(client.target.ingest(iter(batches), namespace="bulk", window=2))
-    )
+    answers = [a async for a in client.ingest(iter(batches), namespace="bulk", window=2)]
     assert [len(a) for a in answers] == [4, 4, 1]
     assert all(o.ok for a in answers for o in a)
     assert (await client.stats()).namespaces["bulk"] == len(records)
