@@ -5,7 +5,9 @@ search_service on the local store, measured over gRPC from the Python client.
 
 1. Query-by-id latency (p50/p99) on N stored vectors (default 100k, 100 labels, so a
    label filter keeps ~1%), unfiltered and filtered, once background indexing is done.
-2. `imagesearch index` images/s on a folder of 640x480 JPEGs, next to embed_service's
+2. `imagesearch export` and `imagesearch import` records/s: the N vectors (with their
+   label metadata) to a Parquet file, then into a second search_service on a new store.
+3. `imagesearch index` images/s on a folder of 640x480 JPEGs, next to embed_service's
    own images/s on the same images (8 concurrent callers, 8 images per request), as a
    ratio measured in the same run.
 
@@ -117,6 +119,16 @@ def embed_rate(target: str, images: list[bytes], callers: int = 8, per_request: 
         return len(images) / (time.perf_counter() - started)
 
 
+def cli(target: str, *args: str) -> float:
+    """Runs `imagesearch --target TARGET ARGS...` to its end; returns its seconds."""
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "imagesearch_client.cli", "--target", target, *args],
+        check=True, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    return time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vectors", type=int, default=100_000)
@@ -164,19 +176,37 @@ def main() -> None:
         print(f"query by id, top 10, unfiltered:     {percentiles(plain)}")
         print(f"query by id, top 10, label filter 1%: {percentiles(filtered)}")
 
+        export_file = work / "export.parquet"
+        export_s = cli(search_addr, "export", str(export_file), "--quiet")
+        size_mb = export_file.stat().st_size / 1e6
+        print(f"imagesearch export: {args.vectors / export_s:,.0f} records/s "
+              f"({args.vectors} in {export_s:.1f} s, {size_mb:.0f} MB)")  # fmt: skip
+        fresh, fresh_addr = start(
+            "search_service",
+            {"SEARCH_ADDR": "127.0.0.1:0", "EMBED_TARGET": embed_addr,
+             "DATA_DIR": str(work / "imported"), "VECTOR_STORE": "local"},
+            log,
+        )  # fmt: skip
+        try:
+            with ImageSearchClient(fresh_addr) as client:
+                client.wait_ready(300)
+                import_s = cli(fresh_addr, "import", str(export_file), "--quiet")
+                assert client.stats().total == args.vectors
+            print(f"imagesearch import: {args.vectors / import_s:,.0f} records/s "
+                  f"({args.vectors} in {import_s:.1f} s, into a new local store)")  # fmt: skip
+        finally:
+            fresh.terminate()
+            fresh.wait(60)
+
         folder = work / "photos"
         folder.mkdir()
         images = photos(args.images)
         for n, data in enumerate(images):
             (folder / f"photo-{n:04d}.jpg").write_bytes(data)
         service_rate = embed_rate(embed_addr, images)
-        started = time.perf_counter()
-        subprocess.run(
-            [sys.executable, "-m", "imagesearch_client.cli", "--target", search_addr,
-             "index", str(folder), "--quiet", "--namespace", "photos"],
-            check=True, stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        index_rate = args.images / (time.perf_counter() - started)
+        index_rate = args.images / cli(
+            search_addr, "index", str(folder), "--quiet", "--namespace", "photos"
+        )
         print(f"embed_service EmbedImages: {service_rate:.2f} images/s (8 callers x 8 images)")
         print(
             f"imagesearch index:         {index_rate:.2f} images/s "

@@ -29,6 +29,12 @@ from imagesearch_client.sources import (
     folder_images,
     image_files,
 )
+from imagesearch_client.transfer import (
+    ImportInterrupted,
+    export_records,
+    import_records,
+    read_info,
+)
 
 BATCH = 32
 # Well under search_service's default message limit (16 MiB), however large the photos.
@@ -281,6 +287,59 @@ def _delete(client: ImageSearchClient, args: argparse.Namespace) -> int:
     return 0
 
 
+# --- export, import ------------------------------------------------------------------
+
+
+def _export(client: ImageSearchClient, args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    with tqdm(desc="export", unit="rec", disable=args.quiet, file=sys.stderr) as bar:
+
+        def total(n: int) -> None:
+            bar.total = n
+            bar.refresh()
+
+        info = export_records(
+            client, out, namespaces=args.namespaces or (), progress=bar.update, total=total
+        )
+    summary = {"file": str(out), "records": info.rows, "namespaces": info.namespaces,
+               "model_id": info.model_id, "model_fingerprint": info.model_fingerprint}  # fmt: skip
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"exported {info.rows} records of {info.model_id} to {out}", file=sys.stderr)
+    return 0
+
+
+def _import(client: ImageSearchClient, args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    info = read_info(path)
+    with tqdm(
+        desc="import", unit="rec", total=info.rows, initial=args.skip, disable=args.quiet,
+        file=sys.stderr,
+    ) as bar:  # fmt: skip
+        try:
+            report = import_records(client, path, skip=args.skip, progress=bar.update)
+        except ImportInterrupted as stopped:
+            bar.close()
+            print(
+                f"error: {stopped.cause}\nthe import stopped; every row before "
+                f"{stopped.report.resume_at} is stored. Run the same command again (upserts "
+                f"overwrite by id: nothing is duplicated), or add --skip "
+                f"{stopped.report.resume_at}",
+                file=sys.stderr,
+            )
+            return 2 if isinstance(stopped.cause, Unavailable) else 1
+    if args.json:
+        print(json.dumps(asdict(report), indent=2))
+    else:
+        print(f"imported {report.stored} of {report.rows} records into {client.target}",
+              file=sys.stderr)  # fmt: skip
+        for failure in report.failures[:20]:
+            print(f"  {failure['namespace']}/{failure['id']}: {failure['reason']} "
+                  f"{failure['message']}", file=sys.stderr)  # fmt: skip
+    return 0 if not report.failures else 1
+
+
 def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
     for row in (header, *rows):
@@ -306,10 +365,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    def command(name: str, handler: Any, help: str) -> argparse.ArgumentParser:
+    def command(
+        name: str, handler: Any, help: str, *, namespace: bool = True
+    ) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help, description=help)
         sub.set_defaults(handler=handler)
-        sub.add_argument("--namespace", default="", help='namespace ("" is the default)')
+        if namespace:
+            sub.add_argument("--namespace", default="", help='namespace ("" is the default)')
         sub.add_argument("--json", action="store_true", help="print one JSON document")
         return sub
 
@@ -347,6 +409,25 @@ def _parser() -> argparse.ArgumentParser:
     chosen.add_argument("--ids", nargs="+", metavar="ID")
     chosen.add_argument("--filter", help="a Pinecone filter")
     chosen.add_argument("--all", action="store_true", help="everything in the namespace")
+
+    export = command(
+        "export", _export, "write every record (vectors included) to a Parquet file",
+        namespace=False,
+    )  # fmt: skip
+    export.add_argument("out", metavar="OUT", help="the file to write, e.g. store.parquet")
+    export.add_argument(
+        "--namespace", dest="namespaces", action="append", metavar="NS",
+        help="export only this namespace (repeat for several; default: all)",
+    )  # fmt: skip
+    export.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    load = command(
+        "import", _import, "upsert the records of an export into the service's store",
+        namespace=False,
+    )  # fmt: skip
+    load.add_argument("file", metavar="IN", help="a file written by `imagesearch export`")
+    load.add_argument("--skip", type=int, default=0, help="start at this row (to resume)")
+    load.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 

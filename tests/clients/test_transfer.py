@@ -1,0 +1,155 @@
+"""`imagesearch export` / `import` between the local store and Pinecone (the stand-in),
+in both directions: every record, vector (bit for bit) and metadata value survives."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from imagesearch_client import ImageRecord, ImageSearchClient, VectorRecord
+from imagesearch_client.cli import run
+from imagesearch_client.transfer import META_KEY, read_info
+
+from search_service.app import SearchApp
+from tests.imagegen import encode, picture
+from tests.pinecone_standin import PineconeStandIn
+from tests.search_service.conftest import StartSearch, on_pinecone
+
+Snapshot = dict[tuple[str, str], tuple[bytes, dict[str, object]]]
+
+
+async def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = await asyncio.to_thread(run, list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def fill(app: SearchApp, dimension: int) -> None:
+    rng = np.random.default_rng(11)
+    with ImageSearchClient(app.address, timeout_s=30) as client:
+        for namespace, count in (("", 180), ("cats", 75)):
+            records = [
+                VectorRecord(
+                    f"{namespace or 'default'}-{i:03d}",
+                    rng.normal(size=dimension).tolist(),
+                    {
+                        "label": ["cat", "dog", "bird"][i % 3],
+                        "tags": [f"t{i % 5}", "all"],
+                        "flag": i % 2 == 0,
+                        "score": i / 7,
+                        "quote": 'say "hi" \\ naïve',
+                    },
+                )
+                for i in range(count)
+            ]
+            for start in range(0, count, 100):
+                chunk = records[start : start + 100]
+                assert all(o.ok for o in client.upsert_vectors(chunk, namespace=namespace))
+        # Images too: their vectors come from embed_service, not from the caller.
+        images = [
+            ImageRecord(encode(picture(c), "PNG"), metadata={"src": c}) for c in ("red", "blue")
+        ]
+        assert all(o.ok for o in client.upsert_images(images, namespace="cats"))
+
+
+def snapshot(app: SearchApp) -> Snapshot:
+    out: Snapshot = {}
+    with ImageSearchClient(app.address, timeout_s=30) as client:
+        for namespace in client.stats().namespaces:
+            for page in client.iter_pages(
+                namespace=namespace, page_size=1000, include_metadata=True, include_values=True
+            ):
+                for r in page.records:
+                    vector = np.asarray(r.values, dtype=np.float32).tobytes()
+                    out[(namespace, r.id)] = (vector, r.metadata)
+    return out
+
+
+async def move(
+    capsys: pytest.CaptureFixture[str], source: SearchApp, target: SearchApp, file: Path
+) -> None:
+    code, out, err = await cli(capsys, "--target", source.address, "export", str(file), "--json")
+    assert code == 0, err
+    assert json.loads(out)["records"] == 257
+    code, out, err = await cli(capsys, "--target", target.address, "import", str(file), "--json")
+    assert code == 0, err
+    assert json.loads(out)["stored"] == 257
+
+
+async def test_local_to_pinecone_and_back_keeps_every_record_bit_for_bit(
+    capsys: pytest.CaptureFixture[str], start_search_app: StartSearch, tmp_path: Path
+) -> None:
+    local = await start_search_app(tmp_path / "local")
+    dimension = (await local.embed.model_info()).dimension
+    await asyncio.to_thread(fill, local, dimension)
+    original = await asyncio.to_thread(snapshot, local)
+    assert len(original) == 257
+    with PineconeStandIn() as standin:
+        pinecone = await start_search_app(tmp_path / "unused", **on_pinecone(standin))
+        await move(capsys, local, pinecone, tmp_path / "local.parquet")
+        assert await asyncio.to_thread(snapshot, pinecone) == original
+
+        info = read_info(tmp_path / "local.parquet")
+        assert (info.store, info.dimension, info.rows) == ("local", dimension, 257)
+        assert info.namespaces == {"__default__": 180, "cats": 77}
+        table = pq.read_table(tmp_path / "local.parquet")
+        assert table.schema.field("values").type.list_size == dimension
+
+        back = await start_search_app(tmp_path / "back")
+        await move(capsys, pinecone, back, tmp_path / "pinecone.parquet")
+        assert await asyncio.to_thread(snapshot, back) == original
+        _, out, _ = await cli(capsys, "--target", back.address, "stats", "--json")
+        assert json.loads(out)["namespaces"] == {"__default__": 180, "cats": 77}
+
+
+async def test_an_import_runs_again_or_resumes_without_duplicates_or_gaps(
+    capsys: pytest.CaptureFixture[str], start_search_app: StartSearch, tmp_path: Path
+) -> None:
+    source = await start_search_app(tmp_path / "source")
+    await asyncio.to_thread(fill, source, (await source.embed.model_info()).dimension)
+    file = tmp_path / "all.parquet"
+    assert (await cli(capsys, "--target", source.address, "export", str(file)))[0] == 0
+    target = await start_search_app(tmp_path / "target")
+    # As if an earlier run had stopped after 100 rows: --skip 100 picks up from there.
+    code, out, err = await cli(capsys, "--target", target.address, "import", str(file),
+                               "--skip", "100", "--json")  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["stored"] == 157
+    for _ in range(2):  # and a full run, twice, on top: overwrites, adds nothing twice
+        code, _, err = await cli(capsys, "--target", target.address, "import", str(file))
+        assert code == 0, err
+    assert await asyncio.to_thread(snapshot, target) == await asyncio.to_thread(snapshot, source)
+
+
+async def test_a_file_of_another_model_is_refused_before_anything_is_written(
+    capsys: pytest.CaptureFixture[str], start_search_app: StartSearch, tmp_path: Path
+) -> None:
+    source = await start_search_app(tmp_path / "source")
+    await asyncio.to_thread(fill, source, (await source.embed.model_info()).dimension)
+    file = tmp_path / "all.parquet"
+    assert (await cli(capsys, "--target", source.address, "export", str(file)))[0] == 0
+    table = pq.read_table(file)
+    info = json.loads(table.schema.metadata[META_KEY])
+    info["model_fingerprint"] = "0" * 32
+    forged = tmp_path / "other-model.parquet"
+    pq.write_table(table.replace_schema_metadata({META_KEY: json.dumps(info).encode()}), forged)
+
+    for target in (source, await start_search_app(tmp_path / "empty")):
+        before = await asyncio.to_thread(snapshot, target)
+        code, _, err = await cli(capsys, "--target", target.address, "import", str(forged))
+        assert code == 1
+        assert "FAILED_PRECONDITION (MODEL_MISMATCH)" in err
+        assert "0" * 32 in err
+        assert await asyncio.to_thread(snapshot, target) == before
+
+    (tmp_path / "junk.parquet").write_bytes(b"PAR1 not really")
+    code, _, err = await cli(
+        capsys, "--target", source.address, "import", str(tmp_path / "junk.parquet")
+    )
+    assert code == 1
+    assert "not a readable Parquet file" in err
