@@ -12,7 +12,7 @@ import itertools
 import json
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from tqdm import tqdm
 from imagesearch_client.client import ImageRecord, ImageSearchClient, Match
 from imagesearch_client.contact_sheet import Tile, contact_sheet
 from imagesearch_client.errors import ImageSearchError, Unavailable
+from imagesearch_client.indexing import BATCH, Dedup, IndexReport, records, under
 from imagesearch_client.sources import (
     SourceImage,
     cifar_count,
@@ -36,18 +37,6 @@ from imagesearch_client.transfer import (
     read_info,
 )
 
-BATCH = 32
-# Well under search_service's default message limit (16 MiB), however large the photos.
-BATCH_BYTES = 8 * 1024 * 1024
-
-
-@dataclass
-class IndexReport:
-    seen: int = 0
-    stored: int = 0
-    skipped: int = 0
-    failures: list[dict[str, str]] = field(default_factory=list)
-
 
 def main(argv: Sequence[str] | None = None) -> None:
     sys.exit(run(argv))
@@ -55,6 +44,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def run(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.handler is _web:  # no sync client: the gallery makes an async one
+        web_code: int = _web(args)
+        return web_code
     try:
         with ImageSearchClient(
             args.target,
@@ -113,66 +105,36 @@ def _ingest(
     client.wait_ready(timeout_s=args.timeout)
     report = IndexReport()
     progress = tqdm(total=total, desc=title, unit="img", file=sys.stderr, disable=args.quiet)
-    batches = _new_batches(client, images, args.namespace, report, progress)
+    batches = _new_batches(client, images, args.namespace, Dedup(report), progress)
     sent: dict[int, list[SourceImage]] = {}
 
     def requests() -> Iterator[list[ImageRecord]]:
         for n, batch in enumerate(batches):
             sent[n] = batch
-            yield [ImageRecord(image=s.image, id=s.id, metadata=s.metadata) for s in batch]
+            yield records(batch)
 
     for n, outcomes in enumerate(client.ingest(requests(), namespace=args.namespace)):
-        for source, outcome in zip(sent.pop(n), outcomes, strict=True):
-            if outcome.ok:
-                report.stored += 1
-            else:
-                report.failures.append(
-                    {"name": source.name, "reason": outcome.reason, "message": outcome.message}
-                )
+        report.count(sent.pop(n), outcomes)
         progress.update(len(outcomes))
     progress.close()
     _print_report(report, args.json)
-    # Failing is when nothing is in the store for all that was read, not a bad file or two.
-    nothing_stored = report.failures and report.stored + report.skipped == 0
-    return 1 if nothing_stored else 0
+    return 1 if report.failed_entirely else 0
 
 
 def _new_batches(
     client: ImageSearchClient,
     images: Iterable[SourceImage],
     namespace: str,
-    report: IndexReport,
+    dedup: Dedup,
     progress: tqdm[Any],
 ) -> Iterator[list[SourceImage]]:
     """Batches of images that are not stored yet (nor repeated within this run)."""
-    seen_ids: set[str] = set()
     iterator = iter(images)
     while chunk := list(itertools.islice(iterator, BATCH)):
-        report.seen += len(chunk)
         stored = {r.id for r in client.fetch([s.id for s in chunk], namespace=namespace)}
-        fresh = []
-        for source in chunk:
-            if source.id in stored or source.id in seen_ids:
-                report.skipped += 1
-            else:
-                seen_ids.add(source.id)
-                fresh.append(source)
+        fresh = dedup.fresh(chunk, stored)
         progress.update(len(chunk) - len(fresh))
-        yield from _under(fresh, BATCH_BYTES)
-
-
-def _under(sources: list[SourceImage], limit: int) -> Iterator[list[SourceImage]]:
-    """Consecutive runs of `sources` of at most `limit` bytes (an image over it goes alone)."""
-    batch: list[SourceImage] = []
-    size = 0
-    for source in sources:
-        if batch and size + len(source.image) > limit:
-            yield batch
-            batch, size = [], 0
-        batch.append(source)
-        size += len(source.image)
-    if batch:
-        yield batch
+        yield from under(fresh)
 
 
 def _print_report(report: IndexReport, as_json: bool) -> None:
@@ -285,6 +247,16 @@ def _delete(client: ImageSearchClient, args: argparse.Namespace) -> int:
         client.delete(delete_all=True, namespace=args.namespace)
     print("deleted", file=sys.stderr)
     return 0
+
+
+# --- web -------------------------------------------------------------------------------
+
+
+def _web(args: argparse.Namespace) -> int:
+    from imagesearch_client.web.app import serve_web  # the web stack only when asked for
+
+    code: int = serve_web(args.root, cifar=tuple(args.cifar), addr=args.addr, target=args.target)
+    return code
 
 
 # --- export, import ------------------------------------------------------------------
@@ -428,6 +400,15 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("file", metavar="IN", help="a file written by `imagesearch export`")
     load.add_argument("--skip", type=int, default=0, help="start at this row (to resume)")
     load.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    web = command(
+        "web", _web, "serve the web gallery (browse, Index, click for similar images)",
+        namespace=False,
+    )  # fmt: skip
+    web.add_argument("--root", required=True, help="the folder the Index button indexes")
+    web.add_argument("--cifar", action="append", default=[], metavar="ARCHIVE",
+                     help="CIFAR archive(s) that CIFAR records are drawn from")  # fmt: skip
+    web.add_argument("--addr", help="where to listen (default: $WEB_ADDR or 127.0.0.1:8080)")
     return parser
 
 
