@@ -7,7 +7,7 @@ BUF := node_modules/.bin/buf
 DIR ?=
 ARGS ?=
 
-.PHONY: install proto run run-embed run-search test test-fast bench bench-search bench-tls lint index query clean
+.PHONY: install proto run run-embed run-search run-web test test-fast bench bench-search bench-tls bench-web lint index query clean
 
 install: $(STAMP)
 
@@ -21,13 +21,16 @@ proto: install
 	$(PY) protos/generate.py
 
 run: install
-	PY=$(PY) scripts/run.sh
+	PY=$(PY) DIR="$(DIR)" scripts/run.sh
 
 run-embed: install
 	$(PY) -m embed_service
 
 run-search: install
 	$(PY) -m search_service
+
+run-web: install
+	$(PY) -m imagesearch_client.web --root "$(or $(DIR),.)"
 
 test: install
 	$(PY) -m pytest -q
@@ -43,6 +46,9 @@ bench-search: install
 
 bench-tls: install
 	$(PY) -m tests.bench_security $(ARGS)
+
+bench-web: install
+	$(PY) -m tests.bench_web $(ARGS)
 
 # npm ci installs exactly the committed lock and never rewrites it.
 $(BUF): package.json package-lock.json

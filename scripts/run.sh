@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make run`: embed_service and search_service side by side; Ctrl-C stops them all.
+# `make run`: embed_service, search_service and the web gallery side by side; Ctrl-C
+# stops them all. The gallery's Index button indexes WEB_ROOT (default: DIR, else ".").
 # EMBED_REPLICAS=N starts N embed_service replicas on consecutive ports from EMBED_ADDR's
 # and points search_service at all of them (unless EMBED_TARGET says otherwise).
 set -euo pipefail
@@ -12,6 +13,8 @@ else
 fi
 export EMBED_ADDR="${EMBED_ADDR:-$default_embed}"
 export SEARCH_ADDR="${SEARCH_ADDR:-127.0.0.1:50052}"
+export WEB_ADDR="${WEB_ADDR:-127.0.0.1:8080}"
+web_root="${WEB_ROOT:-${DIR:-.}}"
 host="${EMBED_ADDR%:*}"
 port="${EMBED_ADDR##*:}"
 search_port="${SEARCH_ADDR##*:}"
@@ -40,17 +43,20 @@ else
 fi
 "$PY" -m search_service &
 search=$!
+"$PY" -m imagesearch_client.web --root "$web_root" --target "$SEARCH_ADDR" &
+web=$!
 
 stop() {
   trap - INT TERM
-  echo "stopping search_service and embed_service..." >&2
-  kill -TERM "$search" "${pids[@]}" 2>/dev/null || true
-  wait "$search" "${pids[@]}" 2>/dev/null || true
+  echo "stopping the gallery, search_service and embed_service..." >&2
+  kill -TERM "$web" "$search" "${pids[@]}" 2>/dev/null || true
+  wait "$web" "$search" "${pids[@]}" 2>/dev/null || true
 }
 trap stop INT TERM
 
 echo "embed_service:  ${addresses[*]}" >&2
 echo "search_service: $SEARCH_ADDR  (try: .venv/bin/imagesearch stats)" >&2
+echo "web gallery:    http://$WEB_ADDR/  (Index indexes $web_root)" >&2
 # Any one exiting (a model that will not load, a port in use) stops them all.
-wait -n "${pids[@]}" "$search" || true
+wait -n "${pids[@]}" "$search" "$web" || true
 stop

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -46,6 +47,19 @@ def watch_health(address: str, seen: list[int]) -> threading.Thread:
     return thread
 
 
+def wait_for_page(url: str, timeout_s: float = 60.0) -> str:
+    """The page at `url` once it answers 200 (the gallery starts beside the services)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as reply:
+                return str(reply.read().decode())
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def free_ports(count: int) -> int:
     """The first of `count` consecutive free ports (EMBED_REPLICAS takes consecutive ones)."""
     while True:
@@ -70,6 +84,8 @@ def test_ctrl_c_stops_both_services_within_the_grace_period_without_a_traceback(
     clip_dir: Path, tmp_path: Path, replicas: int
 ) -> None:
     search_addr = f"127.0.0.1:{free_port()}"
+    web_addr = f"127.0.0.1:{free_port()}"
+    folder = image_folder(tmp_path / "images", per_class=2)
     first = free_ports(replicas)
     embed_addr = f"127.0.0.1:{first}"
     env = {
@@ -81,6 +97,8 @@ def test_ctrl_c_stops_both_services_within_the_grace_period_without_a_traceback(
         "DATA_DIR": str(tmp_path / "data"),
         "VECTOR_STORE": "local",
         "EMBED_REPLICAS": str(replicas),
+        "WEB_ADDR": web_addr,
+        "WEB_ROOT": str(folder),
     }
     log = tmp_path / "run.log"
     with log.open("w") as sink:
@@ -96,7 +114,6 @@ def test_ctrl_c_stops_both_services_within_the_grace_period_without_a_traceback(
     try:
         with ImageSearchClient(search_addr, timeout_s=30) as client:
             client.wait_ready(timeout_s=60)
-        folder = image_folder(tmp_path / "images", per_class=2)
         cli = [sys.executable, "-m", "imagesearch_client.cli", "--target", search_addr]
         indexed = subprocess.run(
             [*cli, "index", str(folder), "--label-from-dir", "--quiet"],
@@ -109,6 +126,9 @@ def test_ctrl_c_stops_both_services_within_the_grace_period_without_a_traceback(
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
         assert queried.returncode == 0, queried.stderr
+        gallery = wait_for_page(f"http://{web_addr}/")
+        assert "Index images" in gallery
+        assert 'alt="' in gallery  # the 6 stored images are shown
         told: dict[str, list[int]] = {search_addr: []}
         told.update({f"127.0.0.1:{first + i}": [] for i in range(replicas)})
         watchers = [watch_health(address, seen) for address, seen in told.items()]

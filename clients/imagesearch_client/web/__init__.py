@@ -1,0 +1,10 @@
+"""The web gallery: press Index, click an image, see the most similar ones.
+
+One more client of search_service (through AsyncImageSearchClient): it never touches a
+store or a model itself. `imagesearch web --root DIR` or `python -m imagesearch_client.web`.
+"""
+
+from imagesearch_client.web.app import WebApp, create_app
+from imagesearch_client.web.config import WebSettings
+
+__all__ = ["WebApp", "WebSettings", "create_app"]

@@ -1,0 +1,3 @@
+from imagesearch_client.web.app import main
+
+main()

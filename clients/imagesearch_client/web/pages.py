@@ -1,0 +1,205 @@
+"""The gallery's HTML, rendered on the server; gallery.js adds uploads, paste, drag and
+drop, the Index progress and the search_service banner.
+
+Conventions other tests rely on: every tile is an <img> whose alt is the record's id,
+inside a .tile that shows the score as text with 3 decimals when it is a search result;
+the outside-image query is <input type="file" accept="image/*">, the text query
+<input type="search">, the Index button a <button> whose text contains "Index".
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from html import escape
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from imagesearch_client.web.files import CIFAR_ID
+
+PLACEHOLDER = "/static/placeholder.svg"
+
+
+@dataclass(frozen=True, slots=True)
+class Tile:
+    id: str
+    metadata: Mapping[str, Any]
+    score: float | None = None
+
+
+@dataclass
+class View:
+    """What the URL asks for: `/?similar=ID&k=12&ns=&label=cat&min_score=0.2`, `/?text=`."""
+
+    namespace: str = ""
+    similar: str = ""
+    text: str = ""
+    k: int = 12
+    label: str = ""
+    min_score: float | None = None
+    page_token: str = ""
+
+    @property
+    def searching(self) -> bool:
+        return bool(self.text or self.similar)
+
+    def link(self, **changes: Any) -> str:
+        values = {
+            "ns": self.namespace,
+            "similar": self.similar,
+            "text": self.text,
+            "k": self.k,
+            "label": self.label,
+            "min_score": self.min_score,
+            "page_token": self.page_token,
+            **changes,
+        }
+        kept = {
+            k: v for k, v in values.items() if v not in ("", None) and not (k == "k" and v == 12)
+        }
+        return "/?" + urlencode(kept) if kept else "/"
+
+
+@dataclass
+class Page:
+    view: View
+    title: str
+    root: str
+    heading: str = ""
+    tiles: Sequence[Tile] = ()
+    next_link: str = ""
+    namespaces: Sequence[str] = ()
+    labels: Sequence[str] = ()
+    message: str = ""
+    down: str = ""
+    index_status: Mapping[str, Any] = field(default_factory=dict)
+    max_upload_mb: int = 20
+
+
+def thumb_url(record_id: str, metadata: Mapping[str, Any]) -> str:
+    path = metadata.get("path")
+    if isinstance(path, str) and path:
+        return "/thumb/" + quote(path)
+    if CIFAR_ID.match(record_id):
+        return "/cifar/" + quote(record_id)
+    return PLACEHOLDER
+
+
+def tile_json(tile: Tile, view: View) -> dict[str, Any]:
+    """A tile as gallery.js draws it (uploads are answered in JSON)."""
+    return {
+        "id": tile.id,
+        "score": tile.score,
+        "label": _text(tile.metadata.get("label")),
+        "path": _text(tile.metadata.get("path")),
+        "thumb": thumb_url(tile.id, tile.metadata),
+        "href": view.link(similar=tile.id, text="", page_token=""),
+    }
+
+
+def render(page: Page) -> str:
+    view = page.view
+    tiles = "\n".join(_tile(t, view) for t in page.tiles)
+    namespaces = ""
+    if len(page.namespaces) > 1:
+        options = "".join(
+            f'<option value="{escape(ns)}"{" selected" if ns == view.namespace else ""}>'
+            f"{escape(ns or '(default)')}</option>"
+            for ns in page.namespaces
+        )
+        namespaces = (
+            f'<label>namespace <select id="namespace" name="ns" form="search">{options}'
+            "</select></label>"
+        )
+    labels = "".join(f'<option value="{escape(label)}">' for label in page.labels)
+    # Raw text inside <script>: only "<" could end it early.
+    status = json.dumps(page.index_status or None).replace("<", "\\u003c")
+    hidden_similar = (
+        f'<input type="hidden" name="similar" value="{escape(view.similar)}">'
+        if view.similar and not view.text
+        else ""
+    )
+    hidden_ns = (
+        f'<input type="hidden" name="ns" value="{escape(view.namespace)}">'
+        if len(page.namespaces) <= 1 and view.namespace
+        else ""
+    )
+    min_score = "" if view.min_score is None else f"{view.min_score:g}"
+    next_link = (
+        f'<a id="next-page" href="{escape(page.next_link)}">Next page →</a>'
+        if page.next_link
+        else ""
+    )
+    banner = escape(page.down)
+    return f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{escape(page.heading or page.title)} · {escape(page.title)}</title>
+<link rel="stylesheet" href="/static/gallery.css">
+<script src="/static/gallery.js"></script>
+</head>
+<body data-down="{"1" if page.down else ""}" data-max-upload-mb="{page.max_upload_mb}"
+      data-view="{"search" if view.searching else "browse"}" data-k="{view.k}"
+      data-ns="{escape(view.namespace)}" data-label="{escape(view.label)}"
+      data-min-score="{min_score}">
+<header>
+  <h1><a href="/">{escape(page.title)}</a></h1>
+  <form id="search" method="get" action="/">
+    {hidden_ns}{hidden_similar}
+    <input type="search" name="text" value="{escape(view.text)}"
+           placeholder="Search by text: a dog on a beach" aria-label="Search by text">
+    <label>label <input name="label" list="labels" value="{escape(view.label)}" size="10"></label>
+    <datalist id="labels">{labels}</datalist>
+    <label>min score <input name="min_score" type="number" step="0.01" min="-1" max="1"
+           value="{min_score}" size="5"></label>
+    <label>k <input name="k" type="number" min="1" max="200" value="{view.k}" size="4"></label>
+    <button type="submit">Search</button>
+    {namespaces}
+  </form>
+  <div id="drop" tabindex="0">
+    <label>Search by an image (not stored):
+      <input id="upload" type="file" accept="image/*"></label>
+    <span>or drop one here, or paste one</span>
+  </div>
+  <div id="indexing">
+    <button id="index-button" type="button">Index {escape(page.root)}</button>
+    <progress id="index-progress" max="1" value="0" hidden></progress>
+    <span id="index-text"></span>
+    <ul id="index-failures"></ul>
+  </div>
+</header>
+<div id="banner" role="alert"{"" if page.down else " hidden"}>{banner}</div>
+<div id="message" role="status">{escape(page.message)}</div>
+<main>
+  <h2 id="heading">{escape(page.heading)}</h2>
+  <div id="results" class="grid">
+{tiles}
+  </div>
+  <nav>{next_link}</nav>
+</main>
+<script id="index-status" type="application/json">{status}</script>
+</body>
+</html>
+"""
+
+
+def _tile(tile: Tile, view: View) -> str:
+    data = tile_json(tile, view)
+    hover = " · ".join(x for x in (data["label"], data["path"]) if x) or tile.id
+    score = f'<span class="score">{tile.score:.3f}</span>' if tile.score is not None else ""
+    label = f'<span class="label">{escape(data["label"])}</span>' if data["label"] else ""
+    return (
+        f'<figure class="tile" title="{escape(hover)}">'
+        f'<a href="{escape(data["href"])}"><img alt="{escape(tile.id)}"'
+        f' src="{escape(data["thumb"])}" width="160" height="160" loading="lazy"></a>'
+        f"<figcaption>{score}{label}</figcaption></figure>"
+    )
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return "" if value is None else str(value)

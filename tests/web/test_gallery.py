@@ -1,0 +1,274 @@
+"""The gallery in Chromium: Index, browse, click for similar, upload, text, filters,
+the search_service-down banner, and what it refuses to serve."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from imagesearch_client import AsyncImageSearchClient, VectorRecord
+from imagesearch_client.web import WebApp, WebSettings
+from imagesearch_client.web.config import WebConfigError
+from playwright.async_api import Page, expect
+
+from tests.imagegen import encode, picture
+from tests.search_service.conftest import StartSearch
+from tests.stack import free_port
+from tests.web.conftest import StartWeb, screenshot_path
+
+WAIT_MS = 60_000
+
+
+async def press_index(page: Page, web: WebApp, expected: str) -> None:
+    await page.goto(web.url)
+    await page.get_by_role("button", name=re.compile("Index")).click()
+    await expect(page.locator("#index-text")).to_contain_text(expected, timeout=WAIT_MS)
+
+
+async def tiles(page: Page) -> list[tuple[str, str]]:
+    """(alt, score text) of every tile, in page order."""
+    found = await page.locator(".tile").evaluate_all(
+        """els => els.map(e => [e.querySelector('img').alt,
+                                (e.querySelector('.score') || {}).textContent || ''])"""
+    )
+    return [(alt, score) for alt, score in found]
+
+
+async def test_index_shows_progress_to_the_end_lists_failures_and_adds_nothing_twice(
+    page: Page, gallery: WebApp
+) -> None:
+    await press_index(page, gallery, "done: stored 12, already stored 0, failed 1")
+    progress = page.locator("#index-progress")
+    assert await progress.get_attribute("value") == await progress.get_attribute("max") == "13"
+    await expect(page.locator("#index-failures")).to_contain_text(
+        "red/broken.jpg: IMAGE_UNREADABLE"
+    )
+    await page.screenshot(path=screenshot_path("index-done"), full_page=True)
+    # The page reloaded into the browse grid: every stored image, by id, with its label.
+    await expect(page.locator(".tile img")).to_have_count(12, timeout=WAIT_MS)
+    hover = await page.locator(".tile").first.get_attribute("title")
+    assert re.fullmatch(r"(red|green|blue) · \w+/\w+-\d\.(png|jpg)", hover or "")
+    await page.screenshot(path=screenshot_path("browse"), full_page=True)
+    await press_index(page, gallery, "done: stored 0, already stored 12, failed 1")
+    async with AsyncImageSearchClient(gallery.client.target) as client:
+        assert (await client.stats()).total == 12
+
+
+async def test_a_click_shows_the_image_first_at_1000_then_the_clients_own_ranking(
+    page: Page, gallery: WebApp
+) -> None:
+    await press_index(page, gallery, "done: stored 12")
+    await expect(page.locator(".tile img")).to_have_count(12, timeout=WAIT_MS)
+    first = await page.locator(".tile img").first.get_attribute("alt")
+    assert first
+    await page.locator(".tile img").first.click()
+    await expect(page).to_have_url(re.compile(rf"\?similar={first}"))
+    shown = await tiles(page)
+    assert shown[0] == (first, "1.000")
+    scores = [float(score) for _, score in shown]
+    assert scores == sorted(scores, reverse=True)
+    async with AsyncImageSearchClient(gallery.client.target) as client:
+        own = await client.query(id=first, top_k=12)
+    assert shown == [(m.id, f"{m.score:.3f}") for m in own]
+    await page.screenshot(path=screenshot_path("similar"), full_page=True)
+
+    await page.reload()
+    assert await tiles(page) == shown
+    second = shown[1][0]
+    await page.locator(f'.tile img[alt="{second}"]').click()
+    await expect(page).to_have_url(re.compile(rf"\?similar={second}"))
+    assert (await tiles(page))[0] == (second, "1.000")
+    await page.go_back()
+    await expect(page).to_have_url(re.compile(rf"\?similar={first}"))
+    assert await tiles(page) == shown
+
+
+async def test_upload_text_and_label_filter_search_without_storing(
+    page: Page, gallery: WebApp, tmp_path: Path
+) -> None:
+    await press_index(page, gallery, "done: stored 12")
+    upload = tmp_path / "outside.png"
+    upload.write_bytes(encode(picture("blue", shape=7), "PNG"))
+    await page.locator('input[type="file"][accept="image/*"]').set_input_files(upload)
+    await expect(page.locator("#heading")).to_contain_text("outside.png (not stored)")
+    shown = await tiles(page)
+    assert len(shown) == 12
+    assert all(re.fullmatch(r"-?\d\.\d{3}", score) for _, score in shown)
+    await page.screenshot(path=screenshot_path("upload"), full_page=True)
+
+    await page.locator('input[type="search"]').fill("a blue square")
+    await page.locator('input[type="search"]').press("Enter")
+    await expect(page).to_have_url(re.compile(r"text=a\+blue\+square"))
+    assert len(await tiles(page)) == 12
+    await page.screenshot(path=screenshot_path("text"), full_page=True)
+
+    await page.locator('input[name="label"]').fill("red")
+    await page.locator('input[type="search"]').press("Enter")
+    await expect(page).to_have_url(re.compile(r"label=red"))
+    labels = await page.locator(".tile .label").all_inner_texts()
+    assert labels == ["red"] * 4
+    async with AsyncImageSearchClient(gallery.client.target) as client:
+        assert (await client.stats()).total == 12  # the uploaded image was not stored
+
+
+async def test_refused_uploads_say_why(
+    page: Page, start_search_app: StartSearch, start_web: StartWeb, tmp_path: Path
+) -> None:
+    web = await start_web(await start_search_app(), max_upload_mb=1)
+    await press_index(page, web, "done: stored 12")
+    not_image = tmp_path / "notes.png"
+    not_image.write_bytes(b"plain text, not a picture")
+    await page.locator("#upload").set_input_files(not_image)
+    await expect(page.locator("#message")).to_contain_text("notes.png was refused")
+    await expect(page.locator("#message")).to_contain_text("IMAGE_UNREADABLE")
+    big = tmp_path / "big.bmp"
+    big.write_bytes(encode(picture("red", size=(800, 800)), "BMP"))  # ~1.9 MB
+    await page.locator("#upload").set_input_files(big)
+    await expect(page.locator("#message")).to_contain_text("at most 1 MB (WEB_MAX_UPLOAD_MB)")
+    # The server holds the same line when the page's own check is bypassed.
+    async with httpx.AsyncClient() as http:
+        reply = await http.post(web.url + "api/query-image", content=big.read_bytes())
+    assert reply.status_code == 413
+    assert "WEB_MAX_UPLOAD_MB" in reply.json()["error"]
+
+
+async def test_search_service_down_shows_a_banner_and_the_page_recovers(
+    page: Page, start_search_app: StartSearch, start_web: StartWeb, tmp_path: Path
+) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    search = await start_search_app(tmp_path / "data", addr=address)
+    web = await start_web(search)
+    await press_index(page, web, "done: stored 12")
+    await search.stop(0)
+    await page.goto(web.url)
+    banner = page.locator("#banner")
+    await expect(banner).to_be_visible()
+    await expect(banner).to_contain_text(f"search_service at {address} cannot be reached")
+    await page.screenshot(path=screenshot_path("search-service-down"), full_page=True)
+    await start_search_app(tmp_path / "data", addr=address)
+    await expect(banner).to_be_hidden(timeout=WAIT_MS)
+    await expect(page.locator(".tile img")).to_have_count(12, timeout=WAIT_MS)
+
+
+async def test_files_outside_the_root_are_never_served(
+    gallery: WebApp, root: Path, tmp_path: Path
+) -> None:
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(encode(picture("purple"), "PNG"))
+    (root / "escape.png").symlink_to(secret)
+    (root / "red" / "inner.png").symlink_to(root / "red" / "red-0.jpg")  # inside: fine
+    async with httpx.AsyncClient(base_url=gallery.url) as http:
+        ok = await http.get("thumb/red/red-0.jpg")
+        assert ok.status_code == 200
+        assert ok.headers["content-type"] == "image/jpeg"
+        assert len(ok.content) < 8000
+        assert (await http.get("thumb/red/inner.png")).status_code == 200
+        for path in (
+            "thumb/escape.png",
+            "thumb/..%2Fsecret.png",
+            "thumb/red/..%2F..%2Fsecret.png",
+            "thumb/%2E%2E/secret.png",
+            f"thumb/{secret}",
+            "thumb/red/missing.png",
+        ):
+            reply = await http.get(path)
+            assert reply.status_code == 404, path
+            assert reply.headers["content-type"].startswith("text/plain"), path
+
+
+async def test_thumbnails_are_upright_cifar_comes_from_the_archive_else_a_placeholder(
+    page: Page, start_search_app: StartSearch, start_web: StartWeb, root: Path, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    from tests.cifar import cifar10_archive
+
+    rotated = picture("green", size=(200, 100))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: shown rotated 90 degrees
+    (root / "green" / "sideways.jpg").write_bytes(encode(rotated, "JPEG", exif=exif.tobytes()))
+    archive = cifar10_archive(tmp_path / "cifar-10-python.tar.gz")
+    search = await start_search_app()
+    web = await start_web(search, cifar=(archive,))
+    async with httpx.AsyncClient(base_url=web.url) as http:
+        thumb = await http.get("thumb/green/sideways.jpg")
+        assert Image.open(__import__("io").BytesIO(thumb.content)).size == (80, 160)
+    from imagesearch_client.cli import run
+
+    assert (
+        await asyncio.to_thread(
+            run, ["--target", search.address, "index-cifar", str(archive), "--quiet"]
+        )
+        == 0
+    )
+    async with AsyncImageSearchClient(search.address) as client:
+        dimension = (await client.stats()).dimension
+        await client.upsert_vectors([VectorRecord("no-image", [1.0] * dimension)])
+    await page.goto(web.url)
+    images = page.locator(".tile img")
+    await expect(images.first).to_be_visible()
+    await page.wait_for_function(
+        "() => [...document.images].every(i => i.complete && i.naturalWidth > 0)"
+    )
+    sources: list[Any] = await images.evaluate_all(
+        "els => els.map(e => [e.alt, new URL(e.src).pathname])"
+    )
+    by_id = dict(sources)
+    assert by_id["no-image"] == "/static/placeholder.svg"
+    cifar = [src for alt, src in sources if alt.startswith("CIFAR10.")]
+    assert cifar
+    assert all(src.startswith("/cifar/CIFAR10.") for src in cifar)
+
+
+async def test_a_reachable_address_needs_a_password_and_the_page_asks_for_it(
+    start_search_app: StartSearch, root: Path
+) -> None:
+    with pytest.raises(WebConfigError, match="WEB_PASSWORD"):
+        WebSettings(root=root, addr="0.0.0.0:0").check()
+    search = await start_search_app()
+    web = WebApp(WebSettings(root=root, addr="127.0.0.1:0", password="s3cret"),
+                 AsyncImageSearchClient(search.address))  # fmt: skip
+    await web.start()
+    try:
+        async with httpx.AsyncClient(base_url=web.url) as http:
+            assert (await http.get("")).status_code == 401
+            assert (await http.get("", auth=("me", "wrong"))).status_code == 401
+            reply = await http.get("", auth=("me", "s3cret"))
+            assert reply.status_code == 200
+            assert "<button" in reply.text
+    finally:
+        await web.stop()
+
+
+async def test_with_tokens_the_gallery_sends_its_token_and_never_shows_it(
+    page: Page, start_search_app: StartSearch, start_web: StartWeb
+) -> None:
+    token = "gallery-token-0123456789abcdef"
+    search = await start_search_app(tokens=token)
+    web = await start_web(search, token=token)
+    await press_index(page, web, "done: stored 12")
+    await expect(page.locator(".tile img")).to_have_count(12, timeout=WAIT_MS)
+    assert token not in await page.content()
+    async with httpx.AsyncClient(base_url=web.url) as http:
+        for path in ("", "api/index", "api/health", "?text=red"):
+            assert token not in (await http.get(path)).text
+
+
+def test_the_process_refuses_a_reachable_address_without_a_password(root: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "WEB_PASSWORD"}
+    done = subprocess.run(
+        [sys.executable, "-m", "imagesearch_client.web", "--root", str(root),
+         "--addr", "0.0.0.0:0"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "set WEB_PASSWORD" in done.stderr
+    assert "Traceback" not in done.stderr
