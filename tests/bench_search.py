@@ -87,13 +87,33 @@ async def fill(data_dir: Path, model: ModelInfo, n: int, threshold: int) -> tupl
     return indexed, total, elapsed
 
 
-def latencies(client: ImageSearchClient, ids: list[str], **query: object) -> list[float]:
+def latencies(
+    client: ImageSearchClient,
+    ids: list[str],
+    answers: dict[str, list[str]] | None = None,
+    **query: object,
+) -> list[float]:
     out = []
     for record_id in ids:
         t = time.perf_counter()
-        client.query(id=record_id, top_k=10, **query)  # type: ignore[arg-type]
+        found = client.query(id=record_id, top_k=10, **query)  # type: ignore[arg-type]
         out.append((time.perf_counter() - t) * 1000)
+        if answers is not None:
+            answers[record_id] = [m.id for m in found]
     return out
+
+
+def recall(answers: dict[str, list[str]], vectors: np.ndarray, label: str | None = None) -> float:
+    """recall@10 of `answers` against brute force over `vectors` (ids v0..vN-1)."""
+    keep = np.arange(len(vectors))
+    if label is not None:
+        keep = keep[keep % 100 == int(label[1:])]
+    hits = 0
+    for record_id, got in answers.items():
+        scores = vectors[keep] @ vectors[int(record_id[1:])]
+        best = keep[np.argsort(-scores)[:10]]
+        hits += len({f"v{j}" for j in best} & set(got))
+    return hits / (10 * len(answers))
 
 
 def percentiles(ms: list[float]) -> str:
@@ -169,12 +189,17 @@ def main() -> None:
         with ImageSearchClient(search_addr) as client:
             client.wait_ready(300)
             latencies(client, ids[:20])  # warm-up
-            plain = latencies(client, ids)
-            filtered = latencies(client, ids, filter={"label": "l7"})
+            plain_answers: dict[str, list[str]] = {}
+            filtered_answers: dict[str, list[str]] = {}
+            plain = latencies(client, ids, plain_answers)
+            filtered = latencies(client, ids, filtered_answers, filter={"label": "l7"})
             hits = client.query(id=ids[0], top_k=10, filter={"label": "l7"})
             assert all(m.metadata["label"] == "l7" for m in hits)
-        print(f"query by id, top 10, unfiltered:     {percentiles(plain)}")
-        print(f"query by id, top 10, label filter 1%: {percentiles(filtered)}")
+        vectors = clustered_unit_vectors(args.vectors, model.dimension)
+        print(f"query by id, top 10, unfiltered:     {percentiles(plain)}, "
+              f"recall@10 {recall(plain_answers, vectors):.4f}")  # fmt: skip
+        print(f"query by id, top 10, label filter 1%: {percentiles(filtered)}, "
+              f"recall@10 {recall(filtered_answers, vectors, 'l7'):.4f}")  # fmt: skip
 
         export_file = work / "export.parquet"
         export_s = cli(search_addr, "export", str(export_file), "--quiet")
