@@ -45,6 +45,8 @@ from imagesearch_client.messages import FetchedRecord, VectorRecord
 FORMAT = 1
 META_KEY = b"imagesearch"
 ROW_GROUP = 10_000
+# Rows an import reads from the file at a time.
+READ_BATCH = 2_000
 LIST_PAGE = 1000
 # Per UpsertVectors request: the service takes 1000 records and 16 MiB by default.
 UPSERT_RECORDS = 1000
@@ -132,7 +134,9 @@ def export_records(
     rows = 0
     try:
         with pq.ParquetWriter(partial, table_schema, compression="zstd") as writer:
-            buffer: list[tuple[str, FetchedRecord]] = []
+            # Each page becomes Arrow columns at once (2 KB a record, not Python floats).
+            buffer: list[pa.Table] = []
+            buffered = 0
             for namespace in chosen:
                 for page in client.iter_pages(
                     namespace=_listed(namespace),
@@ -140,16 +144,18 @@ def export_records(
                     include_metadata=True,
                     include_values=True,
                 ):
-                    buffer += [(_listed(namespace), r) for r in page.records]
+                    buffer.append(_table([(_listed(namespace), r) for r in page.records],
+                                         table_schema))  # fmt: skip
+                    buffered += len(page.records)
                     if progress is not None:
                         progress(len(page.records))
-                    if len(buffer) >= ROW_GROUP:
-                        writer.write_table(_table(buffer, table_schema))
-                        rows += len(buffer)
-                        buffer = []
+                    if buffered >= ROW_GROUP:
+                        writer.write_table(pa.concat_tables(buffer))
+                        rows += buffered
+                        buffer, buffered = [], 0
             if buffer:
-                writer.write_table(_table(buffer, table_schema))
-                rows += len(buffer)
+                writer.write_table(pa.concat_tables(buffer))
+                rows += buffered
         os.replace(partial, out)
     finally:
         partial.unlink(missing_ok=True)
@@ -290,7 +296,7 @@ def _requests(path: Path, dimension: int, skip: int) -> Iterator[tuple[str, list
         raise ValueError(f"{path}: its vectors do not have the dimension its footer names")
     seen = 0
     namespace, batch, size = "", list[VectorRecord](), 0
-    for chunk in parquet.iter_batches(batch_size=ROW_GROUP):
+    for chunk in parquet.iter_batches(batch_size=READ_BATCH):
         if seen + chunk.num_rows <= skip:
             seen += chunk.num_rows
             continue
