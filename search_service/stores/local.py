@@ -7,20 +7,12 @@ Layout under `<DATA_DIR>/local/`:
     store.json        which model filled the store and which shard directory is current
     shard-NNNNNN/     the Qdrant Edge shard (segments + write-ahead log)
 
-How records become points and filters become Qdrant conditions is `local_layout.py`.
+How records become points is `local_layout.py`; how filters become Qdrant conditions,
+`local_filters.py`.
 A store of an older layout is migrated in place when it is opened (see `_migrate`).
 
-Index building. Qdrant Edge searches new points exactly until `optimize()` builds
-HNSW, and `optimize()` holds the GIL for its whole run (minutes at 100k vectors),
-which would freeze the event loop. So it never runs in this process: when enough
-unindexed points pile up, the shard is flushed and copied (writes wait for the
-copy, queries do not), a child process (`build_index.py`) optimizes the copy, and
-meanwhile every write is applied to the live shard and kept in a replay log. When
-the child is done, the copy is loaded, the log replayed into it, `store.json`
-switched to it atomically and the old shard closed once its last reader is gone.
-A crash at any point leaves `store.json` naming a complete shard; leftovers are
-removed at the next start. Once `store.json` names the new shard, nothing may
-delete it: a stop or an error after that point only leaves the old one behind.
+Index building: new points are searched exactly until a background build
+(`local_build.py`: copy, HNSW in a child process, replay, swap) has indexed them.
 """
 
 from __future__ import annotations
@@ -30,10 +22,9 @@ import json
 import logging
 import os
 import shutil
-import sys
 import uuid
-from collections.abc import Callable, Coroutine, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,6 +34,7 @@ import qdrant_edge as qe
 
 from search_service.errors import InvalidArgument, SearchError, StoreMisconfigured
 from search_service.filters import Condition, Metadata
+from search_service.stores import local_filters as filters
 from search_service.stores import local_layout as layout
 from search_service.stores.base import (
     Listed,
@@ -54,6 +46,7 @@ from search_service.stores.base import (
     Vector,
     check_same_model,
 )
+from search_service.stores.local_build import IndexBuilder
 
 log = logging.getLogger(__name__)
 
@@ -89,26 +82,51 @@ class LocalStore:
     ) -> None:
         """`on_build(ok, seconds)` is told of every background build that ends."""
         self._root = Path(data_dir) / "local"
-        self._on_build = on_build
-        self._index_threshold = index_threshold
         self._model: ModelInfo | None = None
         self._shard: qe.EdgeShard | None = None
         self._shard_name = ""
         self._readers: dict[int, int] = {}
         self._reader_left = asyncio.Event()
         self._write_lock = asyncio.Lock()
-        self._replay: list[qe.UpdateOperation] | None = None
-        self._build: asyncio.Task[None] | None = None
-        self._child: asyncio.subprocess.Process | None = None
-        self._build_floor = 0
         self._indexed_fields: set[str] = set()
-        self._closing = False
+        self._builder = IndexBuilder(self, threshold=index_threshold, on_build=on_build)
 
     # --- lifecycle ---------------------------------------------------------------------
 
     @property
     def model(self) -> ModelInfo | None:
         return self._model
+
+    # What the IndexBuilder works with (ShardOwner).
+
+    @property
+    def root(self) -> Path:
+        return self._root
+
+    @property
+    def write_lock(self) -> asyncio.Lock:
+        return self._write_lock
+
+    @property
+    def shard(self) -> qe.EdgeShard | None:
+        return self._shard
+
+    @property
+    def shard_name(self) -> str:
+        return self._shard_name
+
+    def named_in_meta(self) -> str | None:
+        meta = self._read_meta()
+        return meta[1] if meta is not None else None
+
+    async def install(self, name: str, shard: qe.EdgeShard) -> None:
+        assert self._model is not None
+        await asyncio.to_thread(self._write_meta, self._model, name)
+        old, old_name = self._shard, self._shard_name
+        self._shard, self._shard_name = shard, name
+        if old is not None:
+            await self._release(old)
+        await asyncio.to_thread(shutil.rmtree, self._root / old_name, True)
 
     async def open(self) -> ModelInfo | None:
         """Opens the store; StoreMisconfigured (naming the path) if it cannot be read."""
@@ -126,7 +144,7 @@ class LocalStore:
         log.info(
             "local store at %s: %d vectors of %s", self._root, self._points(), self._model.model_id
         )
-        self._maybe_build()
+        self._builder.maybe_start()
         return self._model
 
     async def bind(self, model: ModelInfo) -> None:
@@ -217,13 +235,7 @@ class LocalStore:
         log.info("created a local store in %s for %s", self._root, model.model_id)
 
     async def close(self) -> None:
-        self._closing = True
-        if self._build is not None:
-            if self._child is not None and self._child.returncode is None:
-                self._child.kill()
-            self._build.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._build
+        await self._builder.stop()
         async with self._write_lock:
             shard, self._shard = self._shard, None
             if shard is not None:
@@ -255,14 +267,16 @@ class LocalStore:
             await self._ensure_indexes(condition)
             await self._write(
                 qe.UpdateOperation.delete_points_by_filter(
-                    layout.namespace_filter(namespace, condition)
+                    filters.namespace_filter(namespace, condition)
                 )
             )
 
     async def delete_all(self, namespace: str) -> None:
         if self._shard is not None:
             await self._write(
-                qe.UpdateOperation.delete_points_by_filter(layout.namespace_filter(namespace, None))
+                qe.UpdateOperation.delete_points_by_filter(
+                    filters.namespace_filter(namespace, None)
+                )
             )
 
     async def _write(self, op: qe.UpdateOperation) -> None:
@@ -271,9 +285,8 @@ class LocalStore:
             # The WAL entry is written before update() returns: an answered write
             # survives the process being killed.
             await asyncio.to_thread(shard.update, op)
-            if self._replay is not None:
-                self._replay.append(op)
-        self._maybe_build()
+            self._builder.record(op)
+        self._builder.maybe_start()
 
     # --- reads ---------------------------------------------------------------------
 
@@ -293,7 +306,7 @@ class LocalStore:
         request = qe.QueryRequest(
             limit=top_k,
             query=qe.Query.Nearest(vector.astype(np.float32).tolist()),
-            filter=layout.namespace_filter(namespace, condition),
+            filter=filters.namespace_filter(namespace, condition),
             # Only the id unless metadata is wanted: each payload crosses from Rust whole.
             with_payload=True if include_metadata else ["id"],
             with_vector=include_values,
@@ -350,7 +363,7 @@ class LocalStore:
         request = qe.ScrollRequest(
             offset=offset,
             limit=limit,
-            filter=layout.listing_filter(namespace, prefix),
+            filter=filters.listing_filter(namespace, prefix),
             with_payload=True,
             with_vector=include_values,
         )
@@ -409,7 +422,7 @@ class LocalStore:
         """Indexes each filtered metadata key once, so the planner can pick exact search."""
         missing = {
             key: schema
-            for key, schema in layout.filtered_fields(condition)
+            for key, schema in filters.filtered_fields(condition)
             if key not in self._indexed_fields
         }
         for key, schema in missing.items():
@@ -428,111 +441,15 @@ class LocalStore:
 
     async def wait_for_index_build(self) -> None:
         """Returns when no background build is running (at once if none is)."""
-        while self._build is not None:
-            await asyncio.shield(self._build)
+        await self._builder.wait()
+
+    @property
+    def building(self) -> bool:
+        """Whether a background build is running."""
+        return self._builder.running
 
     def _points(self) -> int:
         return self._shard.info().points_count if self._shard is not None else 0
-
-    def _maybe_build(self) -> None:
-        if self._shard is None or self._closing or self._build is not None:
-            return
-        info = self._shard.info()
-        unindexed = info.points_count - info.indexed_vectors_count
-        if unindexed >= max(self._index_threshold, self._build_floor):
-            self._build = asyncio.create_task(self._build_index(), name="local-index-build")
-
-    async def _build_index(self) -> None:
-        source = self._require_shard()
-        target = self._next_shard_name()
-        started = asyncio.get_running_loop().time()
-        try:
-            async with self._write_lock:
-                await asyncio.to_thread(source.flush)
-                await asyncio.to_thread(
-                    shutil.copytree, self._root / self._shard_name, self._root / target
-                )
-                self._replay = []
-            log.info("building the HNSW index of %d vectors in the background", self._points())
-            self._child = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "search_service.stores.build_index",
-                str(self._root / target),
-                str(os.getpid()),
-            )
-            if await self._child.wait() != 0:
-                raise RuntimeError(f"the index builder exited with {self._child.returncode}")
-            indexed_before = source.info().indexed_vectors_count
-            await _uncancellable(self._switch_to(target))
-            info = self._require_shard().info()
-            # A build that indexed nothing new must not restart at once, forever.
-            progressed = info.indexed_vectors_count > indexed_before
-            unindexed = info.points_count - info.indexed_vectors_count
-            self._build_floor = 0 if progressed else unindexed + self._index_threshold
-            took = asyncio.get_running_loop().time() - started
-            log.info(
-                "HNSW index ready: %d of %d vectors indexed in %.0f s",
-                info.indexed_vectors_count,
-                info.points_count,
-                took,
-            )
-            if self._on_build is not None:
-                self._on_build(True, took)
-        except asyncio.CancelledError:
-            await asyncio.to_thread(self._discard, target)
-            raise
-        except Exception:
-            log.exception("building the index failed; queries stay exact, will retry later")
-            if self._on_build is not None:
-                self._on_build(False, asyncio.get_running_loop().time() - started)
-            self._build_floor = self._points() + self._index_threshold
-            await asyncio.to_thread(self._discard, target)
-        finally:
-            self._replay = None
-            self._child = None
-            self._build = None
-        # Writes made during the build may already call for the next one.
-        self._maybe_build()
-
-    def _discard(self, name: str) -> None:
-        """Removes an unfinished build's shard; never the one store.json names."""
-        meta = self._read_meta()
-        if name != self._shard_name and (meta is None or meta[1] != name):
-            shutil.rmtree(self._root / name, ignore_errors=True)
-
-    async def _switch_to(self, target: str) -> None:
-        """Loads the built copy, replays the writes made meanwhile, and makes it current.
-
-        Runs to its end once begun (see `_uncancellable`): a stop that lands between
-        store.json naming `target` and the old shard being removed must not leave the
-        store half-switched.
-        """
-        async with self._write_lock:
-            await self._switch_locked(target)
-
-    async def _switch_locked(self, target: str) -> None:
-        replay = self._replay or []
-        assert self._model is not None
-
-        def load_and_replay() -> qe.EdgeShard:
-            shard = qe.EdgeShard.load(str(self._root / target))
-            for op in replay:
-                shard.update(op)
-            shard.flush()
-            return shard
-
-        fresh = await asyncio.to_thread(load_and_replay)
-        await asyncio.to_thread(self._write_meta, self._model, target)
-        old, old_name = self._shard, self._shard_name
-        self._shard, self._shard_name = fresh, target
-        if old is not None:
-            await self._release(old)
-        await asyncio.to_thread(shutil.rmtree, self._root / old_name, True)
-
-    def _next_shard_name(self) -> str:
-        number = int(self._shard_name.rsplit("-", 1)[1]) + 1
-        return f"shard-{number:06d}"
 
     def _remove_leftovers(self) -> None:
         for path in self._root.glob("shard-*"):
@@ -594,23 +511,6 @@ def _shard_config(dimension: int) -> qe.EdgeConfig:
             type=qe.ScalarType.Int8, quantile=0.99, always_ram=True
         ),
     )
-
-
-async def _uncancellable(work: Coroutine[Any, Any, None]) -> None:
-    """Runs `work` to its end even if the caller is cancelled meanwhile, then re-raises."""
-    task = asyncio.ensure_future(work)
-    cancelled = False
-    while True:
-        try:
-            await asyncio.shield(task)
-            break
-        except asyncio.CancelledError:
-            if task.done():
-                break
-            cancelled = True
-    task.result()
-    if cancelled:
-        raise asyncio.CancelledError
 
 
 def _index_base_fields(shard: qe.EdgeShard) -> None:

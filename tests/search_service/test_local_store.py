@@ -66,11 +66,11 @@ async def test_queries_and_writes_stay_correct_while_the_index_builds_in_the_bac
         ]
         await store.upsert("", batch)
         stored.update({r.id: (r.values, dict(r.metadata)) for r in batch})
-    assert store._build is not None, "300 unindexed vectors should start a build"
+    assert store.building, "300 unindexed vectors should start a build"
 
     # While the child process builds, writes land in the live shard and the replay log.
     i = 600
-    while store._build is not None and i < 900:
+    while store.building and i < 900:
         record = Record(str(i), vectors[i], {"label": "late", "n": 1.0})
         await store.upsert("", [record])
         stored[record.id] = (record.values, dict(record.metadata))
@@ -275,7 +275,7 @@ async def test_a_stop_or_error_while_the_old_shard_closes_keeps_every_acknowledg
     vectors = unit_vectors(100, 6)
     records = [Record(str(i), vectors[i], {"n": float(i)}) for i in range(100)]
     await store.upsert("", records)
-    assert store._build is not None
+    assert store.building
     loop = asyncio.get_running_loop()
     releasing = asyncio.Event()
     real_close = local._flush_and_close

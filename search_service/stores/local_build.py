@@ -1,0 +1,213 @@
+"""Background HNSW builds of the local store: copy, build in a child, replay, swap.
+
+Qdrant Edge's `optimize()` holds the GIL for its whole run (minutes at 100k vectors), so
+it never runs in the serving process. When enough unindexed points pile up, the live
+shard is flushed and copied (writes wait for the copy, queries do not), a child process
+(`build_index.py`) optimizes the copy, and every write made meanwhile is applied to the
+live shard and kept in a replay log. When the child is done, the copy is loaded, the log
+replayed into it and the owner installs it (store.json names it, atomically; the old shard
+is closed once its last reader is gone). Once store.json names the new shard nothing may
+delete it: a stop or an error after that point only leaves the old one behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import qdrant_edge as qe
+
+log = logging.getLogger(__name__)
+
+BUILDER = (sys.executable, "-m", "search_service.stores.build_index")
+
+
+class ShardOwner(Protocol):
+    """What the builder needs from the store whose shard it rebuilds."""
+
+    @property
+    def root(self) -> Path: ...
+
+    @property
+    def write_lock(self) -> asyncio.Lock: ...
+
+    @property
+    def shard(self) -> qe.EdgeShard | None:
+        """The live shard (None once closed)."""
+        ...
+
+    @property
+    def shard_name(self) -> str: ...
+
+    def named_in_meta(self) -> str | None:
+        """The shard store.json names on disk now."""
+        ...
+
+    async def install(self, name: str, shard: qe.EdgeShard) -> None:
+        """Makes `shard` (the directory `name`) current; called with write_lock held."""
+        ...
+
+
+class IndexBuilder:
+    """Runs at most one background build at a time for `owner`."""
+
+    def __init__(
+        self,
+        owner: ShardOwner,
+        *,
+        threshold: int,
+        on_build: Callable[[bool, float], None] | None = None,
+        command: Sequence[str] = BUILDER,
+    ) -> None:
+        """`threshold`: unindexed points that start a build. `on_build(ok, seconds)` is told
+        of every build that ends. `command` + [shard dir, parent pid] is the child."""
+        self._owner = owner
+        self._threshold = threshold
+        self._on_build = on_build
+        self._command = tuple(command)
+        self._replay: list[qe.UpdateOperation] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._child: asyncio.subprocess.Process | None = None
+        self._floor = 0
+        self._stopped = False
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None
+
+    def record(self, op: qe.UpdateOperation) -> None:
+        """Keeps a write made to the live shard, for the shard being built."""
+        if self._replay is not None:
+            self._replay.append(op)
+
+    def maybe_start(self) -> None:
+        shard = self._owner.shard
+        if shard is None or self._stopped or self._task is not None:
+            return
+        info = shard.info()
+        unindexed = info.points_count - info.indexed_vectors_count
+        if unindexed >= max(self._threshold, self._floor):
+            self._task = asyncio.create_task(self._build(), name="local-index-build")
+
+    async def wait(self) -> None:
+        """Returns when no build is running (at once if none is)."""
+        while self._task is not None:
+            await asyncio.shield(self._task)
+
+    async def stop(self) -> None:
+        """Kills a running build (its copy is removed) and starts no more."""
+        self._stopped = True
+        if self._task is not None:
+            if self._child is not None and self._child.returncode is None:
+                self._child.kill()
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _build(self) -> None:
+        owner = self._owner
+        source = _require(owner.shard)
+        target = _next_name(owner.shard_name)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            async with owner.write_lock:
+                await asyncio.to_thread(source.flush)
+                await asyncio.to_thread(
+                    shutil.copytree, owner.root / owner.shard_name, owner.root / target
+                )
+                self._replay = []
+            log.info("building the HNSW index of %d vectors in the background",
+                     source.info().points_count)  # fmt: skip
+            self._child = await asyncio.create_subprocess_exec(
+                *self._command, str(owner.root / target), str(os.getpid())
+            )
+            if await self._child.wait() != 0:
+                raise RuntimeError(f"the index builder exited with {self._child.returncode}")
+            indexed_before = source.info().indexed_vectors_count
+            await _uncancellable(self._switch_to(target))
+            info = _require(owner.shard).info()
+            # A build that indexed nothing new must not restart at once, forever.
+            progressed = info.indexed_vectors_count > indexed_before
+            unindexed = info.points_count - info.indexed_vectors_count
+            self._floor = 0 if progressed else unindexed + self._threshold
+            took = loop.time() - started
+            log.info("HNSW index ready: %d of %d vectors indexed in %.0f s",
+                     info.indexed_vectors_count, info.points_count, took)  # fmt: skip
+            if self._on_build is not None:
+                self._on_build(True, took)
+        except asyncio.CancelledError:
+            await asyncio.to_thread(self._discard, target)
+            raise
+        except Exception:
+            log.exception("building the index failed; queries stay exact, will retry later")
+            if self._on_build is not None:
+                self._on_build(False, loop.time() - started)
+            shard = owner.shard
+            self._floor = (shard.info().points_count if shard else 0) + self._threshold
+            await asyncio.to_thread(self._discard, target)
+        finally:
+            self._replay = None
+            self._child = None
+            self._task = None
+        # Writes made during the build may already call for the next one.
+        self.maybe_start()
+
+    def _discard(self, name: str) -> None:
+        """Removes an unfinished build's shard; never the one store.json names."""
+        if name != self._owner.shard_name and self._owner.named_in_meta() != name:
+            shutil.rmtree(self._owner.root / name, ignore_errors=True)
+
+    async def _switch_to(self, target: str) -> None:
+        """Loads the built copy, replays the writes made meanwhile, and installs it.
+
+        Runs to its end once begun (see `_uncancellable`): a stop that lands between
+        store.json naming `target` and the old shard being removed must not leave the
+        store half-switched.
+        """
+        async with self._owner.write_lock:
+            replay = self._replay or []
+            path = self._owner.root / target
+
+            def load_and_replay() -> qe.EdgeShard:
+                shard = qe.EdgeShard.load(str(path))
+                for op in replay:
+                    shard.update(op)
+                shard.flush()
+                return shard
+
+            fresh = await asyncio.to_thread(load_and_replay)
+            await self._owner.install(target, fresh)
+
+
+def _next_name(name: str) -> str:
+    number = int(name.rsplit("-", 1)[1]) + 1
+    return f"shard-{number:06d}"
+
+
+def _require(shard: qe.EdgeShard | None) -> qe.EdgeShard:
+    if shard is None:
+        raise RuntimeError("the local store is not open")
+    return shard
+
+
+async def _uncancellable(work: Coroutine[Any, Any, None]) -> None:
+    """Runs `work` to its end even if the caller is cancelled meanwhile, then re-raises."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while True:
+        try:
+            await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.done():
+                break
+            cancelled = True
+    task.result()
+    if cancelled:
+        raise asyncio.CancelledError

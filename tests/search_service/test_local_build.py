@@ -1,0 +1,131 @@
+"""IndexBuilder on its own: a real Qdrant Edge shard and a minimal owner in place of
+LocalStore, and the real child process (or one that fails or hangs)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import qdrant_edge as qe
+
+from search_service.stores import local
+from search_service.stores.local_build import IndexBuilder
+
+DIMENSION = 16
+
+
+def shards(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir())
+
+
+def appears(path: Path, timeout_s: float = 30.0) -> None:
+    """Returns once `path` exists (the builder has copied the shard: the child runs)."""
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+
+
+class Owner:
+    """Holds one shard as LocalStore does; `meta` stands for what store.json names."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.write_lock = asyncio.Lock()
+        self.shard_name = "shard-000001"
+        self.shard: qe.EdgeShard | None = qe.EdgeShard.create(
+            str(root / self.shard_name), local._shard_config(DIMENSION)
+        )
+        self.meta = self.shard_name
+        self.installed: list[str] = []
+
+    def named_in_meta(self) -> str | None:
+        return self.meta
+
+    async def install(self, name: str, shard: qe.EdgeShard) -> None:
+        assert self.write_lock.locked(), "install runs under the write lock"
+        old, old_name = self.shard, self.shard_name
+        self.meta, self.shard, self.shard_name = name, shard, name
+        self.installed.append(name)
+        if old is not None:
+            old.close()
+        shutil.rmtree(self.root / old_name)
+
+    def write(self, builder: IndexBuilder, count: int, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        op = qe.UpdateOperation.upsert_points(
+            [
+                qe.Point(str(uuid.uuid4()), rng.normal(size=DIMENSION).tolist(), {"n": i})
+                for i in range(count)
+            ]
+        )
+        assert self.shard is not None
+        self.shard.update(op)
+        builder.record(op)
+
+
+async def test_a_build_indexes_a_copy_replays_the_writes_made_meanwhile_and_swaps(
+    tmp_path: Path,
+) -> None:
+    owner = Owner(tmp_path)
+    builds: list[bool] = []
+    builder = IndexBuilder(owner, threshold=200, on_build=lambda ok, _: builds.append(ok))
+    owner.write(builder, 150, seed=0)
+    builder.maybe_start()
+    assert not builder.running, "150 unindexed points are under the threshold"
+    owner.write(builder, 150, seed=1)
+    builder.maybe_start()
+    assert builder.running
+    owner.write(builder, 40, seed=2)  # while the child builds: kept for the replay
+    await builder.wait()
+    assert builds == [True]
+    assert owner.installed == ["shard-000002"]
+    assert not (tmp_path / "shard-000001").exists()
+    assert owner.shard is not None
+    info = owner.shard.info()
+    assert info.points_count == 340
+    assert info.indexed_vectors_count >= 300
+
+
+async def test_a_failed_child_keeps_the_live_shard_removes_its_copy_and_does_not_loop(
+    tmp_path: Path,
+) -> None:
+    owner = Owner(tmp_path)
+    builds: list[bool] = []
+    failing = (sys.executable, "-c", "import sys; sys.exit(3)")
+    builder = IndexBuilder(owner, threshold=100, on_build=lambda ok, _: builds.append(ok),
+                           command=failing)  # fmt: skip
+    owner.write(builder, 120, seed=0)
+    builder.maybe_start()
+    await builder.wait()
+    assert builds == [False]
+    assert owner.installed == []
+    assert owner.shard_name == "shard-000001"
+    assert shards(tmp_path) == ["shard-000001"]
+    builder.maybe_start()
+    assert not builder.running, "no retry until another threshold's worth of writes"
+    owner.write(builder, 100, seed=1)
+    builder.maybe_start()
+    assert builder.running
+    await builder.wait()
+    assert builds == [False, False]
+
+
+async def test_stop_kills_a_running_child_and_leaves_only_the_live_shard(tmp_path: Path) -> None:
+    owner = Owner(tmp_path)
+    hanging = (sys.executable, "-c", "import time; time.sleep(120)")
+    builder = IndexBuilder(owner, threshold=10, command=hanging)
+    owner.write(builder, 20, seed=0)
+    builder.maybe_start()
+    await asyncio.to_thread(appears, tmp_path / "shard-000002")
+    await asyncio.wait_for(builder.stop(), 10)
+    assert not builder.running
+    assert shards(tmp_path) == ["shard-000001"]
+    owner.write(builder, 20, seed=1)
+    builder.maybe_start()
+    assert not builder.running, "a stopped builder starts nothing"
