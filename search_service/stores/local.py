@@ -141,6 +141,7 @@ class LocalStore:
             await asyncio.to_thread(self._migrate, shard, version)
         await asyncio.to_thread(_index_base_fields, shard)
         self._indexed_fields = set(shard.info().payload_schema)
+        self._builder.pending = self._read_pending()
         log.info(
             "local store at %s: %d vectors of %s", self._root, self._points(), self._model.model_id
         )
@@ -240,6 +241,11 @@ class LocalStore:
             shard, self._shard = self._shard, None
             if shard is not None:
                 await self._release(shard)
+                if self._model is not None and self._builder.pending:
+                    # Kept across a restart; a crash loses it (the next writes count anew).
+                    await asyncio.to_thread(
+                        self._write_meta, self._model, self._shard_name, self._builder.pending
+                    )
 
     # --- writes --------------------------------------------------------------------
 
@@ -253,7 +259,7 @@ class LocalStore:
             for r in records
         ]
         if points:
-            await self._write(qe.UpdateOperation.upsert_points(points))
+            await self._write(qe.UpdateOperation.upsert_points(points), upserted=len(points))
         return {}  # one write: all stored, or it raised
 
     async def delete_ids(self, namespace: str, ids: Sequence[str]) -> None:
@@ -279,13 +285,13 @@ class LocalStore:
                 )
             )
 
-    async def _write(self, op: qe.UpdateOperation) -> None:
+    async def _write(self, op: qe.UpdateOperation, *, upserted: int = 0) -> None:
         async with self._write_lock:
             shard = self._require_shard()
             # The WAL entry is written before update() returns: an answered write
             # survives the process being killed.
             await asyncio.to_thread(shard.update, op)
-            self._builder.record(op)
+            self._builder.record(op, upserted=upserted)
         self._builder.maybe_start()
 
     # --- reads ---------------------------------------------------------------------
@@ -481,11 +487,22 @@ class LocalStore:
             )
         return model, shard, version
 
-    def _write_meta(self, model: ModelInfo, shard: str) -> None:
+    def _read_pending(self) -> int:
+        """Upserts not yet in any build when the store was last closed (0 if unknown)."""
+        try:
+            pending = json.loads((self._root / "store.json").read_text()).get("pending", 0)
+        except (OSError, ValueError):
+            return 0
+        return pending if isinstance(pending, int) and pending > 0 else 0
+
+    def _write_meta(self, model: ModelInfo, shard: str, pending: int = 0) -> None:
         path = self._root / "store.json"
         tmp = path.with_suffix(".tmp")
+        meta = {"format": FORMAT, "model": asdict(model), "shard": shard}
+        if pending:
+            meta["pending"] = pending
         with tmp.open("w") as f:
-            json.dump({"format": FORMAT, "model": asdict(model), "shard": shard}, f, indent=2)
+            json.dump(meta, f, indent=2)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -76,13 +76,20 @@ class IndexBuilder:
         self._child: asyncio.subprocess.Process | None = None
         self._floor = 0
         self._stopped = False
+        # Points upserted since the last build began. Qdrant's indexed_vectors_count keeps
+        # counting a point's old, overwritten version in the indexed segment, so overwrites
+        # never show as unindexed there: without this count, re-upserting a store's records
+        # would leave them all in the unindexed segment, searched by full scan, for good.
+        self.pending = 0
 
     @property
     def running(self) -> bool:
         return self._task is not None
 
-    def record(self, op: qe.UpdateOperation) -> None:
-        """Keeps a write made to the live shard, for the shard being built."""
+    def record(self, op: qe.UpdateOperation, *, upserted: int = 0) -> None:
+        """Notes a write made to the live shard (`upserted` points), for the next build
+        and, while one runs, for the shard being built."""
+        self.pending += upserted
         if self._replay is not None:
             self._replay.append(op)
 
@@ -91,8 +98,8 @@ class IndexBuilder:
         if shard is None or self._stopped or self._task is not None:
             return
         info = shard.info()
-        unindexed = info.points_count - info.indexed_vectors_count
-        if unindexed >= max(self._threshold, self._floor):
+        gap = info.points_count - info.indexed_vectors_count
+        if self.pending >= self._threshold or gap >= max(self._threshold, self._floor):
             self._task = asyncio.create_task(self._build(), name="local-index-build")
 
     async def wait(self) -> None:
@@ -115,6 +122,7 @@ class IndexBuilder:
         target = _next_name(owner.shard_name)
         loop = asyncio.get_running_loop()
         started = loop.time()
+        taken = 0
         try:
             async with owner.write_lock:
                 await asyncio.to_thread(source.flush)
@@ -122,6 +130,7 @@ class IndexBuilder:
                     shutil.copytree, owner.root / owner.shard_name, owner.root / target
                 )
                 self._replay = []
+                taken, self.pending = self.pending, 0
             log.info("building the HNSW index of %d vectors in the background",
                      source.info().points_count)  # fmt: skip
             self._child = await asyncio.create_subprocess_exec(
@@ -142,6 +151,7 @@ class IndexBuilder:
             if self._on_build is not None:
                 self._on_build(True, took)
         except asyncio.CancelledError:
+            self.pending += taken
             await asyncio.to_thread(self._discard, target)
             raise
         except Exception:
@@ -150,6 +160,8 @@ class IndexBuilder:
                 self._on_build(False, loop.time() - started)
             shard = owner.shard
             self._floor = (shard.info().points_count if shard else 0) + self._threshold
+            # What it took stays unindexed and uncounted: the next try waits for the
+            # floor, or for another threshold's worth of upserts, not at once, forever.
             await asyncio.to_thread(self._discard, target)
         finally:
             self._replay = None

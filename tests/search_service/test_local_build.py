@@ -56,17 +56,25 @@ class Owner:
             old.close()
         shutil.rmtree(self.root / old_name)
 
-    def write(self, builder: IndexBuilder, count: int, seed: int) -> None:
+    def write(
+        self, builder: IndexBuilder, count: int, seed: int, *, first: int | None = None
+    ) -> None:
+        """Upserts `count` points: new ids, or ids `first`.. again when given."""
         rng = np.random.default_rng(seed)
+        ids = (
+            [str(uuid.UUID(int=first + i + 1)) for i in range(count)]
+            if first is not None
+            else [str(uuid.uuid4()) for _ in range(count)]
+        )
         op = qe.UpdateOperation.upsert_points(
             [
-                qe.Point(str(uuid.uuid4()), rng.normal(size=DIMENSION).tolist(), {"n": i})
-                for i in range(count)
+                qe.Point(point, rng.normal(size=DIMENSION).tolist(), {"n": i})
+                for i, point in enumerate(ids)
             ]
         )
         assert self.shard is not None
         self.shard.update(op)
-        builder.record(op)
+        builder.record(op, upserted=count)
 
 
 async def test_a_build_indexes_a_copy_replays_the_writes_made_meanwhile_and_swaps(
@@ -129,3 +137,50 @@ async def test_stop_kills_a_running_child_and_leaves_only_the_live_shard(tmp_pat
     owner.write(builder, 20, seed=1)
     builder.maybe_start()
     assert not builder.running, "a stopped builder starts nothing"
+
+
+async def test_overwriting_indexed_points_starts_a_build(tmp_path: Path) -> None:
+    """Qdrant counts an overwritten point as indexed still: the builder counts upserts."""
+    owner = Owner(tmp_path)
+    builder = IndexBuilder(owner, threshold=200)
+    owner.write(builder, 300, seed=0, first=0)
+    builder.maybe_start()
+    await builder.wait()
+    assert owner.shard is not None
+    info = owner.shard.info()
+    assert info.points_count - info.indexed_vectors_count < 200, "Qdrant sees no gap"
+    owner.write(builder, 300, seed=1, first=0)  # the same 300 ids, new vectors
+    assert owner.shard.info().points_count == 300
+    builder.maybe_start()
+    assert builder.running
+    await builder.wait()
+    assert owner.installed == ["shard-000002", "shard-000003"]
+
+
+async def test_upserts_not_yet_indexed_are_remembered_across_a_restart(tmp_path: Path) -> None:
+    from search_service.stores.base import ModelInfo, Record
+    from search_service.stores.local import LocalStore
+
+    model = ModelInfo("tests/tiny", DIMENSION, "f" * 32)
+
+    def records(seed: int, count: int = 150) -> list[Record]:
+        vectors = np.random.default_rng(seed).normal(size=(count, DIMENSION)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        return [Record(f"r{i}", vectors[i]) for i in range(count)]
+
+    store = LocalStore(tmp_path, index_threshold=200)
+    await store.open()
+    await store.bind(model)
+    await store.upsert("", records(0))
+    await store.upsert("", records(1))  # 300 upserts of 150 ids: a build
+    assert store.building
+    await store.wait_for_index_build()
+    await store.upsert("", records(2))  # 150 overwrites: under the threshold
+    assert not store.building
+    await store.close()
+    store = LocalStore(tmp_path, index_threshold=200)
+    await store.open()
+    await store.upsert("", records(3, count=60))  # 150 remembered + 60: a build
+    assert store.building
+    await store.wait_for_index_build()
+    await store.close()
