@@ -44,22 +44,23 @@ class Listing:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
             version, store, namespace, prefix, cursor = json.loads(raw)
         except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
-            raise _refused("is not a page token of ListRecords") from None
+            raise refused("is not a page token of ListRecords") from None
         if version != VERSION or store != self.store:
-            raise _refused(
+            raise refused(
                 f"was issued by another version or store (this service runs the {self.store} store)"
             )
         if (namespace, prefix) != (self.namespace, self.prefix):
-            raise _refused(
+            raise refused(
                 f"continues the listing of namespace {namespace!r} with prefix {prefix!r}, "
                 f"not of namespace {self.namespace!r} with prefix {self.prefix!r}"
             )
         if not isinstance(cursor, str) or not cursor:
-            raise _refused("is damaged")
+            raise refused("is damaged")
         return cursor
 
 
-def _refused(why: str) -> InvalidArgument:
+def refused(why: str) -> InvalidArgument:
+    """The INVALID_ARGUMENT for a page token (or the store cursor inside one) that `why`."""
     return InvalidArgument(
         f"page_token {why}; pass the next_page_token of the previous page of the same "
         'listing, or "" to start again',

@@ -159,18 +159,22 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         reply = pb.ListRecordsResponse(namespace=request.namespace)
         size = 0
         for record, token in zip(page.records, page.tokens, strict=True):
-            message = pb.VectorRecord(
-                id=record.id,
-                values=record.values.tolist() if record.values is not None else [],
-                metadata=_struct(record.metadata) if record.metadata is not None else None,
+            message = (
+                pb.VectorRecord(
+                    id=record.id,
+                    values=record.values.tolist() if record.values is not None else [],
+                    metadata=_struct(record.metadata) if record.metadata is not None else None,
+                )
+                if detailed
+                else None
             )
-            size += message.ByteSize() + 8 if detailed else len(record.id) + 4
+            size += len(record.id) + 4 + (message.ByteSize() + 8 if message is not None else 0)
             # A page is cut short rather than overflow the reply; its token resumes after
             # the last record sent. The first record always goes: one fits by the limits.
             if size > self._reply_budget and reply.ids:
                 break
             reply.ids.append(record.id)
-            if detailed:
+            if message is not None:
                 reply.records.append(message)
             reply.next_page_token = token
         return reply

@@ -123,10 +123,6 @@ class RecordPage:
     records: list[Listed]
     tokens: list[str]
 
-    @property
-    def next_page_token(self) -> str:
-        return self.tokens[-1] if self.tokens else ""
-
 
 class SearchService:
     def __init__(self, store: VectorStore, embedder: Embedder) -> None:

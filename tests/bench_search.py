@@ -40,20 +40,30 @@ from tests.bench import CACHE, photos
 from tests.tiny_clip import build_clip
 
 
-def start(module: str, env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """Starts `python -m module`, logging to `log`; returns it and the address it took."""
+def start(
+    module: str,
+    env: dict[str, str],
+    log: Path,
+    *,
+    argv: tuple[str, ...] = (),
+    name: str | None = None,
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Starts `python -m module *argv`, logging to `log`; returns it and the address its
+    "<name> listening on ADDRESS" line gives (name: the module's, unless given)."""
+    name = name or module
     # Only what this process logs: an earlier one's "listening on" in the same log is not it.
     offset = log.stat().st_size if log.exists() else 0
     sink = log.open("ab")
     process = subprocess.Popen(
-        [sys.executable, "-m", module], env={**os.environ, **env}, stderr=sink, stdout=sink
-    )
+        [sys.executable, "-m", module, *argv], env={**os.environ, **env}, stderr=sink,
+        stdout=sink,
+    )  # fmt: skip
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         with log.open("rb") as f:
             f.seek(offset)
             text = f.read().decode(errors="replace")
-        if found := re.search(rf"{module} listening on (\S+)", text):
+        if found := re.search(rf"{name} listening on (\S+)", text):
             return process, found.group(1)
         if process.poll() is not None:
             raise SystemExit(f"{module} exited:\n{log.read_text()}")

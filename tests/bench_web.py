@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import re
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -29,7 +27,7 @@ from imagesearch_client import ImageSearchClient
 from PIL import Image, ImageDraw
 
 from tests.bench import CACHE
-from tests.bench_search import start
+from tests.bench_search import cli, start
 from tests.tiny_clip import build_clip
 from tests.web.conftest import CHROMIUM, HEADLESS_FLAGS
 
@@ -81,20 +79,14 @@ def main() -> None:
         with ImageSearchClient(search_addr) as client:
             client.wait_ready(300)
             started = time.perf_counter()
-            subprocess.run(
-                [sys.executable, "-m", "imagesearch_client.cli", "--target", search_addr,
-                 "index", str(folder), "--label-from-dir", "--quiet"],
-                check=True, stdout=subprocess.DEVNULL,
-            )  # fmt: skip
+            cli(search_addr, "index", str(folder), "--label-from-dir", "--quiet")
             stored = client.stats().total
         print(f"indexed {stored} images in {time.perf_counter() - started:.0f} s")
-        web = subprocess.Popen(
-            [sys.executable, "-m", "imagesearch_client.web", "--root", str(folder),
-             "--target", search_addr, "--addr", "127.0.0.1:0"],
-            stderr=log.open("ab"), stdout=subprocess.DEVNULL,
+        web, url = start(
+            "imagesearch_client.web", {"WEB_ADDR": "127.0.0.1:0"}, log,
+            argv=("--root", str(folder), "--target", search_addr), name="imagesearch web",
         )  # fmt: skip
         processes.append(web)
-        url = wait_for_url(log)
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=HEADLESS_FLAGS)
             page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -127,17 +119,6 @@ def main() -> None:
         for process in reversed(processes):
             process.terminate()
             process.wait(60)
-
-
-def wait_for_url(log: Path) -> str:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if found := re.search(
-            r"imagesearch web listening on (\S+)", log.read_text(errors="replace")
-        ):
-            return found.group(1)
-        time.sleep(0.2)
-    raise SystemExit(f"the gallery did not start:\n{log.read_text()}")
 
 
 if __name__ == "__main__":

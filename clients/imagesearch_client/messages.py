@@ -16,6 +16,8 @@ from imagesearch.status import code_name, reason_of
 from imagesearch.v1 import search_service_pb2 as pb
 
 DEFAULT_TARGET = "127.0.0.1:50052"
+# DescribeStats reports the default namespace ("") under Pinecone's name for it.
+DEFAULT_NAMESPACE = "__default__"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -245,6 +247,16 @@ def stats(reply: pb.DescribeStatsResponse) -> Stats:
         model_fingerprint=reply.model_fingerprint,
         store=reply.store,
     )
+
+
+def listed_name(reported: str) -> str:
+    """The namespace to pass to calls for a name DescribeStats reports."""
+    return "" if reported == DEFAULT_NAMESPACE else reported
+
+
+def reported_name(namespace: str) -> str:
+    """The name DescribeStats reports `namespace` under."""
+    return namespace or DEFAULT_NAMESPACE
 
 
 def not_ready(target: str, timeout_s: float) -> str:

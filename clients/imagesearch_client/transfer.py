@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 
 from imagesearch_client.client import ImageSearchClient
 from imagesearch_client.errors import FailedPrecondition
-from imagesearch_client.messages import FetchedRecord, VectorRecord
+from imagesearch_client.messages import FetchedRecord, VectorRecord, listed_name, reported_name
 
 FORMAT = 1
 META_KEY = b"imagesearch"
@@ -52,7 +52,6 @@ LIST_PAGE = 1000
 UPSERT_RECORDS = 1000
 UPSERT_BYTES = 4 * 1024 * 1024
 IN_FLIGHT = 4
-DEFAULT_NAMESPACE = "__default__"
 
 Progress = Callable[[int], object]
 
@@ -118,7 +117,7 @@ def export_records(
     if not stats.model_fingerprint:
         raise ValueError(f"the store at {client.target} is empty: there is nothing to export")
     chosen = list(namespaces) or sorted(stats.namespaces)
-    counts = {ns: stats.namespaces.get(_reported(ns), 0) for ns in chosen}
+    counts = {ns: stats.namespaces.get(reported_name(ns), 0) for ns in chosen}
     if total is not None:
         total(sum(counts.values()))
     info = {
@@ -139,12 +138,12 @@ def export_records(
             buffered = 0
             for namespace in chosen:
                 for page in client.iter_pages(
-                    namespace=_listed(namespace),
+                    namespace=listed_name(namespace),
                     page_size=LIST_PAGE,
                     include_metadata=True,
                     include_values=True,
                 ):
-                    buffer.append(_table([(_listed(namespace), r) for r in page.records],
+                    buffer.append(_table([(listed_name(namespace), r) for r in page.records],
                                          table_schema))  # fmt: skip
                     buffered += len(page.records)
                     if progress is not None:
@@ -325,11 +324,3 @@ def _requests(path: Path, dimension: int, skip: int) -> Iterator[tuple[str, list
 
 def _json(metadata: dict[str, Any]) -> str:
     return json.dumps(metadata, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-
-
-def _listed(namespace: str) -> str:
-    return "" if namespace == DEFAULT_NAMESPACE else namespace
-
-
-def _reported(namespace: str) -> str:
-    return namespace or DEFAULT_NAMESPACE

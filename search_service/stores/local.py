@@ -32,8 +32,9 @@ from typing import Any, TypeVar
 import numpy as np
 import qdrant_edge as qe
 
-from search_service.errors import InvalidArgument, SearchError, StoreMisconfigured
+from search_service.errors import SearchError, StoreMisconfigured
 from search_service.filters import Condition, Metadata
+from search_service.paging import refused
 from search_service.stores import local_filters as filters
 from search_service.stores import local_layout as layout
 from search_service.stores.base import (
@@ -544,12 +545,7 @@ def _point_cursor(cursor: str) -> str:
     try:
         return str(uuid.UUID(cursor))
     except ValueError:
-        raise InvalidArgument(
-            "page_token does not continue a listing of this store; start again with an "
-            "empty page_token",
-            field="page_token",
-            reason="INVALID_PAGE_TOKEN",
-        ) from None
+        raise refused("does not continue a listing of this store") from None
 
 
 def _flush_and_close(shard: qe.EdgeShard) -> None:

@@ -54,6 +54,7 @@ from search_service.errors import (
     Unavailable,
 )
 from search_service.filters import DEFAULT_NAMESPACE, Condition, Metadata, to_filter
+from search_service.paging import refused
 from search_service.stores.base import (
     Listed,
     ListedPage,
@@ -588,12 +589,7 @@ def _list_cursor(cursor: str) -> tuple[str | None, str]:
             return token, after
     except (ValueError, TypeError):
         pass
-    raise InvalidArgument(
-        "page_token does not continue a listing of this store; start again with an empty "
-        "page_token",
-        field="page_token",
-        reason="INVALID_PAGE_TOKEN",
-    )
+    raise refused("does not continue a listing of this store")
 
 
 def _metadata(raw: Mapping[str, Any] | None) -> Metadata:

@@ -39,6 +39,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from imagesearch_client.aio import AsyncImageSearchClient
 from imagesearch_client.errors import ImageSearchError, NotFound, Unavailable
+from imagesearch_client.messages import listed_name, reported_name
 from imagesearch_client.web.config import WebConfigError, WebSettings
 from imagesearch_client.web.files import CifarImages, Thumbnails
 from imagesearch_client.web.jobs import IndexJob
@@ -80,7 +81,7 @@ class Gallery:
         )
         try:
             stats = await self.client.stats()
-            page.namespaces = sorted(_listed(ns) for ns in stats.namespaces) or [""]
+            page.namespaces = sorted(listed_name(ns) for ns in stats.namespaces) or [""]
             if view.namespace not in page.namespaces and len(page.namespaces) == 1:
                 view.namespace = page.namespaces[0]
             page.labels = await self._labels_of(view.namespace)
@@ -98,7 +99,7 @@ class Gallery:
                     include_metadata=True,
                 )
                 page.heading = (
-                    f"{stats.namespaces.get(_reported(view.namespace), 0)} images"
+                    f"{stats.namespaces.get(reported_name(view.namespace), 0)} images"
                     if listing.records
                     else "Nothing is stored yet: press Index"
                 )
@@ -356,14 +357,6 @@ def _image(data: bytes | None, missing: str) -> Response:
     return Response(
         data, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=3600"}
     )
-
-
-def _listed(namespace: str) -> str:
-    return "" if namespace == "__default__" else namespace
-
-
-def _reported(namespace: str) -> str:
-    return namespace or "__default__"
 
 
 # --- the process -------------------------------------------------------------------------
