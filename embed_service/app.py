@@ -80,6 +80,9 @@ class EmbedApp:
                 device=s.device,
                 precision=s.precision,
                 threads=s.torch_threads,
+                backend=s.backend,
+                cache_dir=s.cache_dir,
+                probe_batch=min(s.model_batch_size, 16),
             )
         )
         engine = EmbedEngine(model, s, self.metrics)

@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
+Backend = Literal["auto", "torch", "onnx"]
 
 
 class EmbedSettings(BaseSettings):
@@ -24,12 +25,28 @@ class EmbedSettings(BaseSettings):
         description="A Hugging Face hub id or a local directory saved with save_pretrained.",
     )
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
+    backend: Backend = Field(
+        default="auto",
+        description=(
+            "torch, onnx (ONNX Runtime on towers exported once into EMBED_CACHE_DIR), or auto: "
+            "at start-up, race the runtimes and precisions this machine has on a probe batch "
+            "and keep the fastest within cosine 0.999 of torch fp32 (the verdict is cached)."
+        ),
+    )
     precision: Precision = Field(
         default="auto",
         description=(
-            "auto: fp16 on CUDA, bf16 on CPUs with AVX512-BF16/AMX, else fp32. "
-            "int8: dynamic int8 linear layers on CPU; faster on AVX2-only CPUs, "
-            "vectors differ slightly from fp32."
+            "auto: with EMBED_BACKEND=auto, every precision that keeps fp32's vectors (never "
+            "int8); with torch, fp16 on CUDA, bf16 on CPUs with AVX512-BF16/AMX, else fp32; "
+            "with onnx, fp16 on CUDA, else fp32. int8: dynamic int8 linear layers on CPU, "
+            "opt-in: vectors differ slightly from fp32."
+        ),
+    )
+    cache_dir: Path | None = Field(
+        default=None,
+        description=(
+            "Exported ONNX towers and runtime verdicts; default $XDG_CACHE_HOME/imagesearch "
+            "(~/.cache/imagesearch)."
         ),
     )
     addr: str = Field(default="127.0.0.1:50051", description="host:port to listen on.")

@@ -44,6 +44,7 @@ class ModelInfo:
     dimension: int
     fingerprint: str
     device: str
+    runtime: str
     precision: str
     max_batch_size: int
     max_text_tokens: int
@@ -81,9 +82,9 @@ class EmbedEngine:
         self._admitted = 0
         if metrics is not None:
             info = self.info()
-            metrics.model.labels(info.model_id, info.fingerprint, info.device, info.precision).set(
-                1
-            )
+            metrics.model.labels(
+                info.model_id, info.fingerprint, info.device, info.runtime, info.precision
+            ).set(1)
             metrics.count_waiting(lambda: self._images.waiting + self._texts.waiting)
 
     @property
@@ -101,6 +102,7 @@ class EmbedEngine:
             dimension=m.dimension,
             fingerprint=m.fingerprint,
             device=str(m.device),
+            runtime=m.runtime_name,
             precision=m.precision,
             max_batch_size=self._settings.max_batch_size,
             max_text_tokens=m.max_text_tokens,

@@ -26,7 +26,7 @@ class EmbedMetrics:
         self.model = Gauge(
             "embed_model_info",
             "The loaded model (always 1).",
-            ["model_id", "fingerprint", "device", "precision"],
+            ["model_id", "fingerprint", "device", "runtime", "precision"],
             registry=registry,
         )
 

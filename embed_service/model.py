@@ -1,29 +1,32 @@
-"""The CLIP model runtime: load, then the forward passes (the "core" step).
+"""The CLIP model: load, then the forward passes (the "core" step).
 
-Loading goes through transformers' `from_pretrained`, from a hub id or a local
-directory. Forward passes run under `torch.inference_mode()` in the precision the
-settings pick, and return L2-normalized float32 numpy arrays.
+Loading always goes through transformers' `from_pretrained`, from a hub id or a local
+directory; the fingerprint is taken from those weights. The forward passes then run
+on the runtime EMBED_BACKEND and EMBED_PRECISION resolve to (runtime_choice.py):
+torch itself, or ONNX Runtime on towers exported from that same model.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
-import warnings
-from collections.abc import Iterator, Sequence
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
-from embed_service import hub
+from embed_service import hub, onnx_cache, runtime_choice
 from embed_service.config import Precision
+from embed_service.cpu import cpu_flags, has_native_bf16, has_vnni
 from embed_service.errors import ModelLoadError
 from embed_service.images import Preprocessing
+from embed_service.runtime_choice import Backend, Option, Timing
+from embed_service.runtimes import Ids, OnnxRuntime, Runtime, TorchRuntime, onnx_providers
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +35,8 @@ Vectors = npt.NDArray[np.float32]
 
 @dataclass(frozen=True, slots=True)
 class TokenizedTexts:
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
+    input_ids: Ids
+    attention_mask: Ids
     truncated: list[bool]
 
 
@@ -44,39 +47,6 @@ def resolve_device(requested: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError(f"EMBED_DEVICE={requested} but no CUDA device is available")
     return device
-
-
-def cpu_flags() -> frozenset[str]:
-    """The CPU feature flags the kernel reports (empty where /proc/cpuinfo is unreadable)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
-
-
-def has_native_bf16(flags: frozenset[str]) -> bool:
-    """True on CPUs where bf16 matmuls are fast (AVX512-BF16 or AMX); emulated bf16 is slow."""
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_precision(
-    requested: Precision, device: torch.device, flags: frozenset[str] | None = None
-) -> Precision:
-    """The precision to run: `auto` is fp16 on CUDA, bf16 where the CPU has it natively,
-    fp32 otherwise. `flags` defaults to this machine's."""
-    if requested == "auto":
-        if device.type == "cuda":
-            return "fp16"
-        return "bf16" if has_native_bf16(cpu_flags() if flags is None else flags) else "fp32"
-    if requested == "int8" and device.type != "cpu":
-        raise ModelLoadError("EMBED_PRECISION=int8 runs on CPU only; use fp16 on CUDA")
-    if requested == "fp16" and device.type == "cpu":
-        raise ModelLoadError("EMBED_PRECISION=fp16 needs CUDA; use bf16 or fp32 on CPU")
-    return requested
 
 
 def is_local_path(model_id: str) -> bool:
@@ -93,36 +63,54 @@ def fingerprint_of(module: torch.nn.Module) -> str:
 
 
 class ClipModel:
-    """One loaded CLIP: its preprocessing facts and its two towers."""
+    """One loaded CLIP: its preprocessing facts, its tokenizer and the runtime of its towers."""
 
     def __init__(
         self,
         *,
         model_id: str,
-        model: Any,
+        config: Any,
         tokenizer: Any,
         preprocessing: Preprocessing,
+        runtime: Runtime,
         device: torch.device,
-        precision: Precision,
         fingerprint: str,
+        timings: Sequence[Timing] = (),
     ) -> None:
         self.model_id = model_id
-        self._model = model
         self._tokenizer = tokenizer
         self.preprocessing = preprocessing
+        self.runtime = runtime
         self.device = device
-        self.precision = precision
         self.fingerprint = fingerprint
-        config = model.config
+        self.timings = list(timings)
         self.dimension = int(config.projection_dim)
         self.image_size = int(config.vision_config.image_size)
         self.max_text_tokens = int(config.text_config.max_position_embeddings)
 
+    @property
+    def precision(self) -> str:
+        return self.runtime.precision
+
+    @property
+    def runtime_name(self) -> str:
+        return self.runtime.name
+
     @classmethod
     def load(
-        cls, model_id: str, *, device: str = "auto", precision: Precision = "auto", threads: int = 0
+        cls,
+        model_id: str,
+        *,
+        device: str = "auto",
+        precision: Precision = "auto",
+        threads: int = 0,
+        backend: Backend = "auto",
+        cache_dir: Path | None = None,
+        probe_batch: int = 16,
     ) -> ClipModel:
-        """Loads model, tokenizer and processor config; ModelLoadError says how to fix it."""
+        """Loads model, tokenizer and processor config, then picks the runtime.
+
+        Raises ModelLoadError saying how to fix it."""
         from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPModel
 
         if threads:
@@ -135,7 +123,6 @@ class ClipModel:
                 "such as openai/clip-vit-base-patch32 on a machine that can download it."
             )
         torch_device = resolve_device(device)
-        chosen = resolve_precision(precision, torch_device)
         local = is_local_path(model_id)
         source = str(Path(model_id).expanduser()) if local else model_id
         unreachable = None
@@ -150,7 +137,7 @@ class ClipModel:
                 )
         cache_only = {"local_files_only": True} if unreachable else {}
         try:
-            model = CLIPModel.from_pretrained(source, **cache_only).eval()
+            clip = CLIPModel.from_pretrained(source, **cache_only).eval()
             tokenizer = AutoTokenizer.from_pretrained(source, **cache_only)
             processor = CLIPImageProcessorPil.from_pretrained(source, **cache_only)
         except (OSError, ValueError) as exc:
@@ -166,84 +153,99 @@ class ClipModel:
                 "(`hf download openai/clip-vit-base-patch32 --local-dir ./models/clip`), copy "
                 "the folder here and set EMBED_MODEL to its path."
             ) from exc
-        fingerprint = fingerprint_of(model)
-        model = model.to(torch_device)
-        if chosen == "int8":
-            model = _quantize_int8(model)
-        preprocessing = Preprocessing.from_processor(processor)
+        fingerprint = fingerprint_of(clip)
+        clip = clip.to(torch_device)
+        max_tokens = int(clip.config.text_config.max_position_embeddings)
+        root = cache_dir or onnx_cache.default_cache_dir()
+        flags = cpu_flags()
+        threads_used = threads or torch.get_num_threads()
+        needs_onnx = backend != "torch"
+        providers = onnx_providers() if needs_onnx else []
+        candidates = runtime_choice.options(
+            backend,
+            precision,
+            device=torch_device,
+            native_bf16=has_native_bf16(flags),
+            onnx_providers=providers,
+        )
+
+        def build(option: Option) -> Runtime:
+            if option.runtime == "torch":
+                return TorchRuntime(clip, torch_device, option.precision)
+            towers = onnx_cache.exported(
+                clip,
+                cache_dir=root,
+                fingerprint=fingerprint,
+                precision=option.precision,
+                device=torch_device,
+                reduce_range=option.precision == "int8" and not has_vnni(flags),
+            )
+            return OnnxRuntime(towers.vision, towers.text, precision=option.precision,
+                               device=torch_device, threads=threads_used)  # fmt: skip
+
+        key = {
+            "fingerprint": fingerprint,
+            "device": str(torch_device),
+            "cpu": hashlib.sha256(" ".join(sorted(flags)).encode()).hexdigest()[:16],
+            "cores": os.cpu_count(),
+            "threads": threads_used,
+            "torch": torch.__version__,
+            "candidates": [str(c) for c in candidates],
+            "probe_batch": probe_batch,
+        }
+        runtime, timings = runtime_choice.choose(
+            candidates,
+            build,
+            image_size=int(clip.config.vision_config.image_size),
+            probe_batch=probe_batch,
+            tokenize=lambda texts: _ids(tokenize(tokenizer, texts, max_tokens)),
+            verdicts=root / "runtime",
+            key=key,
+        )
         log.info(
-            "loaded %s on %s in %s (fingerprint %s)", model_id, torch_device, chosen, fingerprint
+            "loaded %s on %s: %s %s (fingerprint %s)",
+            model_id,
+            torch_device,
+            runtime.name,
+            runtime.precision,
+            fingerprint,
         )
         return cls(
             model_id=model_id,
-            model=model,
+            config=clip.config,
             tokenizer=tokenizer,
-            preprocessing=preprocessing,
+            preprocessing=Preprocessing.from_processor(processor),
+            runtime=runtime,
             device=torch_device,
-            precision=chosen,
             fingerprint=fingerprint,
+            timings=timings,
         )
-
-    @contextlib.contextmanager
-    def _forward(self) -> Iterator[None]:
-        with torch.inference_mode():
-            if self.precision == "bf16":
-                with torch.autocast(self.device.type, dtype=torch.bfloat16):
-                    yield
-            elif self.precision == "fp16":
-                with torch.autocast(self.device.type, dtype=torch.float16):
-                    yield
-            else:
-                yield
 
     def embed_pixels(self, pixels: npt.NDArray[np.float32]) -> Vectors:
         """(N, 3, H, W) normalized pixels -> (N, dimension) unit vectors."""
-        batch = torch.from_numpy(pixels).to(self.device, non_blocking=True)
-        with self._forward():
-            out = self._model.get_image_features(pixel_values=batch)
-            return _normalized(_pooled(out))
+        return self.runtime.embed_pixels(pixels)
 
     def tokenize(self, texts: Sequence[str]) -> TokenizedTexts:
-        # Untruncated lengths first: that is the only way to tell the caller what was cut.
-        lengths = self._tokenizer(
-            list(texts), truncation=False, return_attention_mask=False, verbose=False
-        )["input_ids"]
-        truncated = [len(ids) > self.max_text_tokens for ids in lengths]
-        encoded = self._tokenizer(
-            list(texts),
-            padding=True,
-            truncation=True,
-            max_length=self.max_text_tokens,
-            return_tensors="pt",
-        )
-        return TokenizedTexts(encoded["input_ids"], encoded["attention_mask"], truncated)
+        return tokenize(self._tokenizer, texts, self.max_text_tokens)
 
     def embed_tokens(self, tokens: TokenizedTexts) -> Vectors:
-        with self._forward():
-            out = self._model.get_text_features(
-                input_ids=tokens.input_ids.to(self.device),
-                attention_mask=tokens.attention_mask.to(self.device),
-            )
-            return _normalized(_pooled(out))
+        return self.runtime.embed_tokens(tokens.input_ids, tokens.attention_mask)
 
 
-def _pooled(out: object) -> torch.Tensor:
-    # transformers 5 returns a BaseModelOutputWithPooling whose pooler_output is the
-    # projected embedding; older versions returned the tensor itself.
-    tensor = getattr(out, "pooler_output", out)
-    assert isinstance(tensor, torch.Tensor)
-    return tensor
+def tokenize(tokenizer: Any, texts: Sequence[str], max_tokens: int) -> TokenizedTexts:
+    # Untruncated lengths first: that is the only way to tell the caller what was cut.
+    lengths = tokenizer(list(texts), truncation=False, return_attention_mask=False,
+                        verbose=False)["input_ids"]  # fmt: skip
+    truncated = [len(ids) > max_tokens for ids in lengths]
+    encoded = tokenizer(
+        list(texts), padding=True, truncation=True, max_length=max_tokens, return_tensors="np"
+    )
+    return TokenizedTexts(
+        encoded["input_ids"].astype(np.int64, copy=False),
+        encoded["attention_mask"].astype(np.int64, copy=False),
+        truncated,
+    )
 
 
-def _normalized(tensor: torch.Tensor) -> Vectors:
-    vectors = torch.nn.functional.normalize(tensor.float(), dim=-1)
-    return vectors.cpu().numpy().astype(np.float32, copy=False)
-
-
-def _quantize_int8(model: Any) -> Any:
-    with warnings.catch_warnings():
-        # torch points users of eager dynamic quantization at torchao; it still works and
-        # needs no extra package, which torchao would.
-        warnings.simplefilter("ignore")
-        quantize = cast(Any, torch.ao.quantization.quantize_dynamic)
-        return quantize(model, {torch.nn.Linear}, dtype=torch.qint8)
+def _ids(tokens: TokenizedTexts) -> tuple[Ids, Ids]:
+    return tokens.input_ids, tokens.attention_mask

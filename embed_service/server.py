@@ -27,10 +27,11 @@ handle_errors = grpc_errors(
 
 PRECISIONS = {
     "fp32": pb.PRECISION_FLOAT32,
-    "int8": pb.PRECISION_FLOAT32,  # int8 weights, float32 activations and outputs
+    "int8": pb.PRECISION_INT8,
     "bf16": pb.PRECISION_BFLOAT16,
     "fp16": pb.PRECISION_FLOAT16,
 }
+RUNTIMES = {"torch": pb.RUNTIME_TORCH, "onnx": pb.RUNTIME_ONNX}
 
 
 REPLICA_HEADER = "imagesearch-replica"
@@ -77,6 +78,7 @@ class EmbedServicer(pb_grpc.EmbedServiceServicer):
             fingerprint=info.fingerprint,
             device=info.device,
             precision=PRECISIONS.get(info.precision, pb.PRECISION_UNSPECIFIED),
+            runtime=RUNTIMES.get(info.runtime, pb.RUNTIME_UNSPECIFIED),
             max_batch_size=info.max_batch_size,
             max_text_tokens=info.max_text_tokens,
             image_size=info.image_size,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -18,6 +21,12 @@ from tests.tiny_clip import build_clip
 
 # Tests never reach a hub; a stray hub id fails fast instead of waiting on the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Exact comparisons need one runtime everywhere, services started as processes included
+# (the runtimes have their own tests), and exports go to a cache of the run's own.
+os.environ.setdefault("EMBED_BACKEND", "torch")
+if "EMBED_CACHE_DIR" not in os.environ:
+    os.environ["EMBED_CACHE_DIR"] = tempfile.mkdtemp(prefix="imagesearch-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["EMBED_CACHE_DIR"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +41,8 @@ def embed_settings(clip_dir: Path, **overrides: object) -> EmbedSettings:
         "device": "cpu",
         # Exact comparisons need one precision on every machine; `auto` has its own tests.
         "precision": "fp32",
+        "backend": "torch",
+        "cache_dir": os.environ["EMBED_CACHE_DIR"],
         "threads": 2,
         "grace_s": 1.0,
     }

@@ -130,8 +130,8 @@ async def test_counters_rise_by_exactly_the_calls_made_with_their_codes(
     assert embed_after[batches] - embed_before.get(batches, 0) == 3
     info = embed.engine.info() if embed.engine else None
     assert info is not None
-    assert value(embed_after, "embed_model_info", model_id=info.model_id,
-                 fingerprint=info.fingerprint, device="cpu", precision="fp32") == 1  # fmt: skip
+    model = {"model_id": info.model_id, "fingerprint": info.fingerprint, "device": "cpu"}
+    assert value(embed_after, "embed_model_info", **model, runtime="torch", precision="fp32") == 1
 
     for text in (search_text, embed_text):
         assert TOKEN not in text

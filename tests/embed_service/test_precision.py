@@ -19,7 +19,8 @@ from imagesearch.v1 import embed_service_pb2_grpc as pb_grpc
 from PIL import Image
 
 from embed_service.app import EmbedApp
-from embed_service.model import has_native_bf16, resolve_precision
+from embed_service.cpu import has_native_bf16
+from embed_service.runtime_choice import resolve_precision
 from tests.conftest import embed_settings
 from tests.imagegen import PALETTE, encode, picture
 
@@ -29,7 +30,7 @@ TOLERANCE = {"fp32": 0.999999, "bf16": 0.9995, "int8": 0.995}
 PROTO_PRECISION = {
     "fp32": pb.PRECISION_FLOAT32,
     "bf16": pb.PRECISION_BFLOAT16,
-    "int8": pb.PRECISION_FLOAT32,  # int8 weights, float32 activations and outputs
+    "int8": pb.PRECISION_INT8,
 }
 TEXTS = ["a red square", "a photo of a cat on a mat", "word " * 100]
 

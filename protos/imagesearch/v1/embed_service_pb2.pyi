@@ -14,10 +14,21 @@ class Precision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PRECISION_FLOAT32: _ClassVar[Precision]
     PRECISION_BFLOAT16: _ClassVar[Precision]
     PRECISION_FLOAT16: _ClassVar[Precision]
+    PRECISION_INT8: _ClassVar[Precision]
+
+class Runtime(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RUNTIME_UNSPECIFIED: _ClassVar[Runtime]
+    RUNTIME_TORCH: _ClassVar[Runtime]
+    RUNTIME_ONNX: _ClassVar[Runtime]
 PRECISION_UNSPECIFIED: Precision
 PRECISION_FLOAT32: Precision
 PRECISION_BFLOAT16: Precision
 PRECISION_FLOAT16: Precision
+PRECISION_INT8: Precision
+RUNTIME_UNSPECIFIED: Runtime
+RUNTIME_TORCH: Runtime
+RUNTIME_ONNX: Runtime
 
 class EmbedImagesRequest(_message.Message):
     __slots__ = ("images",)
@@ -62,7 +73,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetModelInfoResponse(_message.Message):
-    __slots__ = ("model_id", "dimension", "fingerprint", "device", "precision", "max_batch_size", "max_text_tokens", "image_size")
+    __slots__ = ("model_id", "dimension", "fingerprint", "device", "precision", "max_batch_size", "max_text_tokens", "image_size", "runtime")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +82,7 @@ class GetModelInfoResponse(_message.Message):
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_TEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     IMAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     dimension: int
     fingerprint: str
@@ -79,4 +91,5 @@ class GetModelInfoResponse(_message.Message):
     max_batch_size: int
     max_text_tokens: int
     image_size: int
-    def __init__(self, model_id: _Optional[str] = ..., dimension: _Optional[int] = ..., fingerprint: _Optional[str] = ..., device: _Optional[str] = ..., precision: _Optional[_Union[Precision, str]] = ..., max_batch_size: _Optional[int] = ..., max_text_tokens: _Optional[int] = ..., image_size: _Optional[int] = ...) -> None: ...
+    runtime: Runtime
+    def __init__(self, model_id: _Optional[str] = ..., dimension: _Optional[int] = ..., fingerprint: _Optional[str] = ..., device: _Optional[str] = ..., precision: _Optional[_Union[Precision, str]] = ..., max_batch_size: _Optional[int] = ..., max_text_tokens: _Optional[int] = ..., image_size: _Optional[int] = ..., runtime: _Optional[_Union[Runtime, str]] = ...) -> None: ...
