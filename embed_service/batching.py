@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -42,6 +43,7 @@ class BatchStats:
     """What the batcher ran: how many batches of each size."""
 
     sizes: Counter[int] = field(default_factory=Counter)
+    busy_s: float = 0.0  # time spent in run_batch, summed
 
     @property
     def batches(self) -> int:
@@ -161,6 +163,7 @@ class DynamicBatcher(Generic[In, Out]):
             if not live:
                 continue
             self._running = live
+            started = time.perf_counter()
             try:
                 results = await loop.run_in_executor(
                     self._executor, self._run_batch, [entry.item for entry in live]
@@ -172,6 +175,7 @@ class DynamicBatcher(Generic[In, Out]):
                         entry.future.set_exception(exc)
                 continue
             self.stats.sizes[len(live)] += 1
+            self.stats.busy_s += time.perf_counter() - started
             if self._on_batch is not None:
                 self._on_batch(len(live))
             self._resolve(live, results)

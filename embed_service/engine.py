@@ -88,6 +88,10 @@ class EmbedEngine:
             metrics.count_waiting(lambda: self._images.waiting + self._texts.waiting)
 
     @property
+    def model(self) -> ClipModel:
+        return self._model
+
+    @property
     def image_batches(self) -> BatchStats:
         return self._images.stats
 

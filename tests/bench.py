@@ -1,12 +1,17 @@
-"""`make bench`: embed_service throughput against the tutorial way, in one process.
+"""`make bench`: embed_service throughput, the machine's limits, and the tutorial way.
 
-Both sides use a ViT-B/32-sized CLIP with random weights (as costly as the real
-one) and the same 640x480 JPEGs. The baseline is the Node.js seed's loop: one image
-at a time through the processor and the full CLIP forward with an empty text. The
-service is the real gRPC server with concurrent clients. Speeds are reported as a
-ratio, since absolute numbers depend on the machine.
+Everything uses a ViT-B/32-sized CLIP with random weights (as costly as the real one)
+and the same 640x480 JPEGs, in one process, one run:
+- the machine: GEMM GFLOP/s (fp32; bf16 where native) and the vision tower's GFLOP per
+  image, hence each precision's ceiling in images/s;
+- the baseline, the Node.js seed's loop: one image at a time through the processor and
+  the full CLIP forward with an empty text;
+- for each runtime x precision this machine has: its bare forward (pre-decoded pixels,
+  batches of EMBED_MODEL_BATCH_SIZE, straight into the loaded runtime) and the real gRPC
+  service with concurrent clients sending JPEGs; pipeline efficiency is service / bare.
+Ratios are what carry across machines; the absolute numbers are this machine's.
 
-    python -m tests.bench [--images 96] [--clients 8] [--precision fp32 int8]
+    python -m tests.bench [--images 192] [--clients 8] [--only torch:fp32 onnx:int8]
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import asyncio
 import io
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -28,6 +34,12 @@ from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPModel
 
 from embed_service.app import EmbedApp
 from embed_service.config import EmbedSettings
+from embed_service.cpu import cpu_flags, has_native_bf16
+from embed_service.errors import ModelLoadError
+from embed_service.images import prepare
+from embed_service.model import ClipModel
+from embed_service.runtime_choice import options
+from embed_service.runtimes import onnx_providers
 from tests.tiny_clip import build_clip
 
 CACHE = Path(os.environ.get("BENCH_DIR", ".bench"))
@@ -68,92 +80,233 @@ def tutorial_loop(model_dir: Path, images: list[bytes]) -> float:
     return len(images) / (time.perf_counter() - start)
 
 
-async def service(
-    model_dir: Path, images: list[bytes], *, clients: int, per_request: int, precision: str
-) -> tuple[float, float, str]:
-    """Images/s and texts/s through the gRPC service with concurrent clients."""
-    settings = EmbedSettings.model_validate(
-        {"model": str(model_dir), "addr": "127.0.0.1:0", "precision": precision}
-    )
+ROUNDS = 3
+TEXTS = [f"a photo of thing number {i} on a table" for i in range(256)]
+FLAGS_SHOWN = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
+
+
+def gemm_gflops(dtype: torch.dtype, size: int = 2048, seconds: float = 1.0) -> float:
+    """Sustained matmul GFLOP/s of this machine on torch's threads."""
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    torch.matmul(a, b)
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.matmul(a, b)
+        runs += 1
+    return 2 * size**3 * runs / (time.perf_counter() - start) / 1e9
+
+
+def vision_gflop(model_dir: Path) -> float:
+    """FLOPs of one image through the vision tower and projection, counted by torch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = CLIPModel.from_pretrained(model_dir).eval()
+    size = model.config.vision_config.image_size
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        model.get_image_features(pixel_values=torch.zeros(1, 3, size, size))
+    return counter.get_total_flops() / 1e9
+
+
+@dataclass
+class Result:
+    option: str
+    bare_images: float
+    service_images: float
+    bare_texts: float
+    service_texts: float
+    detail: str
+
+    @property
+    def efficiency(self) -> float:
+        return self.service_images / self.bare_images
+
+    @property
+    def text_efficiency(self) -> float:
+        return self.service_texts / self.bare_texts
+
+
+def bare(model: ClipModel, pixels: np.ndarray, batch: int, seconds: float = 1.5) -> float:
+    """Images/s of the loaded runtime alone, on pre-decoded pixels in full batches."""
+    chunks = [pixels[i : i + batch] for i in range(0, len(pixels) - batch + 1, batch)]
+    model.embed_pixels(chunks[0])
+    done, start = 0, time.perf_counter()
+    while done == 0 or time.perf_counter() - start < seconds:
+        model.embed_pixels(chunks[(done // batch) % len(chunks)])
+        done += batch
+    return done / (time.perf_counter() - start)
+
+
+def bare_texts(model: ClipModel, batch: int) -> float:
+    tokens = [model.tokenize(TEXTS[i : i + batch]) for i in range(0, len(TEXTS), batch)]
+    model.embed_tokens(tokens[0])
+    start = time.perf_counter()
+    for t in tokens:
+        model.embed_tokens(t)
+    return len(TEXTS) / (time.perf_counter() - start)
+
+
+async def service_images(stub: pb_grpc.EmbedServiceStub, images: list[bytes], clients: int,
+                         per_request: int, dimension: int) -> float:  # fmt: skip
+    """Images/s of `clients` concurrent callers sending `per_request` JPEGs per call."""
+    queue = [images[i : i + per_request] for i in range(0, len(images), per_request)][::-1]
+
+    async def client() -> None:
+        while queue:
+            reply = await stub.EmbedImages(pb.EmbedImagesRequest(images=queue.pop()))
+            assert all(len(e.values) == dimension for e in reply.embeddings)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return len(images) / (time.perf_counter() - start)
+
+
+async def service_texts(stub: pb_grpc.EmbedServiceStub) -> float:
+    start = time.perf_counter()
+    calls = [stub.EmbedTexts(pb.EmbedTextsRequest(texts=TEXTS[i : i + 16]))
+             for i in range(0, len(TEXTS), 16)]  # fmt: skip
+    await asyncio.gather(*calls)
+    return len(TEXTS) / (time.perf_counter() - start)
+
+
+async def measure(
+    model_dir: Path, images: list[bytes], *, runtime: str, precision: str, clients: int,
+    per_request: int, cache: Path, extra: dict[str, str],
+) -> Result:  # fmt: skip
+    """The service's images/s and texts/s, then the same loaded runtime's bare forward."""
+    values = {"model": str(model_dir), "addr": "127.0.0.1:0", "backend": runtime,
+              "precision": precision, "cache_dir": str(cache)}  # fmt: skip
+    settings = EmbedSettings.model_validate({**values, **extra})
     app = EmbedApp(settings)
     await app.start()
     await app.load()
     try:
+        assert app.engine is not None
+        model = app.engine.model
+        batch = settings.model_batch_size
+        spec = model.preprocessing
+        pixels = np.stack([prepare(d, spec, max_pixels=10**8) for d in images[: 3 * batch]])
         async with grpc.aio.insecure_channel(app.address) as channel:
             stub = pb_grpc.EmbedServiceStub(channel)
-            info = await stub.GetModelInfo(pb.GetModelInfoRequest())
-            requests = [images[i : i + per_request] for i in range(0, len(images), per_request)]
-            await stub.EmbedImages(pb.EmbedImagesRequest(images=requests[0]))
-            queue: asyncio.Queue[list[bytes]] = asyncio.Queue()
-            for request in requests:
-                queue.put_nowait(request)
-
-            async def client() -> None:
-                while not queue.empty():
-                    batch = queue.get_nowait()
-                    reply = await stub.EmbedImages(pb.EmbedImagesRequest(images=batch))
-                    assert all(len(e.values) == info.dimension for e in reply.embeddings)
-
-            start = time.perf_counter()
-            await asyncio.gather(*(client() for _ in range(clients)))
-            image_rate = len(images) / (time.perf_counter() - start)
-
-            texts = [f"a photo of thing number {i} on a table" for i in range(256)]
-            start = time.perf_counter()
-            await asyncio.gather(
-                *(
-                    stub.EmbedTexts(pb.EmbedTextsRequest(texts=texts[i : i + 16]))
-                    for i in range(0, len(texts), 16)
-                )
-            )
-            text_rate = len(texts) / (time.perf_counter() - start)
-            assert app.engine is not None
-            sizes = dict(sorted(app.engine.image_batches.sizes.items()))
-        return image_rate, text_rate, f"device={info.device} forward batch sizes={sizes}"
+            dimension = (await stub.GetModelInfo(pb.GetModelInfoRequest())).dimension
+            await stub.EmbedImages(pb.EmbedImagesRequest(images=images[:per_request]))
+            await stub.EmbedTexts(pb.EmbedTextsRequest(texts=TEXTS[:16]))
+            # Rounds alternate bare and service so both see the same state of a noisy
+            # machine; each figure is the median of its rounds.
+            rounds: dict[str, list[float]] = {"bi": [], "si": [], "bt": [], "st": [], "busy": []}
+            stats = app.engine.image_batches
+            for _ in range(ROUNDS):
+                rounds["bi"].append(bare(model, pixels, batch))
+                busy, start = stats.busy_s, time.perf_counter()
+                rounds["si"].append(await service_images(stub, images, clients, per_request,
+                                                         dimension))  # fmt: skip
+                rounds["busy"].append((stats.busy_s - busy) / (time.perf_counter() - start))
+                rounds["bt"].append(bare_texts(model, 16))
+                rounds["st"].append(await service_texts(stub))
+        sizes = dict(sorted(app.engine.image_batches.sizes.items()))
+        mid = {k: float(np.median(v)) for k, v in rounds.items()}
+        return Result(
+            option=f"{runtime} {precision}",
+            bare_images=mid["bi"],
+            service_images=mid["si"],
+            bare_texts=mid["bt"],
+            service_texts=mid["st"],
+            detail=f"model busy {mid['busy']:.0%} of the service's time; batch sizes {sizes}",
+        )
     finally:
         await app.stop(0)
 
 
+def available(only: list[str] | None) -> list[tuple[str, str]]:
+    """Every runtime x precision this machine runs natively (emulated bf16 is left out)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    native = has_native_bf16(cpu_flags())
+    found: list[tuple[str, str]] = []
+    for precision in ("fp32", "bf16", "fp16", "int8"):
+        if precision == "bf16" and not native and device.type == "cpu":
+            continue
+        try:
+            for option in options("auto", precision, device=device, native_bf16=native,
+                                  onnx_providers=onnx_providers()):  # fmt: skip
+                found.append((option.runtime, option.precision))
+        except ModelLoadError:  # this precision does not run here
+            continue
+    if only:
+        found = [f for f in found if f"{f[0]}:{f[1]}" in only]
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=96)
+    parser.add_argument("--images", type=int, default=192, help="per round")
     parser.add_argument("--baseline-images", type=int, default=16)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--per-request", type=int, default=8)
-    parser.add_argument("--precision", nargs="+", default=["auto", "int8"])
+    parser.add_argument("--only", nargs="+", help="runtime:precision pairs, e.g. onnx:int8")
+    parser.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE",
+                        help="service settings, e.g. decode_workers=1")  # fmt: skip
     args = parser.parse_args()
+    started = time.perf_counter()
 
     model_dir = CACHE / "clip-vit-b32-random"
     if not (model_dir / "config.json").exists():
         print(f"building a ViT-B/32-sized CLIP with random weights in {model_dir} ...")
         build_clip(model_dir, size="base")
+    cache = CACHE / "runtime-cache"
     images = photos(args.images)
-    capability = torch.backends.cpu.get_cpu_capability()
+    flags = cpu_flags()
+    import onnxruntime
+
     print(
-        f"machine: {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, CPU capability {capability}"
+        f"machine: {os.cpu_count()} cores, flags {' '.join(f for f in FLAGS_SHOWN if f in flags)}; "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads, "
+        f"{torch.backends.cpu.get_cpu_capability()}), onnxruntime {onnxruntime.__version__}"
+    )
+    peaks = {"fp32": gemm_gflops(torch.float32)}
+    if has_native_bf16(flags):
+        peaks["bf16"] = gemm_gflops(torch.bfloat16)
+    per_image = vision_gflop(model_dir)
+    print(
+        "GEMM: "
+        + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items())
+        + f"; vision tower {per_image:.2f} GFLOP/image, so at GEMM peak "
+        + ", ".join(f"{k} {v / per_image:.1f} images/s" for k, v in peaks.items())
     )
 
     baseline = tutorial_loop(model_dir, images[: args.baseline_images])
     print(
-        f"tutorial loop (1 image per full CLIP forward, empty text, fp32): {baseline:7.2f} images/s"
+        f"tutorial loop (1 image per full CLIP forward, empty text, fp32): {baseline:.2f} images/s"
     )
-    for precision in args.precision:
-        image_rate, text_rate, detail = asyncio.run(
-            service(
-                model_dir,
-                images,
-                clients=args.clients,
-                per_request=args.per_request,
-                precision=precision,
-            )
-        )
+    results = []
+    print(f"{'runtime':14s} {'bare img/s':>10s} {'service':>8s} {'effic.':>7s} {'vs tut.':>7s}"
+          f" {'bare txt/s':>10s} {'service':>8s} {'effic.':>7s}")  # fmt: skip
+    for runtime, precision in available(args.only):
+        extra = dict(pair.split("=", 1) for pair in args.set)
+        run = measure(model_dir, images, runtime=runtime, precision=precision,
+                      clients=args.clients, per_request=args.per_request, cache=cache,
+                      extra=extra)  # fmt: skip
+        r = asyncio.run(run)
+        results.append(r)
         print(
-            f"embed_service over gRPC, precision={precision:5s} "
-            f"({args.clients} clients x {args.per_request} images/request): "
-            f"{image_rate:7.2f} images/s  ratio {image_rate / baseline:5.2f}x  "
-            f"texts {text_rate:7.1f}/s  [{detail}]"
+            f"{r.option:14s} {r.bare_images:10.1f} {r.service_images:8.1f} "
+            f"{r.efficiency:7.0%} {r.service_images / baseline:6.2f}x "
+            f"{r.bare_texts:10.0f} {r.service_texts:8.0f} {r.text_efficiency:7.0%}  [{r.detail}]"
         )
+    if not results:
+        raise SystemExit("no runtime matched --only")
+    best = max(results, key=lambda r: r.service_images)
+    texts = max(results, key=lambda r: r.service_texts)
+    print(
+        f"best: {best.option} {best.service_images:.1f} images/s = "
+        f"{best.service_images / baseline:.2f}x the tutorial loop, "
+        f"{best.efficiency:.0%} of its bare forward"
+    )
+    print(
+        f"best texts: {texts.option} {texts.service_texts:.0f} texts/s, "
+        f"{texts.text_efficiency:.0%} of its bare forward"
+    )
+    print(f"(bench took {time.perf_counter() - started:.0f} s)")
 
 
 if __name__ == "__main__":
