@@ -53,7 +53,13 @@ class EmbedSettings(BaseSettings):
     max_batch_size: int = Field(default=64, ge=1, description="Most items in one request.")
     model_batch_size: int = Field(default=16, ge=1, description="Most items in one forward pass.")
     batch_wait_ms: float = Field(
-        default=5.0, ge=0, description="How long a forward pass waits for more items to join it."
+        default=0.0,
+        ge=0,
+        description=(
+            "How long a forward pass waits for more items to join it. 0: it takes what is "
+            "queued when the model frees up, which under load is a full batch (the queue "
+            "fills during the pass before) and at rest adds no latency to a lone query."
+        ),
     )
     queue_size: int = Field(
         default=256, ge=1, description="Items admitted at once; past it, RESOURCE_EXHAUSTED."

@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -27,6 +28,7 @@ from embed_service.model import ClipModel
 
 Pixels = npt.NDArray[np.float32]
 Vector = npt.NDArray[np.float32]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +92,11 @@ class EmbedEngine:
     @property
     def model(self) -> ClipModel:
         return self._model
+
+    async def on_model_thread(self, work: Callable[[], T]) -> T:
+        """Runs `work` on the thread the forward passes run on: torch keeps a pool of
+        intra-op threads per calling thread, and a second pool would fight the first."""
+        return await asyncio.get_running_loop().run_in_executor(self._model_thread, work)
 
     @property
     def image_batches(self) -> BatchStats:

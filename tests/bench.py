@@ -197,12 +197,15 @@ async def measure(
             rounds: dict[str, list[float]] = {"bi": [], "si": [], "bt": [], "st": [], "busy": []}
             stats = app.engine.image_batches
             for _ in range(ROUNDS):
-                rounds["bi"].append(bare(model, pixels, batch))
+                engine = app.engine
+                rounds["bi"].append(
+                    await engine.on_model_thread(lambda: bare(model, pixels, batch))
+                )
                 busy, start = stats.busy_s, time.perf_counter()
                 rounds["si"].append(await service_images(stub, images, clients, per_request,
                                                          dimension))  # fmt: skip
                 rounds["busy"].append((stats.busy_s - busy) / (time.perf_counter() - start))
-                rounds["bt"].append(bare_texts(model, 16))
+                rounds["bt"].append(await engine.on_model_thread(lambda: bare_texts(model, 16)))
                 rounds["st"].append(await service_texts(stub))
         sizes = dict(sorted(app.engine.image_batches.sizes.items()))
         mid = {k: float(np.median(v)) for k, v in rounds.items()}
