@@ -13,7 +13,7 @@ COPY clients ./clients
 # torch's CPU wheels (the +cpu build satisfies pyproject's torch==2.13.0), not CUDA's.
 RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu . \
     && useradd --create-home --uid 10001 imagesearch \
-    && mkdir /data && chown imagesearch /data
+    && mkdir /data /cache && chown imagesearch /data /cache
 USER imagesearch
 
 # Inside a container the services must listen beyond loopback; set tokens and TLS
@@ -21,8 +21,9 @@ USER imagesearch
 ENV EMBED_ADDR=0.0.0.0:50051 \
     SEARCH_ADDR=0.0.0.0:50052 \
     DATA_DIR=/data \
+    EMBED_CACHE_DIR=/cache \
     PYTHONUNBUFFERED=1
 EXPOSE 50051 50052 9464
-VOLUME ["/data"]
+VOLUME ["/data", "/cache"]
 ENTRYPOINT ["python", "-m"]
 CMD ["embed_service"]

@@ -6,6 +6,7 @@ STAMP := $(VENV)/.installed
 BUF := node_modules/.bin/buf
 DIR ?=
 ARGS ?=
+N ?=
 
 .PHONY: install proto run run-embed run-search run-web test test-fast bench bench-search bench-tls bench-web lint index query clean
 
@@ -42,7 +43,7 @@ bench: install
 	$(PY) -m tests.bench $(ARGS)
 
 bench-search: install
-	$(PY) -m tests.bench_search $(ARGS)
+	$(PY) -m tests.bench_search $(if $(N),--vectors $(N) --ingest) $(ARGS)
 
 bench-tls: install
 	$(PY) -m tests.bench_security $(ARGS)

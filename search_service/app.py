@@ -26,6 +26,7 @@ from search_service.server import SearchServicer
 from search_service.service import SearchService
 from search_service.stores import make_store
 from search_service.stores.base import VectorStore
+from search_service.stores.local import LocalStore
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,8 @@ class SearchApp:
         while True:
             try:
                 self.metrics.observe_stats(await self.store.stats())
+                if isinstance(self.store, LocalStore):
+                    self.metrics.observe_index(*self.store.index_status(), self.store.building)
             except Exception as exc:  # a store that is down shows in its own errors
                 log.debug("counting vectors failed: %s", exc)
             await asyncio.sleep(VECTOR_COUNT_EVERY_S)

@@ -37,6 +37,20 @@ class SearchMetrics:
             registry=registry,
         )
 
+        self.unindexed = Gauge(
+            "search_index_unindexed_vectors",
+            "Local store: vectors not yet in the HNSW index, searched exactly meanwhile.",
+            registry=registry,
+        )
+        self.building = Gauge(
+            "search_index_building", "Local store: 1 while a background HNSW build runs.",
+            registry=registry,
+        )  # fmt: skip
+
+    def observe_index(self, indexed: int, stored: int, building: bool) -> None:
+        self.unindexed.set(max(0, stored - indexed))
+        self.building.set(int(building))
+
     def observe_stats(self, stats: StoreStats) -> None:
         self.vectors.clear()
         for namespace, count in stats.namespaces.items():

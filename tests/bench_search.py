@@ -11,13 +11,19 @@ search_service on the local store, measured over gRPC from the Python client.
    own images/s on the same images (8 concurrent callers, 8 images per request), as a
    ratio measured in the same run.
 
-    python -m tests.bench_search [--vectors 100000] [--queries 500] [--images 96]
+4. With --ingest (`make bench-search N=1000000`): the N vectors go through the service's
+   UpsertVectors instead, while another caller queries by id; it reports the ingest rate,
+   query latency during ingest, the time from the last upsert until everything is
+   indexed, peak RSS of search_service and its index builder, then step 1 on that store.
+
+    python -m tests.bench_search [--vectors 100000] [--queries 500] [--images 96] [--ingest]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import re
 import statistics
@@ -25,14 +31,16 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
 from imagesearch.v1 import embed_service_pb2 as pb
 from imagesearch.v1 import embed_service_pb2_grpc as pb_grpc
-from imagesearch_client import ImageSearchClient
+from imagesearch_client import ImageSearchClient, VectorRecord
 
 from embed_service.images import prepare
 from embed_service.model import ClipModel
@@ -105,6 +113,122 @@ async def fill(data_dir: Path, model: ModelInfo, n: int, threshold: int) -> tupl
     return indexed, total, elapsed
 
 
+def process_tree_rss(pid: int, field: str = "VmRSS") -> int:
+    """Resident bytes of `pid` and every process below it (the index builder); `field`
+    RssAnon counts only anonymous memory, not mapped files the page cache holds."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+        except OSError:
+            continue
+        rss = re.search(rf"{field}:\s+(\d+) kB", status)
+        total += int(rss.group(1)) * 1024 if rss else 0
+        todo.extend(children.get(current, []))
+    return total
+
+
+def metric(metrics_addr: str, name: str) -> float:
+    text = urllib.request.urlopen(f"http://{metrics_addr}/metrics", timeout=10).read().decode()
+    found = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else float("nan")
+
+
+def probe(search_addr: str, pid: int, progress: Any, peak: Any, anon: Any, stop: Any,
+          results: Any) -> None:  # fmt: skip
+    """Every half second: the service tree's RSS, and four queries by id among those
+    written so far; sends [(written, ms)] when told to stop."""
+    rng = np.random.default_rng(5)
+    during = []
+    with ImageSearchClient(search_addr) as client:
+        while not stop.wait(0.5):
+            peak.value = max(peak.value, process_tree_rss(pid))
+            anon.value = max(anon.value, process_tree_rss(pid, "RssAnon"))
+            written = progress.value
+            if written < 1000:
+                continue
+            for i in rng.integers(0, written, 4):
+                t = time.perf_counter()
+                client.query(id=f"v{i}", top_k=10)
+                during.append((written, (time.perf_counter() - t) * 1000))
+    results.put(during)
+
+
+def ingest(
+    search: subprocess.Popen[bytes], search_addr: str, metrics_addr: str, vectors: np.ndarray,
+    threshold: int,
+) -> None:  # fmt: skip
+    """N vectors through UpsertVectors (1,000 per call) while another caller queries by id
+    every half second; then waits until everything is indexed. Prints what it saw."""
+    n = len(vectors)
+    # The prober is a process of its own: in this one it would wait for the GIL behind
+    # the upserts' encoding, and time that instead of the service.
+    context = multiprocessing.get_context("spawn")  # gRPC does not survive a fork
+    progress = context.Value("q", 0)
+    peak = context.Value("q", 0)
+    anon = context.Value("q", 0)
+    stop = context.Event()
+    results = context.SimpleQueue()
+    prober = context.Process(
+        target=probe,
+        args=(search_addr, search.pid, progress, peak, anon, stop, results),
+        daemon=True,
+    )
+    prober.start()
+    started = time.perf_counter()
+    with ImageSearchClient(search_addr) as client:
+        for i in range(0, n, 1000):
+            batch = [VectorRecord(f"v{j}", vectors[j], {"label": f"l{j % 100}"})
+                     for j in range(i, min(n, i + 1000))]  # fmt: skip
+            client.upsert_vectors(batch)
+            written = progress.value = i + len(batch)
+            if written % 100_000 == 0:
+                rate = written / (time.perf_counter() - started)
+                tail = metric(metrics_addr, "search_index_unindexed_vectors")
+                print(f"  {written:>9,} upserted, {rate:,.0f} vectors/s, unindexed {tail:,.0f}, "
+                      f"RSS {peak.value / 2**30:.2f} GiB peak so far", flush=True)  # fmt: skip
+    ingest_s = time.perf_counter() - started
+    last_upsert = time.perf_counter()
+    print(f"ingest: {n:,} vectors through UpsertVectors in {ingest_s:.0f} s "
+          f"({n / ingest_s:,.0f} vectors/s)")  # fmt: skip
+    while True:
+        time.sleep(2)
+        unindexed = metric(metrics_addr, "search_index_unindexed_vectors")
+        building = metric(metrics_addr, "search_index_building")
+        if building == 0 and unindexed < threshold:
+            break
+    # The gauges refresh every 5 s: this is the moment within 5 s.
+    print(
+        f"indexed (unindexed tail {unindexed:,.0f} < {threshold:,}, no build running) "
+        f"{time.perf_counter() - last_upsert:.0f} s after the last upsert"
+    )
+    stop.set()
+    during: list[tuple[int, float]] = results.get()
+    prober.join()
+    peak_rss = peak.value
+    ms = [m for _, m in during]
+    worst = max(statistics.median([m for w, m in during if lo <= w < lo + n // 10] or [0])
+                 for lo in range(0, n, n // 10))  # fmt: skip
+    print(
+        f"query by id during ingest: {percentiles(ms)}; worst p50 over any tenth of the "
+        f"ingest {worst:.2f} ms ({len(ms)} queries)"
+    )
+    vector_bytes = vectors.nbytes
+    print(
+        f"peak RSS of search_service + index builder: {peak_rss / 2**30:.2f} GiB "
+        f"({(peak_rss - vector_bytes) / 2**30:.2f} GiB beyond the {vector_bytes / 2**30:.2f} "
+        f"GiB of float32 vectors); anonymous (not file-backed) {anon.value / 2**30:.2f} GiB"
+    )
+
+
 def latencies(
     client: ImageSearchClient,
     ids: list[str],
@@ -126,11 +250,17 @@ def recall(answers: dict[str, list[str]], vectors: np.ndarray, label: str | None
     keep = np.arange(len(vectors))
     if label is not None:
         keep = keep[keep % 100 == int(label[1:])]
+    pool = vectors if label is None else vectors[keep]
+    asked = list(answers)
     hits = 0
-    for record_id, got in answers.items():
-        scores = vectors[keep] @ vectors[int(record_id[1:])]
-        best = keep[np.argsort(-scores)[:10]]
-        hits += len({f"v{j}" for j in best} & set(got))
+    for start in range(0, len(asked), 64):  # 64 queries per product: bounded memory
+        chunk = asked[start : start + 64]
+        queries = vectors[[int(record_id[1:]) for record_id in chunk]]
+        scores = pool @ queries.T
+        top = np.argpartition(-scores, 10, axis=0)[:10]
+        for column, record_id in enumerate(chunk):
+            best = keep[top[:, column]]
+            hits += len({f"v{j}" for j in best} & set(answers[record_id]))
     return hits / (10 * len(answers))
 
 
@@ -196,6 +326,11 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--images", type=int, default=96)
     parser.add_argument("--index-threshold", type=int, default=10_000)
+    parser.add_argument(
+        "--ingest", action="store_true",
+        help="store the vectors through search_service's UpsertVectors, querying meanwhile, "
+        "and report ingest rate, time until indexed and peak RSS (make bench-search N=...)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     model_dir = build_clip(CACHE / "clip-base", size="base")
@@ -215,16 +350,28 @@ def main() -> None:
         model = ModelInfo(info.model_id, info.dimension, info.fingerprint)
         print(f"model: {model.model_id} ({model.dimension}-d); machine: {os.cpu_count()} cores")
 
-        indexed, total, elapsed = asyncio.run(
-            fill(work / "data", model, args.vectors, args.index_threshold)
-        )
-        print(f"stored {total} vectors in {elapsed:.0f} s (HNSW-indexed: {indexed})")
-        search, search_addr = start(
-            "search_service",
-            {"SEARCH_ADDR": "127.0.0.1:0", "EMBED_TARGET": embed_addr,
-             "DATA_DIR": str(work / "data"), "VECTOR_STORE": "local"},
-            log,
-        )  # fmt: skip
+        service_env = {"SEARCH_ADDR": "127.0.0.1:0", "EMBED_TARGET": embed_addr,
+                       "DATA_DIR": str(work / "data"), "VECTOR_STORE": "local",
+                       "SEARCH_INDEX_THRESHOLD": str(args.index_threshold)}  # fmt: skip
+        if args.ingest:
+            offset = log.stat().st_size
+            search, search_addr = start(
+                "search_service", {**service_env, "SEARCH_METRICS_ADDR": "127.0.0.1:0"}, log
+            )
+            with log.open("rb") as f:
+                f.seek(offset)
+                found = re.search(r"metrics at http://(\S+)/metrics", f.read().decode())
+            assert found, "search_service logged no metrics address"
+            with ImageSearchClient(search_addr) as client:
+                client.wait_ready(300)
+            vectors = clustered_unit_vectors(args.vectors, model.dimension)
+            ingest(search, search_addr, found.group(1), vectors, args.index_threshold)
+        else:
+            indexed, total, elapsed = asyncio.run(
+                fill(work / "data", model, args.vectors, args.index_threshold)
+            )
+            print(f"stored {total} vectors in {elapsed:.0f} s (HNSW-indexed: {indexed})")
+            search, search_addr = start("search_service", service_env, log)
         rng = np.random.default_rng(1)
         ids = [f"v{i}" for i in rng.integers(0, args.vectors, args.queries)]
         with ImageSearchClient(search_addr) as client:
@@ -257,6 +404,8 @@ def main() -> None:
               f"{decode_ms:.2f} ms: p50 = forward + "
               f"{statistics.median(by_image) - forward_ms:.2f} ms")  # fmt: skip
 
+        if args.ingest:
+            return
         export_file = work / "export.parquet"
         export_s = cli(search_addr, "export", str(export_file), "--quiet")
         size_mb = export_file.stat().st_size / 1e6

@@ -158,6 +158,9 @@ async def test_vectors_per_namespace_are_refreshed_from_the_store(
             break
         await asyncio.sleep(0.2)
     assert counts == (5, 2)
+    # Far below SEARCH_INDEX_THRESHOLD: all 7 are searched exactly, and no build runs.
+    assert value(samples, "search_index_unindexed_vectors") == 7
+    assert value(samples, "search_index_building") == 0
 
 
 async def test_store_errors_and_retries_are_counted(

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -63,7 +65,7 @@ class GrpcMetrics(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 10,
             ),
         )
-        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+        self._children: dict[tuple[str, str], _Children] = {}
 
     async def intercept_service(
         self, continuation: Continuation, details: grpc.HandlerCallDetails
@@ -71,25 +73,19 @@ class GrpcMetrics(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if handler is None:
             return handler
-        method = str(details.method)
-        # One wrapper per method, its label children looked up once: per RPC this is a
-        # dict lookup, not a new closure and three label lookups (each takes a lock).
-        wrapped = self._wrapped.get(method)
-        if wrapped is None:
-            wrapped = self._wrapped[method] = self._wrap(handler, method)
-        return wrapped
-
-    def _wrap(self, handler: grpc.RpcMethodHandler, full_method: str) -> grpc.RpcMethodHandler:
-        service, _, method = full_method.lstrip("/").rpartition("/")
         kind = _KINDS[(handler.request_streaming, handler.response_streaming)]
+        # The handler itself may differ from call to call (a later interceptor refuses
+        # one caller and serves another), so it is wrapped per call; the label children,
+        # which cost a lock and a lookup each, are resolved once per method.
+        key = (str(details.method), kind)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = self._resolve(*key)
         name = behaviour_of(handler)
         behaviour = getattr(handler, name)
-        started = self.started.labels(kind, service, method)
-        seconds = self.seconds.labels(kind, service, method)
-        handled: dict[grpc.StatusCode, Any] = {}
 
         async def counted(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            started.inc()
+            children.started.inc()
             began = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
@@ -107,13 +103,34 @@ class GrpcMetrics(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 code = grpc.StatusCode.UNKNOWN
                 raise
             finally:
-                counter = handled.get(code)
-                if counter is None:
-                    counter = handled[code] = self.handled.labels(kind, service, method, code.name)
-                counter.inc()
-                seconds.observe(time.perf_counter() - began)
+                children.handled(code).inc()
+                children.seconds.observe(time.perf_counter() - began)
 
         return handler._replace(**{name: counted})
+
+    def _resolve(self, full_method: str, kind: str) -> _Children:
+        service, _, method = full_method.lstrip("/").rpartition("/")
+        handled = self.handled
+        by_code: dict[grpc.StatusCode, Any] = {}
+
+        def handled_with(code: grpc.StatusCode) -> Any:
+            child = by_code.get(code)
+            if child is None:
+                child = by_code[code] = handled.labels(kind, service, method, code.name)
+            return child
+
+        return _Children(
+            started=self.started.labels(kind, service, method),
+            seconds=self.seconds.labels(kind, service, method),
+            handled=handled_with,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Children:
+    started: Any
+    seconds: Any
+    handled: Callable[[grpc.StatusCode], Any]
 
 
 class MetricsEndpoint:
