@@ -96,7 +96,13 @@ def exported(
             log.warning("ONNX cache entry %s is unusable (%s); exporting again", entry, problem)
             shutil.rmtree(entry, ignore_errors=True)
         started = time.perf_counter()
-        _export_into(entry, clip, key=key, device=device, reduce_range=reduce_range)
+        try:
+            _export_into(entry, clip, key=key, device=device, reduce_range=reduce_range)
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise ModelLoadError(
+                f"could not export the model to ONNX in {entry.parent} ({exc}); free space "
+                "there, point EMBED_CACHE_DIR elsewhere, or set EMBED_BACKEND=torch"
+            ) from exc
         log.info("exported ONNX towers (%s) to %s in %.1f s", precision, entry,
                  time.perf_counter() - started)  # fmt: skip
         return Exported(entry / FILES[0], entry / FILES[1], reused=False)

@@ -141,7 +141,13 @@ def choose(
         return build(candidates[0]), []
     if verdicts is None:
         return _race(candidates, build, image_size, probe_batch, tokenize)
-    verdicts.mkdir(parents=True, exist_ok=True)
+    try:
+        verdicts.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelLoadError(
+            f"cannot create {verdicts} for the runtime verdicts ({exc}); set EMBED_CACHE_DIR "
+            "to a writable folder"
+        ) from exc
     path = verdicts / f"{_digest(key)}.json"
     with locked(path.with_suffix(".lock")):
         cached = _read_verdict(path, key, candidates)
@@ -150,6 +156,10 @@ def choose(
             log.info("runtime: %s (measured on an earlier start, %s)", option, path)
             return build(option), timings
         runtime, timings = _race(candidates, build, image_size, probe_batch, tokenize)
+        if len(timings) < len(candidates):
+            # A runtime was left out (a failed export): race again on the next start
+            # rather than keep a verdict that never saw it.
+            return runtime, timings
         verdict = {
             "format": CHOICE_FORMAT,
             "key": key,
@@ -176,7 +186,12 @@ def _race(
     best: tuple[float, Runtime] | None = None
     timings = []
     for option in candidates:
-        runtime = build(option)
+        try:
+            runtime = build(option)
+        except ModelLoadError as exc:
+            # One runtime that cannot be prepared here (its export failed) leaves the rest.
+            log.warning("runtime race: %s left out: %s", option, exc)
+            continue
         images = runtime.embed_pixels(pixels)  # also the warm-up
         texts = runtime.embed_tokens(ids, mask)
         if reference is None:

@@ -278,3 +278,28 @@ async def test_get_model_info_reports_the_runtime(clip_dir: Path, tmp_path: Path
         assert float(np.asarray(reply.embeddings[0].values) @ expected) >= 0.99999
     finally:
         await app.stop(0)
+
+
+@pytest.mark.parametrize("backend", ["onnx", "auto"])
+def test_an_unwritable_cache_dir_stops_the_start_naming_the_variable(
+    clip_dir: Path, tmp_path: Path, backend: str
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ModelLoadError, match="EMBED_CACHE_DIR"):
+        load(clip_dir, blocker / "cache", backend, "auto")
+
+
+def test_auto_leaves_out_a_runtime_that_cannot_be_prepared(
+    clip_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_space(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(onnx_cache, "_export_into", no_space)
+    with pytest.raises(ModelLoadError, match="EMBED_BACKEND=torch"):
+        load(clip_dir, tmp_path, "onnx", "fp32")
+    model = load(clip_dir, tmp_path, "auto", "fp32")
+    assert (model.runtime_name, model.precision) == ("torch", "fp32")
+    assert [t.option for t in model.timings] == ["torch fp32"]
+    assert not list((tmp_path / "runtime").glob("*.json"))  # no verdict that never saw onnx
