@@ -64,9 +64,13 @@ def export_key(*, fingerprint: str, precision: str, reduce_range: bool) -> dict[
     }
 
 
+def digest(key: dict[str, Any], length: int = 16) -> str:
+    """A short, stable name for a dict of settings (the same dict, the same name)."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:length]
+
+
 def entry_dir(cache_dir: Path, key: dict[str, Any]) -> Path:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return cache_dir / "onnx" / f"{key['fingerprint'][:16]}-{key['precision']}-{digest}"
+    return cache_dir / "onnx" / f"{key['fingerprint'][:16]}-{key['precision']}-{digest(key)}"
 
 
 def exported(

@@ -12,7 +12,6 @@ CLIP vectors cannot be checked on random weights, so it stays opt-in.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -26,8 +25,8 @@ import torch
 
 from embed_service.cpu import cpu_flags, has_native_bf16
 from embed_service.errors import ModelLoadError
-from embed_service.onnx_cache import locked
-from embed_service.runtimes import Ids, Runtime, RuntimeName, TorchRuntime
+from embed_service.onnx_cache import digest, locked
+from embed_service.runtimes import Ids, Runtime, RuntimeName
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +65,7 @@ def options(
 ) -> list[Option]:
     """What may run for these settings, fp32 first. Raises ModelLoadError when nothing can."""
     cuda = device.type == "cuda"
-    torch_ok = _torch_precisions(cuda, native_bf16)
+    torch_ok = _torch_precisions(cuda)
     onnx_ok = _onnx_precisions(cuda, onnx_providers)
     if backend == "torch":
         return [Option("torch", _named(precision, torch_ok, cuda, native_bf16, "torch"))]
@@ -95,7 +94,7 @@ def resolve_precision(
     ].precision
 
 
-def _torch_precisions(cuda: bool, native_bf16: bool) -> set[str]:
+def _torch_precisions(cuda: bool) -> set[str]:
     return {"fp32", "fp16", "bf16"} if cuda else {"fp32", "bf16", "int8"}
 
 
@@ -148,7 +147,7 @@ def choose(
             f"cannot create {verdicts} for the runtime verdicts ({exc}); set EMBED_CACHE_DIR "
             "to a writable folder"
         ) from exc
-    path = verdicts / f"{_digest(key)}.json"
+    path = verdicts / f"{digest(key, 24)}.json"
     with locked(path.with_suffix(".lock")):
         cached = _read_verdict(path, key, candidates)
         if cached is not None:
@@ -230,7 +229,6 @@ def _cosine(ours: np.ndarray, reference: np.ndarray) -> float:
 def _reference(build: Callable[[Option], Runtime], pixels: np.ndarray, ids: Ids,
                mask: Ids) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     runtime = build(Option("torch", "fp32"))
-    assert isinstance(runtime, TorchRuntime)
     return runtime.embed_pixels(pixels), runtime.embed_tokens(ids, mask)
 
 
@@ -249,7 +247,3 @@ def _read_verdict(
         log.warning("ignoring the unreadable runtime verdict %s (%s); measuring again", path, exc)
         return None
     return (option, timings) if option in candidates else None
-
-
-def _digest(key: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]

@@ -182,8 +182,9 @@ async def measure(
     await app.start()
     await app.load()
     try:
-        assert app.engine is not None
-        model = app.engine.model
+        engine = app.engine
+        assert engine is not None
+        model = engine.model
         batch = settings.model_batch_size
         spec = model.preprocessing
         pixels = np.stack([prepare(d, spec, max_pixels=10**8) for d in images[: 3 * batch]])
@@ -195,9 +196,8 @@ async def measure(
             # Rounds alternate bare and service so both see the same state of a noisy
             # machine; each figure is the median of its rounds.
             rounds: dict[str, list[float]] = {"bi": [], "si": [], "bt": [], "st": [], "busy": []}
-            stats = app.engine.image_batches
+            stats = engine.image_batches
             for _ in range(ROUNDS):
-                engine = app.engine
                 rounds["bi"].append(
                     await engine.on_model_thread(lambda: bare(model, pixels, batch))
                 )
@@ -207,7 +207,7 @@ async def measure(
                 rounds["busy"].append((stats.busy_s - busy) / (time.perf_counter() - start))
                 rounds["bt"].append(await engine.on_model_thread(lambda: bare_texts(model, 16)))
                 rounds["st"].append(await service_texts(stub))
-        sizes = dict(sorted(app.engine.image_batches.sizes.items()))
+        sizes = dict(sorted(stats.sizes.items()))
         mid = {k: float(np.median(v)) for k, v in rounds.items()}
         return Result(
             option=f"{runtime} {precision}",

@@ -42,6 +42,7 @@ from imagesearch.v1 import embed_service_pb2 as pb
 from imagesearch.v1 import embed_service_pb2_grpc as pb_grpc
 from imagesearch_client import ImageSearchClient, VectorRecord
 
+from embed_service import server
 from embed_service.images import prepare
 from embed_service.model import ClipModel
 from search_service.stores.base import ModelInfo, Record
@@ -264,9 +265,9 @@ def recall(answers: dict[str, list[str]], vectors: np.ndarray, label: str | None
     return hits / (10 * len(answers))
 
 
-RUNTIMES = {pb.RUNTIME_TORCH: "torch", pb.RUNTIME_ONNX: "onnx"}
-PRECISIONS = {pb.PRECISION_FLOAT32: "fp32", pb.PRECISION_BFLOAT16: "bf16",
-              pb.PRECISION_FLOAT16: "fp16", pb.PRECISION_INT8: "int8"}  # fmt: skip
+# GetModelInfo's enums back to the names EMBED_BACKEND and EMBED_PRECISION take.
+RUNTIMES = {number: name for name, number in server.RUNTIMES.items()}
+PRECISIONS = {number: name for name, number in server.PRECISIONS.items()}
 
 
 def one_image(
