@@ -13,6 +13,7 @@ delete it: a stop or an error after that point only leaves the old one behind.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import shutil
@@ -26,6 +27,7 @@ import qdrant_edge as qe
 log = logging.getLogger(__name__)
 
 BUILDER = (sys.executable, "-m", "search_service.stores.build_index")
+CHUNK = 1 << 20
 
 
 class ShardOwner(Protocol):
@@ -127,7 +129,7 @@ class IndexBuilder:
             async with owner.write_lock:
                 await asyncio.to_thread(source.flush)
                 await asyncio.to_thread(
-                    shutil.copytree, owner.root / owner.shard_name, owner.root / target
+                    copy_tree, owner.root / owner.shard_name, owner.root / target
                 )
                 self._replay = []
                 taken, self.pending = self.pending, 0
@@ -195,6 +197,38 @@ class IndexBuilder:
 
             fresh = await asyncio.to_thread(load_and_replay)
             await self._owner.install(target, fresh)
+
+
+def copy_tree(source: Path, target: Path) -> None:
+    """shutil.copytree, keeping holes: Qdrant preallocates its WAL and storage pages as
+    sparse files (a new shard: 99 MB apparent, 80 KB on disk), which a plain copy fills in."""
+    shutil.copytree(source, target, copy_function=copy_sparse)
+
+
+def copy_sparse(source: str, target: str) -> None:
+    with open(source, "rb") as src, open(target, "wb") as dst:
+        size = os.fstat(src.fileno()).st_size
+        offset = 0
+        while offset < size:
+            try:
+                start = os.lseek(src.fileno(), offset, os.SEEK_DATA)
+                end = os.lseek(src.fileno(), start, os.SEEK_HOLE)
+            except OSError as exc:  # ENXIO: only a hole is left
+                if exc.errno == errno.ENXIO:
+                    break
+                raise
+            src.seek(start)
+            dst.seek(start)
+            left = end - start
+            while left:
+                chunk = src.read(min(left, CHUNK))
+                if not chunk:
+                    break
+                dst.write(chunk)
+                left -= len(chunk)
+            offset = end
+        dst.truncate(size)
+    shutil.copystat(source, target)
 
 
 def _next_name(name: str) -> str:

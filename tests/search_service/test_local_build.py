@@ -14,7 +14,7 @@ import numpy as np
 import qdrant_edge as qe
 
 from search_service.stores import local
-from search_service.stores.local_build import IndexBuilder
+from search_service.stores.local_build import IndexBuilder, copy_tree
 
 DIMENSION = 16
 
@@ -184,3 +184,20 @@ async def test_upserts_not_yet_indexed_are_remembered_across_a_restart(tmp_path:
     assert store.building
     await store.wait_for_index_build()
     await store.close()
+
+
+def test_copies_keep_sparse_files_sparse_and_every_byte(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    with open(source / "holes", "wb") as f:
+        f.seek(8 << 20)
+        f.write(b"middle")
+        f.seek(32 << 20)
+        f.write(b"end")
+    (source / "dense").write_bytes(bytes(range(256)) * 5000)
+    copy_tree(source, tmp_path / "target")
+    for name in ("holes", "dense"):
+        assert (tmp_path / "target" / name).read_bytes() == (source / name).read_bytes()
+    copied = (tmp_path / "target" / "holes").stat()
+    assert copied.st_size == (32 << 20) + 3
+    assert copied.st_blocks * 512 < 1 << 20, "the holes were filled in"

@@ -143,6 +143,8 @@ async def test_search_service_down_shows_a_banner_and_the_page_recovers(
     search = await start_search_app(tmp_path / "data", addr=address)
     web = await start_web(search)
     await press_index(page, web, "done: stored 12")
+    # The page reloads itself once the job is done; a goto racing that reload is aborted.
+    await expect(page.locator(".tile img")).to_have_count(12, timeout=WAIT_MS)
     await search.stop(0)
     await page.goto(web.url)
     banner = page.locator("#banner")
