@@ -92,12 +92,14 @@ def clustered_unit_vectors(n: int, dimension: int, seed: int = 0) -> np.ndarray:
     return unit
 
 
-async def fill(data_dir: Path, model: ModelInfo, n: int, threshold: int) -> tuple[int, int, float]:
+async def fill(
+    data_dir: Path, model: ModelInfo, vectors: np.ndarray, threshold: int
+) -> tuple[int, int, float]:
     """Stores n vectors as the service would, and waits for background indexing."""
     store = LocalStore(data_dir, index_threshold=threshold)
     await store.open()
     await store.bind(model)
-    vectors = clustered_unit_vectors(n, model.dimension)
+    n = len(vectors)
     started = time.perf_counter()
     for i in range(0, n, 1000):
         await store.upsert(
@@ -354,6 +356,7 @@ def main() -> None:
         service_env = {"SEARCH_ADDR": "127.0.0.1:0", "EMBED_TARGET": embed_addr,
                        "DATA_DIR": str(work / "data"), "VECTOR_STORE": "local",
                        "SEARCH_INDEX_THRESHOLD": str(args.index_threshold)}  # fmt: skip
+        vectors = clustered_unit_vectors(args.vectors, model.dimension)  # 2 GiB at 1M: once
         if args.ingest:
             offset = log.stat().st_size
             search, search_addr = start(
@@ -365,11 +368,10 @@ def main() -> None:
             assert found, "search_service logged no metrics address"
             with ImageSearchClient(search_addr) as client:
                 client.wait_ready(300)
-            vectors = clustered_unit_vectors(args.vectors, model.dimension)
             ingest(search, search_addr, found.group(1), vectors, args.index_threshold)
         else:
             indexed, total, elapsed = asyncio.run(
-                fill(work / "data", model, args.vectors, args.index_threshold)
+                fill(work / "data", model, vectors, args.index_threshold)
             )
             print(f"stored {total} vectors in {elapsed:.0f} s (HNSW-indexed: {indexed})")
             search, search_addr = start("search_service", service_env, log)
@@ -384,7 +386,6 @@ def main() -> None:
             filtered = latencies(client, ids, filtered_answers, filter={"label": "l7"})
             hits = client.query(id=ids[0], top_k=10, filter={"label": "l7"})
             assert all(m.metadata["label"] == "l7" for m in hits)
-        vectors = clustered_unit_vectors(args.vectors, model.dimension)
         print(f"query by id, top 10, unfiltered:     {percentiles(plain)}, "
               f"recall@10 {recall(plain_answers, vectors):.4f}")  # fmt: skip
         print(f"query by id, top 10, label filter 1%: {percentiles(filtered)}, "

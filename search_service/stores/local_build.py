@@ -206,28 +206,27 @@ def copy_tree(source: Path, target: Path) -> None:
 
 
 def copy_sparse(source: str, target: str) -> None:
-    with open(source, "rb") as src, open(target, "wb") as dst:
-        size = os.fstat(src.fileno()).st_size
+    """Copies the data regions of `source` (found with SEEK_DATA / SEEK_HOLE) to the same
+    offsets of `target`, which keeps the holes between them."""
+    with open(source, "rb", buffering=0) as src_file, open(target, "wb", buffering=0) as dst_file:
+        src, dst = src_file.fileno(), dst_file.fileno()
+        size = os.fstat(src).st_size
         offset = 0
         while offset < size:
             try:
-                start = os.lseek(src.fileno(), offset, os.SEEK_DATA)
-                end = os.lseek(src.fileno(), start, os.SEEK_HOLE)
+                start = os.lseek(src, offset, os.SEEK_DATA)
             except OSError as exc:  # ENXIO: only a hole is left
                 if exc.errno == errno.ENXIO:
                     break
                 raise
-            src.seek(start)
-            dst.seek(start)
-            left = end - start
-            while left:
-                chunk = src.read(min(left, CHUNK))
-                if not chunk:
+            end = os.lseek(src, start, os.SEEK_HOLE)
+            while start < end:
+                chunk = os.pread(src, min(end - start, CHUNK), start)
+                if not chunk:  # the file shrank under us
                     break
-                dst.write(chunk)
-                left -= len(chunk)
+                start += os.pwrite(dst, chunk, start)
             offset = end
-        dst.truncate(size)
+        os.ftruncate(dst, size)
     shutil.copystat(source, target)
 
 
