@@ -69,6 +69,7 @@ class SearchApp:
             else make_store(
                 settings,
                 on_index_build=self.metrics.observe_build,
+                on_index_wait=self.metrics.index_wait_seconds.inc,
                 on_store_error=lambda kind: self.metrics.store_errors.labels(kind).inc(),
                 on_store_retry=self.metrics.store_retries.inc,
             )

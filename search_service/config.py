@@ -56,6 +56,13 @@ class SearchSettings(BaseSettings):
         default=10_000, ge=1, validation_alias=_env("SEARCH_INDEX_THRESHOLD"),
         description="Unindexed vectors that start a background HNSW build (local store).",
     )  # fmt: skip
+    index_max_unindexed: int = Field(
+        default=50_000, ge=0, validation_alias=_env("SEARCH_INDEX_MAX_UNINDEXED"),
+        description=(
+            "Local store: while a build runs and this many vectors are unindexed, upserts wait "
+            "for it (queries scan unindexed vectors one by one). 0: never wait."
+        ),
+    )  # fmt: skip
     pinecone_api_key: SecretStr | None = Field(
         default=None, validation_alias=_env("PINECONE_API_KEY")
     )

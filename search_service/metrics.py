@@ -31,6 +31,12 @@ class SearchMetrics:
         self.store_retries = Counter(
             "search_store_retries", "Requests to Pinecone that its SDK retried.", registry=registry
         )
+        self.index_wait_seconds = Counter(
+            "search_index_write_wait_seconds",
+            "Local store: seconds upserts waited for a build to index the unindexed tail "
+            "(SEARCH_INDEX_MAX_UNINDEXED).",
+            registry=registry,
+        )
         self.last_build_seconds = Gauge(
             "search_index_build_last_seconds",
             "How long the last finished HNSW build took.",

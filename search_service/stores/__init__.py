@@ -12,6 +12,7 @@ def make_store(
     settings: SearchSettings,
     *,
     on_index_build: Callable[[bool, float], None] | None = None,
+    on_index_wait: Callable[[float], None] | None = None,
     on_store_error: Callable[[str], None] | None = None,
     on_store_retry: Callable[[], None] | None = None,
 ) -> VectorStore:
@@ -23,7 +24,9 @@ def make_store(
             return LocalStore(
                 settings.data_dir,
                 index_threshold=settings.index_threshold,
+                max_unindexed=settings.index_max_unindexed,
                 on_build=on_index_build,
+                on_wait=on_index_wait,
             )
         case "pinecone":
             from search_service.stores.pinecone import PineconeStore

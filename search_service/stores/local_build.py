@@ -96,11 +96,9 @@ class IndexBuilder:
             self._replay.append(op)
 
     def maybe_start(self) -> None:
-        shard = self._owner.shard
-        if shard is None or self._stopped or self._task is not None:
+        if self._owner.shard is None or self._stopped or self._task is not None:
             return
-        info = shard.info()
-        gap = info.points_count - info.indexed_vectors_count
+        gap = self._unindexed()
         if self.pending >= self._threshold or gap >= max(self._threshold, self._floor):
             self._task = asyncio.create_task(self._build(), name="local-index-build")
 
@@ -108,6 +106,28 @@ class IndexBuilder:
         """Returns when no build is running (at once if none is)."""
         while self._task is not None:
             await asyncio.shield(self._task)
+
+    async def room(self, bound: int) -> float:
+        """Waits while a build runs and the unindexed tail holds `bound` points or more;
+        returns the seconds waited. Queries scan that tail point by point, so writers
+        faster than the index must not grow it past what a scan answers in milliseconds.
+        Never waits without a build running: a failed build leaves writes unthrottled."""
+        loop = asyncio.get_running_loop()
+        waited = 0.0
+        while bound and self._task is not None and self._unindexed() >= bound:
+            started = loop.time()
+            # asyncio.wait, not the task itself: a build stopped meanwhile must not cancel
+            # the write; it proceeds, unthrottled, into the store being closed.
+            await asyncio.wait([self._task])
+            waited += loop.time() - started
+        return waited
+
+    def _unindexed(self) -> int:
+        shard = self._owner.shard
+        if shard is None:
+            return 0
+        info = shard.info()
+        return info.points_count - info.indexed_vectors_count
 
     async def stop(self) -> None:
         """Kills a running build (its copy is removed) and starts no more."""

@@ -201,3 +201,51 @@ def test_copies_keep_sparse_files_sparse_and_every_byte(tmp_path: Path) -> None:
     copied = (tmp_path / "target" / "holes").stat()
     assert copied.st_size == (32 << 20) + 3
     assert copied.st_blocks * 512 < 1 << 20, "the holes were filled in"
+
+
+# The real builder, held back until a file named `gate` appears beside the shard copy.
+GATED = (
+    sys.executable,
+    "-c",
+    "import pathlib, sys, time\n"
+    "from search_service.stores import build_index\n"
+    "gate = pathlib.Path(sys.argv[1]).parent / 'gate'\n"
+    "while not gate.exists(): time.sleep(0.01)\n"
+    "sys.exit(build_index.main(['build_index', *sys.argv[1:]]))",
+)
+
+
+async def test_writers_wait_for_a_running_build_while_the_unindexed_tail_is_at_its_bound(
+    tmp_path: Path,
+) -> None:
+    owner = Owner(tmp_path)
+    builder = IndexBuilder(owner, threshold=100, command=GATED)
+    owner.write(builder, 150, seed=0)
+    assert await builder.room(100) == 0.0, "no build runs: nothing to wait for"
+    builder.maybe_start()
+    assert builder.running
+    assert await builder.room(0) == 0.0, "0 is no bound"
+    assert await builder.room(151) == 0.0, "150 unindexed is under a bound of 151"
+    waiting = asyncio.create_task(builder.room(150))
+    done, _ = await asyncio.wait([waiting], timeout=0.5)
+    assert not done, "150 unindexed at a bound of 150: the writer waits for the build"
+    (tmp_path / "gate").touch()
+    waited = await asyncio.wait_for(waiting, 60)
+    assert waited > 0.4
+    assert not builder.running
+    assert owner.shard is not None
+    info = owner.shard.info()
+    assert info.points_count - info.indexed_vectors_count < 100
+    assert owner.installed == ["shard-000002"]
+
+
+async def test_a_stopped_build_releases_its_waiting_writers(tmp_path: Path) -> None:
+    owner = Owner(tmp_path)
+    builder = IndexBuilder(owner, threshold=10, command=GATED)
+    owner.write(builder, 20, seed=0)
+    builder.maybe_start()
+    waiting = asyncio.create_task(builder.room(10))
+    await asyncio.to_thread(appears, tmp_path / "shard-000002")
+    await asyncio.wait_for(builder.stop(), 10)
+    assert await asyncio.wait_for(waiting, 10) > 0, "released, not cancelled"
+    assert shards(tmp_path) == ["shard-000001"]
