@@ -147,7 +147,7 @@ class LocalStore:
         if meta is None:
             return None
         model, name, version = meta
-        shard = await asyncio.to_thread(self._load_shard, name)
+        shard = await asyncio.to_thread(self._load_shard, name, model.dimension)
         self._model, self._shard_name, self._shard = model, name, shard
         await asyncio.to_thread(self._remove_leftovers)
         if version < FORMAT:
@@ -174,7 +174,7 @@ class LocalStore:
             if self._model is None:
                 await asyncio.to_thread(self._create, model)
 
-    def _load_shard(self, name: str) -> qe.EdgeShard:
+    def _load_shard(self, name: str, dimension: int) -> qe.EdgeShard:
         path = self._root / name
         if not path.is_dir():
             raise StoreMisconfigured(
@@ -182,7 +182,9 @@ class LocalStore:
                 f"{path}, which does not exist; {RECOVER}"
             )
         try:
-            return qe.EdgeShard.load(str(path))
+            # With today's config, which Qdrant checks against the segments and writes back:
+            # a store made by an older version builds its new segments the current way.
+            return qe.EdgeShard.load(str(path), _shard_config(dimension))
         except Exception as exc:
             raise StoreMisconfigured(
                 f"cannot open the local store: the shard {path} could not be loaded "
@@ -550,6 +552,10 @@ def _shard_config(dimension: int) -> qe.EdgeConfig:
         quantization_config=qe.ScalarQuantizationConfig(
             type=qe.ScalarType.Int8, quantile=0.99, always_ram=True
         ),
+        # Every query reads the payload of its matches (at least their ids). Cold, the
+        # default, reads each from disk on first touch: at 100k, query p50 0.89-1.13 ms
+        # and a fetch 117-131 us, against 0.44-0.45 ms and 38-41 us mapped and cached.
+        payload_memory=qe.Memory.Cached,
     )
 
 

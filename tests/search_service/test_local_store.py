@@ -357,3 +357,61 @@ def test_a_store_that_cannot_be_opened_stops_the_service_with_exit_2_naming_the_
     assert str(root) in done.stderr
     assert words in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# --- the shard's own configuration --------------------------------------------------------
+
+
+def payload_storage_kinds(shard_dir: Path) -> set[str]:
+    return {
+        json.loads(f.read_text())["config"]["payload_storage_type"]["type"]
+        for f in shard_dir.glob("segments/*/segment.json")
+    }
+
+
+async def test_a_store_made_with_an_older_config_takes_todays_config_when_opened(
+    tmp_path: Path,
+) -> None:
+    """Payloads are read by every query: a store keeps them mapped and cached in RAM
+    (Qdrant reads Cold payloads from disk on first touch, 2-3x slower queries)."""
+    root = tmp_path / "local"
+    root.mkdir()
+    older = qe.EdgeConfig(
+        vectors=qe.EdgeVectorParams(size=MODEL.dimension, distance=qe.Distance.Cosine),
+        hnsw_config=qe.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=10_000),
+        optimizers=qe.EdgeOptimizersConfig(indexing_threshold=1),
+    )
+    shard = qe.EdgeShard.create(str(root / "shard-000001"), older)
+    vectors = unit_vectors(3, 8)
+    shard.update(
+        qe.UpdateOperation.upsert_points(
+            [
+                qe.Point(
+                    layout.point_id("", f"r{i}"),
+                    vectors[i].tolist(),
+                    layout.payload("", f"r{i}", {}),
+                )
+                for i in range(3)
+            ]
+        )
+    )
+    shard.flush()
+    shard.close()
+    assert payload_storage_kinds(root / "shard-000001") == {"mmap"}
+    meta = {"format": layout.LAYOUT, "model": asdict(MODEL), "shard": "shard-000001"}
+    (root / "store.json").write_text(json.dumps(meta))
+
+    store = LocalStore(tmp_path)
+    assert await store.open() == MODEL
+    config = json.loads((root / "shard-000001" / "edge_config.json").read_text())
+    assert config["payload_memory"] == "cached"
+    assert config["quantization_config"]["scalar"]["type"] == "int8"
+    assert [r.id for r in await store.fetch("", ["r0", "r1", "r2"])] == ["r0", "r1", "r2"]
+    await store.close()
+
+    fresh = LocalStore(tmp_path / "fresh")
+    await fresh.open()
+    await fresh.bind(MODEL)
+    await fresh.upsert("", [Record("a", vectors[0], {})])
+    assert payload_storage_kinds(tmp_path / "fresh" / "local" / "shard-000001") == {"in_ram_mmap"}
+    await fresh.close()
