@@ -16,6 +16,15 @@ import time
 import qdrant_edge as qe
 
 PR_SET_PDEATHSIG = 1
+# The lowest CPU priority: the build takes only the cycles the service leaves, so on a
+# machine both share, queries come first and the build still gets every idle core.
+NICENESS = 19
+
+
+def lower_priority() -> None:
+    """Before any work, so every thread Qdrant starts for the build inherits it."""
+    if hasattr(os, "nice"):  # not on Windows
+        os.nice(max(0, NICENESS - os.nice(0)))
 
 
 def die_with_parent(parent: int) -> None:
@@ -34,6 +43,7 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
+    lower_priority()
     die_with_parent(int(argv[2]))
     started = time.perf_counter()
     shard = qe.EdgeShard.load(argv[1])

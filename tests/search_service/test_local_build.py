@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import subprocess
 import sys
 import time
 import uuid
@@ -249,3 +250,29 @@ async def test_a_stopped_build_releases_its_waiting_writers(tmp_path: Path) -> N
     await asyncio.wait_for(builder.stop(), 10)
     assert await asyncio.wait_for(waiting, 10) > 0, "released, not cancelled"
     assert shards(tmp_path) == ["shard-000001"]
+
+
+def test_the_builder_lowers_its_cpu_priority_before_it_builds(tmp_path: Path) -> None:
+    """Queries come first: the build child runs at niceness 19 from its start, so every
+    thread Qdrant starts for it inherits that and takes only the CPU the service leaves."""
+    owner = Owner(tmp_path)
+    builder = IndexBuilder(owner, threshold=10)
+    owner.write(builder, 50, seed=0)
+    assert owner.shard is not None
+    owner.shard.flush()
+    owner.shard.close()
+    probe = (
+        "import os, sys\n"
+        "from search_service.stores import build_index\n"
+        "before = os.nice(0)\n"
+        "code = build_index.main(['build_index', sys.argv[1], str(os.getppid())])\n"
+        "print(before, code, os.nice(0))"
+    )
+    shard = str(tmp_path / owner.shard_name)
+    done = subprocess.run(
+        [sys.executable, "-c", probe, shard], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    before, code, after = (int(x) for x in done.stdout.split())
+    assert (code, after) == (0, 19), f"niceness {before} before the build"
+    assert "50/50 vectors indexed" in done.stderr
