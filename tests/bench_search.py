@@ -47,6 +47,7 @@ from embed_service.images import prepare
 from embed_service.model import ClipModel
 from search_service.stores.base import ModelInfo, Record
 from search_service.stores.local import LocalStore
+from search_service.stores.local_build import IDLE_BUILD_MIN, IDLE_BUILD_S
 from tests.bench import CACHE, photos
 from tests.tiny_clip import build_clip
 
@@ -109,8 +110,13 @@ async def fill(
                 for j in range(i, min(n, i + 1000))
             ],
         )
-    await store.wait_for_index_build()
-    indexed, total = store.index_status()
+    deadline = time.monotonic() + IDLE_BUILD_S + 900
+    while True:  # the tail under the threshold is indexed IDLE_BUILD_S after the last write
+        await store.wait_for_index_build()
+        indexed, total = store.index_status()
+        if total - indexed < IDLE_BUILD_MIN or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(1)
     elapsed = time.perf_counter() - started
     await store.close()
     return indexed, total, elapsed
@@ -166,8 +172,7 @@ def probe(search_addr: str, pid: int, progress: Any, peak: Any, anon: Any, stop:
 
 
 def ingest(
-    search: subprocess.Popen[bytes], search_addr: str, metrics_addr: str, vectors: np.ndarray,
-    threshold: int,
+    search: subprocess.Popen[bytes], search_addr: str, metrics_addr: str, vectors: np.ndarray
 ) -> None:  # fmt: skip
     """N vectors through UpsertVectors (1,000 per call) while another caller queries by id
     every half second; then waits until everything is indexed. Prints what it saw."""
@@ -206,11 +211,11 @@ def ingest(
         time.sleep(2)
         unindexed = metric(metrics_addr, "search_index_unindexed_vectors")
         building = metric(metrics_addr, "search_index_building")
-        if building == 0 and unindexed < threshold:
+        if building == 0 and unindexed < IDLE_BUILD_MIN:
             break
     # The gauges refresh every 5 s: this is the moment within 5 s.
     print(
-        f"indexed (unindexed tail {unindexed:,.0f} < {threshold:,}, no build running) "
+        f"indexed (unindexed tail {unindexed:,.0f} < {IDLE_BUILD_MIN:,}, no build running) "
         f"{time.perf_counter() - last_upsert:.0f} s after the last upsert"
     )
     stop.set()
@@ -368,7 +373,7 @@ def main() -> None:
             assert found, "search_service logged no metrics address"
             with ImageSearchClient(search_addr) as client:
                 client.wait_ready(300)
-            ingest(search, search_addr, found.group(1), vectors, args.index_threshold)
+            ingest(search, search_addr, found.group(1), vectors)
         else:
             indexed, total, elapsed = asyncio.run(
                 fill(work / "data", model, vectors, args.index_threshold)

@@ -28,6 +28,11 @@ log = logging.getLogger(__name__)
 
 BUILDER = (sys.executable, "-m", "search_service.stores.build_index")
 CHUNK = 1 << 20
+# When writes stop, the tail they leave under the threshold would be scanned by every
+# query for good (a 7k tail is ~2 ms of a 5.6 ms query at 300k on a 2-core EPYC): once
+# no write has come for IDLE_BUILD_S, a build indexes a tail of IDLE_BUILD_MIN or more.
+IDLE_BUILD_S = 30.0
+IDLE_BUILD_MIN = 1000
 
 
 class ShardOwner(Protocol):
@@ -66,11 +71,17 @@ class IndexBuilder:
         threshold: int,
         on_build: Callable[[bool, float], None] | None = None,
         command: Sequence[str] = BUILDER,
+        idle_s: float = IDLE_BUILD_S,
+        idle_minimum: int = IDLE_BUILD_MIN,
     ) -> None:
-        """`threshold`: unindexed points that start a build. `on_build(ok, seconds)` is told
-        of every build that ends. `command` + [shard dir, parent pid] is the child."""
+        """`threshold`: unindexed points that start a build; `idle_minimum` of them do once
+        no write has come for `idle_s`. `on_build(ok, seconds)` is told of every build
+        that ends. `command` + [shard dir, parent pid] is the child."""
         self._owner = owner
         self._threshold = threshold
+        self._idle_s = idle_s
+        self._idle_minimum = idle_minimum
+        self._idle: asyncio.TimerHandle | None = None
         self._on_build = on_build
         self._command = tuple(command)
         self._replay: list[qe.UpdateOperation] | None = None
@@ -96,10 +107,24 @@ class IndexBuilder:
             self._replay.append(op)
 
     def maybe_start(self) -> None:
+        """Called after every write and build: starts a build if the tail calls for one,
+        and (re)starts the wait for quiet that indexes a smaller one."""
         if self._owner.shard is None or self._stopped or self._task is not None:
             return
+        if self._idle is not None:
+            self._idle.cancel()
+        self._idle = asyncio.get_running_loop().call_later(self._idle_s, self._when_idle)
+        self._start_from(self._threshold)
+
+    def _when_idle(self) -> None:
+        self._idle = None
+        if self._owner.shard is None or self._stopped or self._task is not None:
+            return
+        self._start_from(self._idle_minimum)
+
+    def _start_from(self, minimum: int) -> None:
         gap = self._unindexed()
-        if self.pending >= self._threshold or gap >= max(self._threshold, self._floor):
+        if self.pending >= minimum or gap >= max(minimum, self._floor):
             self._task = asyncio.create_task(self._build(), name="local-index-build")
 
     async def wait(self) -> None:
@@ -132,6 +157,8 @@ class IndexBuilder:
     async def stop(self) -> None:
         """Kills a running build (its copy is removed) and starts no more."""
         self._stopped = True
+        if self._idle is not None:
+            self._idle.cancel()
         if self._task is not None:
             if self._child is not None and self._child.returncode is None:
                 self._child.kill()

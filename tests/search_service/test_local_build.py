@@ -276,3 +276,34 @@ def test_the_builder_lowers_its_cpu_priority_before_it_builds(tmp_path: Path) ->
     before, code, after = (int(x) for x in done.stdout.split())
     assert (code, after) == (0, 19), f"niceness {before} before the build"
     assert "50/50 vectors indexed" in done.stderr
+
+
+async def test_a_tail_under_the_threshold_is_indexed_once_writes_stop(tmp_path: Path) -> None:
+    owner = Owner(tmp_path)
+    builder = IndexBuilder(owner, threshold=10_000, idle_s=0.3, idle_minimum=100)
+    owner.write(builder, 150, seed=0)
+    builder.maybe_start()
+    assert not builder.running, "150 unindexed is under the threshold"
+    for seed in (1, 2):  # each write restarts the wait for quiet
+        await asyncio.sleep(0.2)
+        owner.write(builder, 1, seed=seed)
+        builder.maybe_start()
+        assert not builder.running
+    deadline = time.monotonic() + 60
+    while not owner.installed:
+        assert time.monotonic() < deadline, "the idle tail was never indexed"
+        await asyncio.sleep(0.05)
+    await builder.wait()
+    assert owner.shard is not None
+    info = owner.shard.info()
+    assert (info.indexed_vectors_count, info.points_count) == (152, 152)
+
+    small = Owner(tmp_path / "small")
+    quiet = IndexBuilder(small, threshold=10_000, idle_s=0.1, idle_minimum=100)
+    small.write(quiet, 99, seed=3)
+    quiet.maybe_start()
+    await asyncio.sleep(0.5)
+    assert not quiet.running, "99 is under the idle minimum"
+    assert small.installed == []
+    await builder.stop()
+    await quiet.stop()
