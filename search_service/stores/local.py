@@ -553,8 +553,9 @@ def _shard_config(dimension: int) -> qe.EdgeConfig:
             type=qe.ScalarType.Int8, quantile=0.99, always_ram=True
         ),
         # Every query reads the payload of its matches (at least their ids). Cold, the
-        # default, reads each from disk on first touch: at 100k, query p50 0.89-1.13 ms
-        # and a fetch 117-131 us, against 0.44-0.45 ms and 38-41 us mapped and cached.
+        # default, reads each from disk on first touch: at 100k on a 2-core EPYC, query
+        # p50 0.89-1.13 ms and a fetch 117-131 us, against 0.44-0.45 ms and 38-41 us
+        # mapped and cached.
         payload_memory=qe.Memory.Cached,
     )
 
