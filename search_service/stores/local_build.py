@@ -109,7 +109,7 @@ class IndexBuilder:
     def maybe_start(self) -> None:
         """Called after every write and build: starts a build if the tail calls for one,
         and (re)starts the wait for quiet that indexes a smaller one."""
-        if self._owner.shard is None or self._stopped or self._task is not None:
+        if not self._may_start():
             return
         if self._idle is not None:
             self._idle.cancel()
@@ -118,9 +118,11 @@ class IndexBuilder:
 
     def _when_idle(self) -> None:
         self._idle = None
-        if self._owner.shard is None or self._stopped or self._task is not None:
-            return
-        self._start_from(self._idle_minimum)
+        if self._may_start():
+            self._start_from(self._idle_minimum)
+
+    def _may_start(self) -> bool:
+        return self._owner.shard is not None and not self._stopped and self._task is None
 
     def _start_from(self, minimum: int) -> None:
         gap = self._unindexed()

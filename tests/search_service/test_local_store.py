@@ -383,18 +383,7 @@ async def test_a_store_made_with_an_older_config_takes_todays_config_when_opened
     )
     shard = qe.EdgeShard.create(str(root / "shard-000001"), older)
     vectors = unit_vectors(3, 8)
-    shard.update(
-        qe.UpdateOperation.upsert_points(
-            [
-                qe.Point(
-                    layout.point_id("", f"r{i}"),
-                    vectors[i].tolist(),
-                    layout.payload("", f"r{i}", {}),
-                )
-                for i in range(3)
-            ]
-        )
-    )
+    shard.update(local._upsert_op("", [Record(f"r{i}", vectors[i], {}) for i in range(3)]))
     shard.flush()
     shard.close()
     assert payload_storage_kinds(root / "shard-000001") == {"mmap"}
