@@ -4,6 +4,8 @@ LocalStore, and the real child process (or one that fails or hangs)."""
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import shutil
 import subprocess
 import sys
@@ -12,6 +14,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import pytest
 import qdrant_edge as qe
 
 from search_service.stores import local
@@ -187,7 +190,16 @@ async def test_upserts_not_yet_indexed_are_remembered_across_a_restart(tmp_path:
     await store.close()
 
 
-def test_copies_keep_sparse_files_sparse_and_every_byte(tmp_path: Path) -> None:
+@pytest.mark.parametrize("in_kernel", [True, False], ids=["copy_file_range", "by hand"])
+def test_copies_keep_sparse_files_sparse_and_every_byte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_kernel: bool
+) -> None:
+    if not in_kernel:  # a file system that refuses copy_file_range, as across devices
+
+        def refused(*_: object) -> int:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+        monkeypatch.setattr(os, "copy_file_range", refused, raising=False)
     source = tmp_path / "source"
     source.mkdir()
     with open(source / "holes", "wb") as f:
