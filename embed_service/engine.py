@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -82,6 +83,11 @@ class EmbedEngine:
             on_batch=metrics.batch_items.labels("texts").observe if metrics else None,
         )
         self._admitted = 0
+        self._forward_seconds = (
+            {kind: metrics.forward_seconds.labels(kind) for kind in ("images", "texts")}
+            if metrics is not None
+            else {}
+        )
         if metrics is not None:
             info = self.info()
             metrics.model.labels(
@@ -143,9 +149,7 @@ class EmbedEngine:
         with self._admit(len(images), "images"):
             loop = asyncio.get_running_loop()
             spec = self._model.preprocessing
-            job = functools.partial(
-                _prepare_or_error, spec=spec, limit=self._settings.max_image_pixels
-            )
+            job = functools.partial(self._prepare, spec=spec, limit=self._settings.max_image_pixels)
             prepared = await asyncio.gather(
                 *(loop.run_in_executor(self._decode_pool, job, data) for data in images)
             )
@@ -198,16 +202,31 @@ class EmbedEngine:
         finally:
             self._admitted -= count
 
+    def _prepare(self, data: bytes, *, spec: Preprocessing, limit: int) -> Pixels | ItemError:
+        started = time.perf_counter()
+        try:
+            return prepare(data, spec, max_pixels=limit)
+        except ItemError as exc:
+            return exc
+        finally:
+            if self._metrics is not None:
+                self._metrics.decode_seconds.observe(time.perf_counter() - started)
+
+    @contextlib.contextmanager
+    def _timed_forward(self, kind: str) -> Iterator[None]:
+        # Timed on the model thread itself, so the figure is the pass, not its thread hops.
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            if histogram := self._forward_seconds.get(kind):
+                histogram.observe(time.perf_counter() - started)
+
     def _embed_pixels(self, batch: list[Pixels]) -> list[Vector]:
-        return list(self._model.embed_pixels(np.stack(batch)))
+        with self._timed_forward("images"):
+            return list(self._model.embed_pixels(np.stack(batch)))
 
     def _embed_texts(self, batch: list[str]) -> list[tuple[Vector, bool]]:
-        tokens = self._model.tokenize(batch)
-        return list(zip(self._model.embed_tokens(tokens), tokens.truncated, strict=True))
-
-
-def _prepare_or_error(data: bytes, *, spec: Preprocessing, limit: int) -> Pixels | ItemError:
-    try:
-        return prepare(data, spec, max_pixels=limit)
-    except ItemError as exc:
-        return exc
+        with self._timed_forward("texts"):
+            tokens = self._model.tokenize(batch)
+            return list(zip(self._model.embed_tokens(tokens), tokens.truncated, strict=True))

@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
 
 class EmbedMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -15,6 +17,20 @@ class EmbedMetrics:
             ["kind"],
             registry=registry,
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+        )
+        # Where a request's time goes: the forward pass itself, and each image's decode.
+        self.forward_seconds = Histogram(
+            "embed_forward_seconds",
+            "Seconds of one forward pass (a batch), timed on the model thread.",
+            ["kind"],
+            registry=registry,
+            buckets=SECONDS,
+        )
+        self.decode_seconds = Histogram(
+            "embed_decode_seconds",
+            "Seconds to decode and preprocess one image, readable or not, on a decode thread.",
+            registry=registry,
+            buckets=SECONDS,
         )
         self.waiting = Gauge(
             "embed_items_waiting", "Items queued for a forward pass.", registry=registry

@@ -128,6 +128,17 @@ async def test_counters_rise_by_exactly_the_calls_made_with_their_codes(
     assert embed_after[failures] - embed_before.get(failures, 0) == 1
     batches = ("embed_batch_items_count", frozenset({"kind": "texts"}.items()))
     assert embed_after[batches] - embed_before.get(batches, 0) == 3
+
+    def grew(name: str, **labels: str) -> float:
+        key = (name, frozenset(labels.items()))
+        return embed_after[key] - embed_before.get(key, 0)
+
+    # Three text passes; one image pass, as the unreadable image never reaches the model.
+    assert grew("embed_forward_seconds_count", kind="texts") == 3
+    assert grew("embed_forward_seconds_count", kind="images") == 1
+    assert grew("embed_forward_seconds_sum", kind="images") > 0
+    assert grew("embed_decode_seconds_count") == 2  # the good image and the bad one
+    assert grew("embed_decode_seconds_sum") > 0
     info = embed.engine.info() if embed.engine else None
     assert info is not None
     model = {"model_id": info.model_id, "fingerprint": info.fingerprint, "device": "cpu"}
