@@ -25,6 +25,7 @@ def make_store(
                 settings.data_dir,
                 index_threshold=settings.index_threshold,
                 max_unindexed=settings.index_max_unindexed,
+                vectors_memory=settings.vectors_memory,
                 on_build=on_index_build,
                 on_wait=on_index_wait,
             )

@@ -43,7 +43,7 @@ class Owner:
         self.write_lock = asyncio.Lock()
         self.shard_name = "shard-000001"
         self.shard: qe.EdgeShard | None = qe.EdgeShard.create(
-            str(root / self.shard_name), local._shard_config(DIMENSION)
+            str(root / self.shard_name), local._shard_config(DIMENSION, qe.Memory.Cold)
         )
         self.meta = self.shard_name
         self.installed: list[str] = []

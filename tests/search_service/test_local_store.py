@@ -174,7 +174,9 @@ def write_layout_1_store(data_dir: Path) -> dict[tuple[str, str], np.ndarray]:
     no `bools`, and a payload index on a quoted metadata path."""
     root = data_dir / "local"
     root.mkdir(parents=True)
-    shard = qe.EdgeShard.create(str(root / "shard-000001"), local._shard_config(MODEL.dimension))
+    shard = qe.EdgeShard.create(
+        str(root / "shard-000001"), local._shard_config(MODEL.dimension, qe.Memory.Cold)
+    )
     shard.update(qe.UpdateOperation.create_field_index("ns", qe.PayloadSchemaType.Keyword))
     shard.update(qe.UpdateOperation.create_field_index("keys", qe.PayloadSchemaType.Keyword))
     shard.update(qe.UpdateOperation.create_field_index('md."label"', qe.PayloadSchemaType.Keyword))
@@ -369,11 +371,20 @@ def payload_storage_kinds(shard_dir: Path) -> set[str]:
     }
 
 
+def vector_storage_kinds(shard_dir: Path) -> set[str]:
+    return {
+        json.loads(f.read_text())["config"]["vector_data"][""]["storage_type"]
+        for f in shard_dir.glob("segments/*/segment.json")
+    }
+
+
 async def test_a_store_made_with_an_older_config_takes_todays_config_when_opened(
     tmp_path: Path,
 ) -> None:
     """Payloads are read by every query: a store keeps them mapped and cached in RAM
-    (Qdrant reads Cold payloads from disk on first touch, 2-3x slower queries)."""
+    (Qdrant reads Cold payloads from disk on first touch, 2-3x slower queries). The
+    float32 originals are only read to rescore and to return values: they stay on disk
+    (Cold), so a load does not read them all into memory."""
     root = tmp_path / "local"
     root.mkdir()
     older = qe.EdgeConfig(
@@ -394,6 +405,7 @@ async def test_a_store_made_with_an_older_config_takes_todays_config_when_opened
     assert await store.open() == MODEL
     config = json.loads((root / "shard-000001" / "edge_config.json").read_text())
     assert config["payload_memory"] == "cached"
+    assert config["vectors"][""]["memory"] == "cold"
     assert config["quantization_config"]["scalar"]["type"] == "int8"
     assert [r.id for r in await store.fetch("", ["r0", "r1", "r2"])] == ["r0", "r1", "r2"]
     await store.close()
@@ -403,4 +415,26 @@ async def test_a_store_made_with_an_older_config_takes_todays_config_when_opened
     await fresh.bind(MODEL)
     await fresh.upsert("", [Record("a", vectors[0], {})])
     assert payload_storage_kinds(tmp_path / "fresh" / "local" / "shard-000001") == {"in_ram_mmap"}
+    # Appendable segments hold their originals in chunks, built ones in one file: on disk.
+    kinds = vector_storage_kinds(tmp_path / "fresh" / "local" / "shard-000001")
+    assert kinds
+    assert kinds <= {"ChunkedMmap", "Mmap"}, kinds
+    (found,) = await fresh.fetch("", ["a"])
+    assert np.allclose(found.values, vectors[0], atol=1e-6)
     await fresh.close()
+
+    # SEARCH_VECTORS_MEMORY=cached: the same store, its originals read into memory.
+    cached = LocalStore(tmp_path / "cached", vectors_memory="cached")
+    await cached.open()
+    await cached.bind(MODEL)
+    await cached.upsert("", [Record("a", vectors[0], {})])
+    shard_dir = tmp_path / "cached" / "local" / "shard-000001"
+    kinds = vector_storage_kinds(shard_dir)
+    assert kinds
+    assert kinds <= {"InRamChunkedMmap", "InRamMmap"}, kinds
+    assert json.loads((shard_dir / "edge_config.json").read_text())["vectors"][""]["memory"] == (
+        "cached"
+    )
+    (found,) = await cached.fetch("", ["a"])
+    assert np.allclose(found.values, vectors[0], atol=1e-6)
+    await cached.close()
