@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -203,24 +202,17 @@ class EmbedEngine:
             self._admitted -= count
 
     def _prepare(self, data: bytes, *, spec: Preprocessing, limit: int) -> Pixels | ItemError:
-        started = time.perf_counter()
-        try:
-            return prepare(data, spec, max_pixels=limit)
-        except ItemError as exc:
-            return exc
-        finally:
-            if self._metrics is not None:
-                self._metrics.decode_seconds.observe(time.perf_counter() - started)
+        timer = self._metrics.decode_seconds.time() if self._metrics else contextlib.nullcontext()
+        with timer:
+            try:
+                return prepare(data, spec, max_pixels=limit)
+            except ItemError as exc:
+                return exc
 
-    @contextlib.contextmanager
-    def _timed_forward(self, kind: str) -> Iterator[None]:
+    def _timed_forward(self, kind: str) -> contextlib.AbstractContextManager[object]:
         # Timed on the model thread itself, so the figure is the pass, not its thread hops.
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            if histogram := self._forward_seconds.get(kind):
-                histogram.observe(time.perf_counter() - started)
+        histogram = self._forward_seconds.get(kind)
+        return histogram.time() if histogram is not None else contextlib.nullcontext()
 
     def _embed_pixels(self, batch: list[Pixels]) -> list[Vector]:
         with self._timed_forward("images"):
