@@ -147,11 +147,18 @@ def process_tree_rss(pid: int, field: str = "VmRSS") -> int:
     return total
 
 
-def metric(metrics_addr: str, name: str) -> float:
-    """A sample's value; `name` may carry labels, as in name{kind="images"}."""
+def metrics(metrics_addr: str, *names: str) -> list[float]:
+    """Samples' values from one scrape; a name may carry labels, as in name{kind="images"}."""
     text = urllib.request.urlopen(f"http://{metrics_addr}/metrics", timeout=10).read().decode()
-    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
-    return float(found.group(1)) if found else float("nan")
+    values = []
+    for name in names:
+        found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+        values.append(float(found.group(1)) if found else float("nan"))
+    return values
+
+
+def metric(metrics_addr: str, name: str) -> float:
+    return metrics(metrics_addr, name)[0]
 
 
 def metrics_address(log: Path, offset: int) -> str:
@@ -178,11 +185,11 @@ def query_by_images(
         for data in images[:2]:
             client.query(image=data, top_k=10)
         for data in images * 3:
-            before = metric(embed_metrics, FORWARD_S), metric(embed_metrics, DECODE_S)
+            before = metrics(embed_metrics, FORWARD_S, DECODE_S)
             t = time.perf_counter()
             client.query(image=data, top_k=10)
             total.append((time.perf_counter() - t) * 1000)
-            after = metric(embed_metrics, FORWARD_S), metric(embed_metrics, DECODE_S)
+            after = metrics(embed_metrics, FORWARD_S, DECODE_S)
             forward.append((after[0] - before[0]) * 1000)
             decode.append((after[1] - before[1]) * 1000)
     return total, forward, decode

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytest
@@ -410,31 +410,23 @@ async def test_a_store_made_with_an_older_config_takes_todays_config_when_opened
     assert [r.id for r in await store.fetch("", ["r0", "r1", "r2"])] == ["r0", "r1", "r2"]
     await store.close()
 
-    fresh = LocalStore(tmp_path / "fresh")
-    await fresh.open()
-    await fresh.bind(MODEL)
-    await fresh.upsert("", [Record("a", vectors[0], {})])
-    assert payload_storage_kinds(tmp_path / "fresh" / "local" / "shard-000001") == {"in_ram_mmap"}
-    # Appendable segments hold their originals in chunks, built ones in one file: on disk.
-    kinds = vector_storage_kinds(tmp_path / "fresh" / "local" / "shard-000001")
-    assert kinds
-    assert kinds <= {"ChunkedMmap", "Mmap"}, kinds
-    (found,) = await fresh.fetch("", ["a"])
-    assert np.allclose(found.values, vectors[0], atol=1e-6)
-    await fresh.close()
-
-    # SEARCH_VECTORS_MEMORY=cached: the same store, its originals read into memory.
-    cached = LocalStore(tmp_path / "cached", vectors_memory="cached")
-    await cached.open()
-    await cached.bind(MODEL)
-    await cached.upsert("", [Record("a", vectors[0], {})])
-    shard_dir = tmp_path / "cached" / "local" / "shard-000001"
-    kinds = vector_storage_kinds(shard_dir)
-    assert kinds
-    assert kinds <= {"InRamChunkedMmap", "InRamMmap"}, kinds
-    assert json.loads((shard_dir / "edge_config.json").read_text())["vectors"][""]["memory"] == (
-        "cached"
-    )
-    (found,) = await cached.fetch("", ["a"])
-    assert np.allclose(found.values, vectors[0], atol=1e-6)
-    await cached.close()
+    # Appendable segments hold their originals in chunks, built ones in one file.
+    kinds_of: dict[Literal["cold", "cached"], set[str]] = {
+        "cold": {"ChunkedMmap", "Mmap"},  # on disk
+        "cached": {"InRamChunkedMmap", "InRamMmap"},  # SEARCH_VECTORS_MEMORY=cached
+    }
+    for memory, kinds_wanted in kinds_of.items():
+        fresh = LocalStore(tmp_path / memory, vectors_memory=memory)
+        await fresh.open()
+        await fresh.bind(MODEL)
+        await fresh.upsert("", [Record("a", vectors[0], {})])
+        shard_dir = tmp_path / memory / "local" / "shard-000001"
+        assert payload_storage_kinds(shard_dir) == {"in_ram_mmap"}
+        kinds = vector_storage_kinds(shard_dir)
+        assert kinds
+        assert kinds <= kinds_wanted, (memory, kinds)
+        config = json.loads((shard_dir / "edge_config.json").read_text())
+        assert config["vectors"][""]["memory"] == memory
+        (found,) = await fresh.fetch("", ["a"])
+        assert np.allclose(found.values, vectors[0], atol=1e-6)
+        await fresh.close()
