@@ -66,15 +66,18 @@ class SearchSettings(BaseSettings):
             "for it (queries scan unindexed vectors one by one). 0: never wait."
         ),
     )  # fmt: skip
-    vectors_memory: Literal["cold", "cached"] = Field(
-        # Measured at 1M vectors (make bench-search N=1000000, 2-core EPYC): cold, peak RSS
-        # of service and builder 4.87 GiB and query by id afterwards p50 4.67 ms; cached,
-        # 8.02 GiB and 2.72 ms (cold pays for the first touch of each page).
-        default="cold", validation_alias=_env("SEARCH_VECTORS_MEMORY"),
+    vectors_memory: Literal["pinned", "cold", "cached"] = Field(
+        # At 100k vectors over gRPC on a 2-core EPYC whose host pages out idle memory:
+        # query by id p50 2.24 ms cached, 5.28 ms cold (disk reads), pinned: see local_pin.
+        # Cached also reads every vector in again in the index builder and, during a swap,
+        # twice in the service (1M: peak RSS 8.02 GiB against 4.87 cold).
+        default="pinned", validation_alias=_env("SEARCH_VECTORS_MEMORY"),
         description=(
-            "Local store: the float32 vectors (read to rescore a query's candidates) stay on "
-            "disk and are read as queries touch them (cold), or are all read into memory at "
-            "every load (cached). Applies to segments built from then on."
+            "Local store: the float32 vectors (read to rescore a query's candidates) are "
+            "memory-mapped and locked in memory by the service, not by the index builder "
+            "(pinned); mapped and read from disk as queries touch them (cold); or read into "
+            "memory at every load, the builder's included (cached). cached applies to "
+            "segments built from then on."
         ),
     )  # fmt: skip
     pinecone_api_key: SecretStr | None = Field(

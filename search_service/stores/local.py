@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -48,6 +49,7 @@ from search_service.stores.base import (
     check_same_model,
 )
 from search_service.stores.local_build import IndexBuilder
+from search_service.stores.local_pin import PinnedVectors
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +85,7 @@ class LocalStore:
         *,
         index_threshold: int = 10_000,
         max_unindexed: int = 0,
-        vectors_memory: Literal["cold", "cached"] = "cold",
+        vectors_memory: Literal["pinned", "cold", "cached"] = "pinned",
         on_build: Callable[[bool, float], None] | None = None,
         on_wait: Callable[[float], None] | None = None,
     ) -> None:
@@ -100,7 +102,8 @@ class LocalStore:
         self._indexed_fields: set[str] = set()
         self._builder = IndexBuilder(self, threshold=index_threshold, on_build=on_build)
         self._max_unindexed = max_unindexed
-        self._vectors_memory = qe.Memory.Cold if vectors_memory == "cold" else qe.Memory.Cached
+        self._vectors_memory = qe.Memory.Cached if vectors_memory == "cached" else qe.Memory.Cold
+        self._pinned = PinnedVectors() if vectors_memory == "pinned" else None
         self._on_wait = on_wait
         # Bumped by every write and index swap: what is counted need not be counted again.
         self.changes = 0
@@ -139,6 +142,8 @@ class LocalStore:
         old, old_name = self._shard, self._shard_name
         self._shard, self._shard_name = shard, name
         self.changes += 1
+        # The old shard's pins go before the new one's are taken: one copy locked at most.
+        await asyncio.to_thread(self._pin_live)
         if old is not None:
             await self._release(old)
         await asyncio.to_thread(shutil.rmtree, self._root / old_name, True)
@@ -157,6 +162,7 @@ class LocalStore:
         await asyncio.to_thread(_index_base_fields, shard)
         self._indexed_fields = set(shard.info().payload_schema)
         self._builder.pending = self._read_pending()
+        await asyncio.to_thread(self._pin_live)
         log.info(
             "local store at %s: %d vectors of %s", self._root, self._points(), self._model.model_id
         )
@@ -192,6 +198,20 @@ class LocalStore:
                 f"cannot open the local store: the shard {path} could not be loaded "
                 f"({exc}); {RECOVER}"
             ) from exc
+
+    def _pin_live(self) -> None:
+        """Locks the live shard's vectors in memory (SEARCH_VECTORS_MEMORY=pinned)."""
+        if self._pinned is None:
+            return
+        self._pinned.release()
+        started = time.monotonic()
+        locked = self._pinned.pin(self._root / self._shard_name)
+        if locked:
+            log.info(
+                "locked %.2f GiB of vectors in memory in %.1f s",
+                locked / 2**30,
+                time.monotonic() - started,
+            )
 
     def _migrate(self, shard: qe.EdgeShard, version: int) -> None:
         """Rewrites every point of layout `version` into the current layout, in place.
@@ -260,6 +280,8 @@ class LocalStore:
             shard, self._shard = self._shard, None
             if shard is not None:
                 await self._release(shard)
+                if self._pinned is not None:
+                    self._pinned.release()
                 if self._model is not None and self._builder.pending:
                     # Kept across a restart; a crash loses it (the next writes count anew).
                     await asyncio.to_thread(
@@ -553,8 +575,8 @@ def _shard_config(dimension: int, vectors_memory: qe.Memory) -> qe.EdgeConfig:
         # return values; the search itself runs on the int8 copy, held in RAM. Cached
         # reads the whole file in at every load: 1.9 GiB at 1M vectors, in the service,
         # again in the index builder's copy, and twice in the service while a swap holds
-        # two shards. Cold (SEARCH_VECTORS_MEMORY's default) maps it and reads only the
-        # pages queries touch.
+        # two shards. Cold maps it, and pinned (the default) then locks the live shard's
+        # pages in the service alone (local_pin).
         vectors=qe.EdgeVectorParams(
             size=dimension, distance=qe.Distance.Cosine, memory=vectors_memory
         ),

@@ -1,0 +1,125 @@
+"""Keeps the live shard's float32 vectors resident in memory, without a second copy.
+
+Cold vectors are memory-mapped, and the kernel drops mapped file pages nobody touched
+lately: under memory pressure anywhere, and on hosts that reclaim idle memory on their
+own (DAMON pageout: this project's 2-core VMs page out whatever went untouched for a
+minute). Every query then reads its candidates from disk: at 100k vectors on a 2-core EPYC,
+query by id p50 5.28 ms over gRPC against 2.24 ms with the vectors in memory. Locking the
+pages of each indexed segment's vector file (mlock on a read-only shared mapping) keeps
+them in the page cache Qdrant's own mapping reads: the same pages, so no second copy, and
+only in the serving process, never in the index builder.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import mmap
+import os
+import resource
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# What an indexed (non-appendable) segment keeps its float32 vectors in. The appendable
+# segment's chunks grow with every write and were just written: they are left alone.
+VECTOR_FILES = "segments/*/vector_storage/matrix.dat"
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [
+    ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long
+]  # fmt: skip
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.mlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+class PinnedVectors:
+    """The vector files of one shard, mapped read-only and locked (or, where the memory
+    lock limit refuses, only read ahead, once)."""
+
+    def __init__(self) -> None:
+        self._mappings: list[tuple[int, int]] = []
+        self.locked_bytes = 0
+        self._warned = False
+
+    def pin(self, shard_dir: Path) -> int:
+        """Pins every vector file of `shard_dir`; returns the bytes locked. Call release()
+        first when pinning another shard."""
+        for path in sorted(shard_dir.glob(VECTOR_FILES)):
+            self._pin_file(path)
+        return self.locked_bytes
+
+    def _pin_file(self, path: Path) -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as exc:  # a segment removed meanwhile: nothing to keep
+            log.debug("not pinning %s: %s", path, exc)
+            return
+        try:
+            size = os.fstat(fd).st_size
+            if size == 0:
+                return
+            address = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        finally:
+            os.close(fd)
+        if address is None or address == _MAP_FAILED:
+            log.warning("cannot map %s to keep it in memory: %s", path, _errno_text())
+            return
+        self._mappings.append((address, size))
+        if self._lock(address, size):
+            self.locked_bytes += size
+        else:
+            _libc.madvise(address, size, mmap.MADV_WILLNEED)
+
+    def _lock(self, address: int, size: int) -> bool:
+        if _libc.mlock(address, size) == 0:
+            return True
+        code = ctypes.get_errno()
+        if code in (errno.ENOMEM, errno.EPERM) and _raise_lock_limit():
+            if _libc.mlock(address, size) == 0:
+                return True
+            code = ctypes.get_errno()
+        if not self._warned:
+            self._warned = True
+            soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+            log.warning(
+                "cannot lock the local store's vectors in memory (%s; RLIMIT_MEMLOCK %s / %s "
+                "bytes): the kernel may evict them and queries then read them from disk. "
+                "Raise the limit (ulimit -l unlimited, or Docker's --ulimit memlock=-1), or "
+                "set SEARCH_VECTORS_MEMORY=cached",
+                os.strerror(code),
+                _limit_text(soft),
+                _limit_text(hard),
+            )
+        return False
+
+    def release(self) -> None:
+        """Unmaps (and so unlocks) every file pinned; the pages stay cached until evicted."""
+        for address, size in self._mappings:
+            _libc.munmap(address, size)
+        self._mappings.clear()
+        self.locked_bytes = 0
+
+
+def _raise_lock_limit() -> bool:
+    """Raises the soft memory-lock limit to the hard one; True if that changed it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    if soft == hard:
+        return False
+    try:
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (hard, hard))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _limit_text(limit: int) -> str:
+    return "unlimited" if limit == resource.RLIM_INFINITY else str(limit)
+
+
+def _errno_text() -> str:
+    return os.strerror(ctypes.get_errno())
