@@ -35,13 +35,22 @@ _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _libc.mlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _MAP_FAILED = ctypes.c_void_p(-1).value
+# Locked pages cannot be reclaimed: a store larger than this share of the machine's memory
+# is left unlocked (as cold) rather than starving everything else, the OOM killer included.
+MAX_LOCKED_SHARE = 0.5
+
+
+def physical_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 class PinnedVectors:
     """The vector files of one shard, mapped read-only and locked (or, where the memory
     lock limit refuses, only read ahead, once)."""
 
-    def __init__(self) -> None:
+    def __init__(self, most: int | None = None) -> None:
+        """`most`: the bytes it may lock (default: MAX_LOCKED_SHARE of physical memory)."""
+        self._most = int(physical_memory() * MAX_LOCKED_SHARE) if most is None else most
         self._mappings: list[tuple[int, int]] = []
         self.locked_bytes = 0
         self._warned = False
@@ -49,11 +58,24 @@ class PinnedVectors:
     def pin(self, shard_dir: Path) -> int:
         """Pins every vector file of `shard_dir`; returns the bytes locked. Call release()
         first when pinning another shard."""
-        for path in sorted(shard_dir.glob(VECTOR_FILES)):
+        paths = sorted(shard_dir.glob(VECTOR_FILES))
+        total = sum(p.stat().st_size for p in paths if p.exists())
+        if total > self._most:
+            log.warning(
+                "not locking the local store's vectors in memory: %.2f GiB is more than "
+                "%.2f GiB (half of this machine's memory); queries read them from disk when "
+                "the kernel evicts them",
+                total / 2**30,
+                self._most / 2**30,
+            )
+            for path in paths:
+                self._pin_file(path, lock=False)
+            return 0
+        for path in paths:
             self._pin_file(path)
         return self.locked_bytes
 
-    def _pin_file(self, path: Path) -> None:
+    def _pin_file(self, path: Path, *, lock: bool = True) -> None:
         try:
             fd = os.open(path, os.O_RDONLY)
         except OSError as exc:  # a segment removed meanwhile: nothing to keep
@@ -70,7 +92,7 @@ class PinnedVectors:
             log.warning("cannot map %s to keep it in memory: %s", path, _errno_text())
             return
         self._mappings.append((address, size))
-        if self._lock(address, size):
+        if lock and self._lock(address, size):
             self.locked_bytes += size
         else:
             _libc.madvise(address, size, mmap.MADV_WILLNEED)

@@ -16,7 +16,7 @@ import pytest
 
 from search_service.stores.base import ModelInfo, Record
 from search_service.stores.local import LocalStore
-from search_service.stores.local_pin import VECTOR_FILES
+from search_service.stores.local_pin import VECTOR_FILES, PinnedVectors
 
 MODEL = ModelInfo("test/model", 512, "p1nned")
 
@@ -92,6 +92,30 @@ async def test_the_live_shards_vectors_are_locked_one_shard_at_a_time(tmp_path: 
     await cold.open()
     assert locked_kib() == before
     await cold.close()
+
+
+async def test_vectors_over_the_lock_budget_are_left_unlocked_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Locked pages cannot be reclaimed: past its budget (half the machine's memory by
+    default) a store is left as cold rather than starving the machine."""
+    store = await new_store(tmp_path)
+    await fill(store, unit(300, 2))
+    shard_dir = tmp_path / "local" / store._shard_name
+    size = vector_file_kib(shard_dir) * 1024
+    await store.close()
+
+    before = locked_kib()
+    over = PinnedVectors(most=size // 2)
+    assert over.pin(shard_dir) == 0
+    assert locked_kib() == before
+    assert any("not locking" in r.getMessage() for r in caplog.records)
+    over.release()
+    within = PinnedVectors(most=size)
+    assert within.pin(shard_dir) > 0
+    assert locked_kib() - before == vector_file_kib(shard_dir)
+    within.release()
+    assert locked_kib() == before
 
 
 REFUSED = """
