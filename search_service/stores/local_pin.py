@@ -61,10 +61,10 @@ class PinnedVectors:
         paths = sorted(shard_dir.glob(VECTOR_FILES))
         total = sum(p.stat().st_size for p in paths if p.exists())
         if total > self._most:
-            log.warning(
-                "not locking the local store's vectors in memory: %.2f GiB is more than "
-                "%.2f GiB (half of this machine's memory); queries read them from disk when "
-                "the kernel evicts them",
+            self._warn_once(
+                "not locking the local store's vectors in memory: %.2f GiB is more than the "
+                "%.2f GiB it may lock (by default half of this machine's memory); queries read "
+                "them from disk when the kernel evicts them",
                 total / 2**30,
                 self._most / 2**30,
             )
@@ -105,19 +105,23 @@ class PinnedVectors:
             if _libc.mlock(address, size) == 0:
                 return True
             code = ctypes.get_errno()
+        soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+        self._warn_once(
+            "cannot lock the local store's vectors in memory (%s; RLIMIT_MEMLOCK %s / %s "
+            "bytes): the kernel may evict them and queries then read them from disk. "
+            "Raise the limit (ulimit -l unlimited, or Docker's --ulimit memlock=-1), or "
+            "set SEARCH_VECTORS_MEMORY=cached",
+            os.strerror(code),
+            _limit_text(soft),
+            _limit_text(hard),
+        )
+        return False
+
+    def _warn_once(self, message: str, *args: object) -> None:
+        """One warning per store, not one per file or per index swap."""
         if not self._warned:
             self._warned = True
-            soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
-            log.warning(
-                "cannot lock the local store's vectors in memory (%s; RLIMIT_MEMLOCK %s / %s "
-                "bytes): the kernel may evict them and queries then read them from disk. "
-                "Raise the limit (ulimit -l unlimited, or Docker's --ulimit memlock=-1), or "
-                "set SEARCH_VECTORS_MEMORY=cached",
-                os.strerror(code),
-                _limit_text(soft),
-                _limit_text(hard),
-            )
-        return False
+            log.warning(message, *args)
 
     def release(self) -> None:
         """Unmaps (and so unlocks) every file pinned; the pages stay cached until evicted."""

@@ -17,6 +17,7 @@ import pytest
 from search_service.stores.base import ModelInfo, Record
 from search_service.stores.local import LocalStore
 from search_service.stores.local_pin import VECTOR_FILES, PinnedVectors
+from tests.stores.conftest import unit
 
 MODEL = ModelInfo("test/model", 512, "p1nned")
 
@@ -30,12 +31,6 @@ def locked_kib() -> int:
 def vector_file_kib(shard_dir: Path) -> int:
     """What mlock locks for the shard's vector files: whole pages."""
     return sum(-(-p.stat().st_size // 4096) * 4 for p in shard_dir.glob(VECTOR_FILES))
-
-
-def unit(n: int, seed: int) -> np.ndarray:
-    v = np.random.default_rng(seed).standard_normal((n, MODEL.dimension)).astype(np.float32)
-    out: np.ndarray = v / np.linalg.norm(v, axis=1, keepdims=True)
-    return out
 
 
 async def new_store(data_dir: Path) -> LocalStore:
@@ -57,7 +52,7 @@ async def test_the_live_shards_vectors_are_locked_one_shard_at_a_time(tmp_path: 
     store = await new_store(tmp_path)
     assert locked_kib() == before, "a new store has no built segment to lock"
 
-    vectors = unit(600, 0)
+    vectors = unit(np.random.default_rng(0), 600, MODEL.dimension)
     await fill(store, vectors[:300])
     first = tmp_path / "local" / store._shard_name
     indexed = store.index_status()[0]
@@ -100,7 +95,7 @@ async def test_vectors_over_the_lock_budget_are_left_unlocked_with_a_warning(
     """Locked pages cannot be reclaimed: past its budget (half the machine's memory by
     default) a store is left as cold rather than starving the machine."""
     store = await new_store(tmp_path)
-    await fill(store, unit(300, 2))
+    await fill(store, unit(np.random.default_rng(2), 300, MODEL.dimension))
     shard_dir = tmp_path / "local" / store._shard_name
     size = vector_file_kib(shard_dir) * 1024
     await store.close()
@@ -146,7 +141,7 @@ async def test_a_refused_lock_is_logged_once_and_the_store_serves_unlocked(
     tmp_path: Path,
 ) -> None:
     store = await new_store(tmp_path)
-    vectors = unit(300, 1)
+    vectors = unit(np.random.default_rng(1), 300, MODEL.dimension)
     await fill(store, vectors)
     await store.close()
 
