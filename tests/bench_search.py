@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -124,9 +125,12 @@ async def fill(
     return indexed, total, elapsed
 
 
-def process_tree_rss(pid: int, field: str = "VmRSS") -> int:
-    """Resident bytes of `pid` and every process below it (the index builder); `field`
-    RssAnon counts only anonymous memory, not mapped files the page cache holds."""
+def process_tree_memory(pid: int, field: str = "VmRSS", source: str = "status") -> int:
+    """Bytes of /proc/PID/`source` `field`, summed over `pid` and every process below it
+    (the index builder). VmRSS counts a page once per mapping of it, so the pinned
+    vectors (Qdrant's map and the locked one) count twice; Pss (source smaps_rollup)
+    counts every resident page once across mappings and processes; RssAnon counts only
+    anonymous memory, not mapped files the page cache holds."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -138,11 +142,11 @@ def process_tree_rss(pid: int, field: str = "VmRSS") -> int:
     while todo:
         current = todo.pop()
         try:
-            status = Path(f"/proc/{current}/status").read_text()
+            text = Path(f"/proc/{current}/{source}").read_text()
         except OSError:
             continue
-        rss = re.search(rf"{field}:\s+(\d+) kB", status)
-        total += int(rss.group(1)) * 1024 if rss else 0
+        found = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
+        total += int(found.group(1)) * 1024 if found else 0
         todo.extend(children.get(current, []))
     return total
 
@@ -170,41 +174,56 @@ def metrics_address(log: Path, offset: int) -> str:
     return found.group(1)
 
 
-# embed_service's own account of each query by image: its forward pass and its decode.
-FORWARD_S = 'embed_forward_seconds_sum{kind="images"}'
-DECODE_S = "embed_decode_seconds_sum"
+# Each query by image by the services' own clocks: search_service's Query handler and
+# its call to embed_service, embed_service's handler, its forward pass and its decode.
+# (Prometheus writes labels in name order.)
+SPLIT = (
+    ("search", 'grpc_server_handling_seconds_sum{grpc_method="Query",'
+     'grpc_service="imagesearch.v1.SearchService",grpc_type="unary"}'),
+    ("search", 'search_embed_call_seconds_sum{method="EmbedImages"}'),
+    ("embed", 'grpc_server_handling_seconds_sum{grpc_method="EmbedImages",'
+     'grpc_service="imagesearch.v1.EmbedService",grpc_type="unary"}'),
+    ("embed", 'embed_forward_seconds_sum{kind="images"}'),
+    ("embed", "embed_decode_seconds_sum"),
+)  # fmt: skip
 
 
 def query_by_images(
-    search_addr: str, embed_metrics: str, images: list[bytes]
-) -> tuple[list[float], list[float], list[float]]:
-    """Ms of each query by image, and of the forward pass and decode it cost in
-    embed_service (read from its metrics around each query, outside the timing)."""
-    total, forward, decode = [], [], []
+    search_addr: str, scrape: dict[str, str], images: list[bytes]
+) -> list[list[float]]:
+    """Per query by image: [client's ms, then each SPLIT series' ms], the series read from
+    both services' metrics (`scrape`: "search"/"embed" -> address) outside the timing."""
+
+    def read() -> list[float]:
+        values = {side: metrics(address, *(n for s, n in SPLIT if s == side))
+                  for side, address in scrape.items()}  # fmt: skip
+        return [*values["search"], *values["embed"]]
+
+    rows = []
     with ImageSearchClient(search_addr) as client:
         for data in images[:2]:
             client.query(image=data, top_k=10)
         for data in images * 3:
-            before = metrics(embed_metrics, FORWARD_S, DECODE_S)
+            before = read()
             t = time.perf_counter()
             client.query(image=data, top_k=10)
-            total.append((time.perf_counter() - t) * 1000)
-            after = metrics(embed_metrics, FORWARD_S, DECODE_S)
-            forward.append((after[0] - before[0]) * 1000)
-            decode.append((after[1] - before[1]) * 1000)
-    return total, forward, decode
+            total = (time.perf_counter() - t) * 1000
+            after = read()
+            rows.append([total, *((a - b) * 1000 for a, b in zip(after, before, strict=True))])
+    return rows
 
 
-def probe(search_addr: str, pid: int, progress: Any, peak: Any, anon: Any, stop: Any,
-          results: Any) -> None:  # fmt: skip
-    """Every half second: the service tree's RSS, and four queries by id among those
-    written so far; sends [(written, ms)] when told to stop."""
+def probe(search_addr: str, pid: int, progress: Any, peak: Any, pss: Any, anon: Any,
+          stop: Any, results: Any) -> None:  # fmt: skip
+    """Every half second: the service tree's RSS, PSS and anonymous memory, and four
+    queries by id among those written so far; sends [(written, ms)] when told to stop."""
     rng = np.random.default_rng(5)
     during = []
     with ImageSearchClient(search_addr) as client:
         while not stop.wait(0.5):
-            peak.value = max(peak.value, process_tree_rss(pid))
-            anon.value = max(anon.value, process_tree_rss(pid, "RssAnon"))
+            peak.value = max(peak.value, process_tree_memory(pid))
+            pss.value = max(pss.value, process_tree_memory(pid, "Pss", "smaps_rollup"))
+            anon.value = max(anon.value, process_tree_memory(pid, "RssAnon"))
             written = progress.value
             if written < 1000:
                 continue
@@ -226,12 +245,13 @@ def ingest(
     context = multiprocessing.get_context("spawn")  # gRPC does not survive a fork
     progress = context.Value("q", 0)
     peak = context.Value("q", 0)
+    pss = context.Value("q", 0)
     anon = context.Value("q", 0)
     stop = context.Event()
     results = context.SimpleQueue()
     prober = context.Process(
         target=probe,
-        args=(search_addr, search.pid, progress, peak, anon, stop, results),
+        args=(search_addr, search.pid, progress, peak, pss, anon, stop, results),
         daemon=True,
     )
     prober.start()
@@ -278,6 +298,12 @@ def ingest(
         f"peak RSS of search_service + index builder: {peak_rss / 2**30:.2f} GiB "
         f"({(peak_rss - vector_bytes) / 2**30:.2f} GiB beyond the {vector_bytes / 2**30:.2f} "
         f"GiB of float32 vectors); anonymous (not file-backed) {anon.value / 2**30:.2f} GiB"
+    )
+    # RSS counts the pinned vectors twice (Qdrant's map of them and the locked one):
+    # PSS is the memory the two processes really hold, each shared page once.
+    print(
+        f"peak PSS of search_service + index builder: {pss.value / 2**30:.2f} GiB "
+        f"({(pss.value - vector_bytes) / 2**30:.2f} GiB beyond the vectors)"
     )
 
 
@@ -411,13 +437,12 @@ def main() -> None:
 
         service_env = {"SEARCH_ADDR": "127.0.0.1:0", "EMBED_TARGET": embed_addr,
                        "DATA_DIR": str(work / "data"), "VECTOR_STORE": "local",
-                       "SEARCH_INDEX_THRESHOLD": str(args.index_threshold)}  # fmt: skip
+                       "SEARCH_INDEX_THRESHOLD": str(args.index_threshold),
+                       "SEARCH_METRICS_ADDR": "127.0.0.1:0"}  # fmt: skip
         vectors = clustered_unit_vectors(args.vectors, model.dimension)  # 2 GiB at 1M: once
+        offset = log.stat().st_size
         if args.ingest:
-            offset = log.stat().st_size
-            search, search_addr = start(
-                "search_service", {**service_env, "SEARCH_METRICS_ADDR": "127.0.0.1:0"}, log
-            )
+            search, search_addr = start("search_service", service_env, log)
             with ImageSearchClient(search_addr) as client:
                 client.wait_ready(300)
             ingest(search, search_addr, metrics_address(log, offset), vectors)
@@ -426,7 +451,9 @@ def main() -> None:
                 fill(work / "data", model, vectors, args.index_threshold)
             )
             print(f"stored {total} vectors in {elapsed:.0f} s (HNSW-indexed: {indexed})")
+            offset = log.stat().st_size
             search, search_addr = start("search_service", service_env, log)
+        search_metrics = metrics_address(log, offset)
         rng = np.random.default_rng(1)
         ids = [f"v{i}" for i in rng.integers(0, args.vectors, args.queries)]
         with ImageSearchClient(search_addr) as client:
@@ -443,20 +470,28 @@ def main() -> None:
         print(f"query by id, top 10, label filter 1%: {percentiles(filtered)}, "
               f"recall@10 {recall(filtered_answers, vectors, 'l7'):.4f}")  # fmt: skip
         outside = photos(12, seed=7)  # 640x480 JPEGs that are not in the store
-        by_image, in_forward, in_decode = query_by_images(search_addr, embed_metrics, outside)
+        rows = query_by_images(search_addr, {"search": search_metrics, "embed": embed_metrics},
+                               outside)  # fmt: skip
+        by_image = [r[0] for r in rows]
         forward_ms, decode_ms = one_image(model_dir, info, outside)
         runs = f"{RUNTIMES[info.runtime]} {PRECISIONS[info.precision]}"
-        rest = [t - f - d for t, f, d in zip(by_image, in_forward, in_decode, strict=True)]
         print(f"query by a 640x480 JPEG, top 10:      {percentiles(by_image)}; one image's bare "
               f"forward ({runs}) {forward_ms:.2f} ms, its decode and preprocessing "
               f"{decode_ms:.2f} ms: p50 = forward + "
               f"{statistics.median(by_image) - forward_ms:.2f} ms")  # fmt: skip
-        # The same queries by embed_service's own clock: immune to the forward pass
-        # running at another speed in that process than in this one.
-        print(f"  per query, medians: forward in embed_service "
-              f"{statistics.median(in_forward):.2f} ms, decode {statistics.median(in_decode):.2f} "
-              f"ms, everything else (gRPC hops, threads, the store's search) "
-              f"{statistics.median(rest):.2f} ms")  # fmt: skip
+
+        # A row: client, Query handler, embed call, EmbedImages handler, forward, decode.
+        def mid(part: Callable[[list[float]], float]) -> float:
+            return float(statistics.median(part(row) for row in rows))
+
+        # By the services' own clocks: immune to the forward pass running at another
+        # speed in embed_service than in this process.
+        print(f"  per query, medians: forward in embed_service {mid(lambda r: r[4]):.2f} ms, "
+              f"decode {mid(lambda r: r[5]):.2f} ms, the rest of embed_service's handler "
+              f"{mid(lambda r: r[3] - r[4] - r[5]):.2f} ms, search_service to embed_service "
+              f"and back {mid(lambda r: r[2] - r[3]):.2f} ms, search_service's own work (the "
+              f"store's search) {mid(lambda r: r[1] - r[2]):.2f} ms, the client to "
+              f"search_service and back {mid(lambda r: r[0] - r[1]):.2f} ms")  # fmt: skip
 
         if args.ingest:
             return
