@@ -127,8 +127,8 @@ async def fill(
 
 def process_tree_memory(pid: int, field: str = "VmRSS", source: str = "status") -> int:
     """Bytes of /proc/PID/`source` `field`, summed over `pid` and every process below it
-    (the index builder). VmRSS counts a page once per mapping of it, so the pinned
-    vectors (Qdrant's map and the locked one) count twice; Pss (source smaps_rollup)
+    (the index builder). VmRSS counts a page once per mapping of it (Qdrant maps each
+    vector file twice: for random and for sequential reads); Pss (source smaps_rollup)
     counts every resident page once across mappings and processes; RssAnon counts only
     anonymous memory, not mapped files the page cache holds."""
     children: dict[int, list[int]] = {}
@@ -299,8 +299,8 @@ def ingest(
         f"({(peak_rss - vector_bytes) / 2**30:.2f} GiB beyond the {vector_bytes / 2**30:.2f} "
         f"GiB of float32 vectors); anonymous (not file-backed) {anon.value / 2**30:.2f} GiB"
     )
-    # RSS counts the pinned vectors twice (Qdrant's map of them and the locked one):
-    # PSS is the memory the two processes really hold, each shared page once.
+    # RSS counts a page once per mapping of it (libraries both processes map, a vector
+    # page read through both of Qdrant's maps): PSS counts each resident page once.
     print(
         f"peak PSS of search_service + index builder: {pss.value / 2**30:.2f} GiB "
         f"({(pss.value - vector_bytes) / 2**30:.2f} GiB beyond the vectors)"

@@ -279,9 +279,10 @@ class LocalStore:
         async with self._write_lock:
             shard, self._shard = self._shard, None
             if shard is not None:
-                await self._release(shard)
+                # Unlocked while its mappings are still there: some of them are Qdrant's.
                 if self._pinned is not None:
                     self._pinned.release()
+                await self._release(shard)
                 if self._model is not None and self._builder.pending:
                     # Kept across a restart; a crash loses it (the next writes count anew).
                     await asyncio.to_thread(

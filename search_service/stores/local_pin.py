@@ -7,7 +7,10 @@ minute). Every query then reads its candidates from disk: at 100k vectors on a 2
 query by id p50 5.28 ms over gRPC against 2.24 ms with the vectors in memory. Locking the
 pages of each indexed segment's vector file (mlock on a read-only shared mapping) keeps
 them in the page cache Qdrant's own mapping reads: the same pages, so no second copy, and
-only in the serving process, never in the index builder.
+only in the serving process, never in the index builder. Where Qdrant has already mapped
+a file for random access (it maps each twice: for random and for sequential reads), that
+mapping is the one locked, so the vectors count once in the process's RSS, not once per
+mapping; otherwise the file gets a read-only mapping of its own.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import errno
 import logging
 import mmap
 import os
+import re
 import resource
 from pathlib import Path
 
@@ -33,6 +37,7 @@ _libc.mmap.argtypes = [
 ]  # fmt: skip
 _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _libc.mlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.munlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _MAP_FAILED = ctypes.c_void_p(-1).value
 # Locked pages cannot be reclaimed: a store larger than this share of the machine's memory
@@ -51,7 +56,8 @@ class PinnedVectors:
     def __init__(self, most: int | None = None) -> None:
         """`most`: the bytes it may lock (default: MAX_LOCKED_SHARE of physical memory)."""
         self._most = int(physical_memory() * MAX_LOCKED_SHARE) if most is None else most
-        self._mappings: list[tuple[int, int]] = []
+        # (address, size, ours): ours are unmapped at release, Qdrant's only unlocked.
+        self._mappings: list[tuple[int, int, bool]] = []
         self.locked_bytes = 0
         self._warned = False
 
@@ -60,6 +66,7 @@ class PinnedVectors:
         first when pinning another shard."""
         paths = sorted(shard_dir.glob(VECTOR_FILES))
         total = sum(p.stat().st_size for p in paths if p.exists())
+        mapped = random_access_mappings()
         if total > self._most:
             self._warn_once(
                 "not locking the local store's vectors in memory: %.2f GiB is more than the "
@@ -69,33 +76,45 @@ class PinnedVectors:
                 self._most / 2**30,
             )
             for path in paths:
-                self._pin_file(path, lock=False)
+                self._pin_file(path, mapped, lock=False)
             return 0
         for path in paths:
-            self._pin_file(path)
+            self._pin_file(path, mapped)
         return self.locked_bytes
 
-    def _pin_file(self, path: Path, *, lock: bool = True) -> None:
+    def _pin_file(self, path: Path, mapped: Mappings, *, lock: bool = True) -> None:
         try:
             fd = os.open(path, os.O_RDONLY)
         except OSError as exc:  # a segment removed meanwhile: nothing to keep
             log.debug("not pinning %s: %s", path, exc)
             return
         try:
-            size = os.fstat(fd).st_size
+            stat = os.fstat(fd)
+            size = stat.st_size
             if size == 0:
                 return
-            address = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+            address, length = mapped.get((stat.st_dev, stat.st_ino), (None, 0))
+            ours = address is None or length < size
+            if ours:
+                address = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
         finally:
             os.close(fd)
         if address is None or address == _MAP_FAILED:
             log.warning("cannot map %s to keep it in memory: %s", path, _errno_text())
             return
-        self._mappings.append((address, size))
+        self._mappings.append((address, size, ours))
+        # Locking faults every page in, and through Qdrant's random-access mapping (no
+        # readahead) a file not cached yet, like a build's fresh copy, would be read 4 KiB
+        # at a time: 512 MiB in 11 s, against 0.3 s with readahead. Normal advice while
+        # locking, then Qdrant's again.
+        if not ours:
+            _libc.madvise(address, size, mmap.MADV_NORMAL)
         if lock and self._lock(address, size):
             self.locked_bytes += size
         else:
             _libc.madvise(address, size, mmap.MADV_WILLNEED)
+        if not ours:
+            _libc.madvise(address, size, mmap.MADV_RANDOM)
 
     def _lock(self, address: int, size: int) -> bool:
         if _libc.mlock(address, size) == 0:
@@ -124,11 +143,46 @@ class PinnedVectors:
             log.warning(message, *args)
 
     def release(self) -> None:
-        """Unmaps (and so unlocks) every file pinned; the pages stay cached until evicted."""
-        for address, size in self._mappings:
-            _libc.munmap(address, size)
+        """Unlocks every file pinned (unmapping the pin's own mappings; Qdrant's stay as
+        Qdrant has them); the pages stay cached until evicted."""
+        for address, size, ours in self._mappings:
+            if ours:
+                _libc.munmap(address, size)
+            else:  # Qdrant's own mapping: it unmaps it when it closes the shard
+                _libc.munlock(address, size)
         self._mappings.clear()
         self.locked_bytes = 0
+
+
+# (device, inode) -> (address, length) of a mapping from the file's start.
+Mappings = dict[tuple[int, int], tuple[int, int]]
+_MAPPING = re.compile(
+    r"^([0-9a-f]+)-([0-9a-f]+) \S+ ([0-9a-f]+) ([0-9a-f]+):([0-9a-f]+) (\d+) ", re.MULTILINE
+)
+
+
+def random_access_mappings() -> Mappings:
+    """Mappings in this process from a file's start, advised for random reads (VmFlags
+    "rr", MADV_RANDOM: how Qdrant maps the vectors a search reads), by file; {} where
+    /proc/self/smaps cannot be read."""
+    try:
+        text = Path("/proc/self/smaps").read_text()
+    except OSError:
+        return {}
+    found: Mappings = {}
+    headers = list(_MAPPING.finditer(text))
+    for header, following in zip(headers, [*headers[1:], None], strict=True):
+        start, end, offset, major, minor, inode = header.groups()
+        if int(offset, 16) != 0 or inode == "0":
+            continue
+        block = text[header.end() : following.start() if following else len(text)]
+        flags = re.search(r"^VmFlags:(.*)$", block, re.MULTILINE)
+        if flags is None or "rr" not in flags.group(1).split():
+            continue
+        address, length = int(start, 16), int(end, 16) - int(start, 16)
+        device = os.makedev(int(major, 16), int(minor, 16))
+        found[(device, int(inode))] = (address, length)
+    return found
 
 
 def _raise_lock_limit() -> bool:

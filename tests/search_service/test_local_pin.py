@@ -113,6 +113,65 @@ async def test_vectors_over_the_lock_budget_are_left_unlocked_with_a_warning(
     assert locked_kib() == before
 
 
+def vector_mappings(shard_dir: Path) -> tuple[int, int, list[set[str]]]:
+    """Resident KiB summed over every mapping of the shard's vector files in this
+    process (what its RSS counts), how many mappings there are, and the VmFlags of the
+    locked ones."""
+    files = {str(p) for p in shard_dir.glob(VECTOR_FILES)}
+    text = Path("/proc/self/smaps").read_text()
+    resident = count = 0
+    locked = []
+    for block in re.split(r"\n(?=[0-9a-f]+-[0-9a-f]+ )", text):
+        header, _, rest = block.partition("\n")
+        if header.split(maxsplit=5)[-1] in files:
+            count += 1
+            found = re.search(r"^Rss:\s+(\d+) kB", rest, re.MULTILINE)
+            resident += int(found.group(1)) if found else 0
+            flags = re.search(r"^VmFlags:(.*)$", rest, re.MULTILINE)
+            if flags and "lo" in flags.group(1).split():
+                locked.append(set(flags.group(1).split()))
+    return resident, count, locked
+
+
+async def test_locked_vectors_count_once_in_the_rss(tmp_path: Path) -> None:
+    """The lock is taken on Qdrant's own random-access mapping of the vectors where it
+    has one, so RSS counts them once, queries and all; a shard Qdrant has not opened is
+    mapped by the pin itself, and that mapping goes at release."""
+    store = await new_store(tmp_path)
+    vectors = unit(np.random.default_rng(3), 300, MODEL.dimension)
+    await fill(store, vectors)
+    shard_dir = tmp_path / "local" / store._shard_name
+    size_kib = vector_file_kib(shard_dir)
+    assert size_kib >= 400
+    resident, mappings, locked = vector_mappings(shard_dir)
+    assert resident == size_kib
+    # Qdrant's random-access mapping, its advice (rr: MADV_RANDOM) kept after locking.
+    assert locked
+    assert all("rr" in flags for flags in locked)
+    for i in range(0, 300, 10):
+        (hit,) = await store.query(
+            "", vectors[i], top_k=1, condition=None, include_values=True, include_metadata=False
+        )
+        assert hit.id == f"r{i}"
+    resident, still, _ = vector_mappings(shard_dir)
+    assert still == mappings
+    # Not twice: beyond the locked pages, only what Qdrant reads through its sequential
+    # mapping of each file (here one fault, which the kernel maps as 64 KiB around it).
+    files = len(list(shard_dir.glob(VECTOR_FILES)))
+    assert size_kib <= resident <= size_kib + 256 * files
+    await store.close()
+    assert vector_mappings(shard_dir)[:2] == (0, 0)
+
+    before = locked_kib()
+    pins = PinnedVectors()
+    assert pins.pin(shard_dir) == sum(p.stat().st_size for p in shard_dir.glob(VECTOR_FILES))
+    assert locked_kib() - before == size_kib
+    assert vector_mappings(shard_dir)[:2] == (size_kib, files)
+    pins.release()
+    assert vector_mappings(shard_dir)[:2] == (0, 0)
+    assert locked_kib() == before
+
+
 REFUSED = """
 import asyncio, logging, re, sys
 from pathlib import Path
