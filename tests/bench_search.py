@@ -125,12 +125,8 @@ async def fill(
     return indexed, total, elapsed
 
 
-def process_tree_memory(pid: int, field: str = "VmRSS", source: str = "status") -> int:
-    """Bytes of /proc/PID/`source` `field`, summed over `pid` and every process below it
-    (the index builder). VmRSS counts a page once per mapping of it (Qdrant maps each
-    vector file twice: for random and for sequential reads); Pss (source smaps_rollup)
-    counts every resident page once across mappings and processes; RssAnon counts only
-    anonymous memory, not mapped files the page cache holds."""
+def process_tree(pid: int) -> list[int]:
+    """`pid` and every process below it (the index builder)."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -138,16 +134,27 @@ def process_tree_memory(pid: int, field: str = "VmRSS", source: str = "status") 
         except OSError:
             continue
         children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    total, todo = 0, [pid]
+    tree, todo = [], [pid]
     while todo:
         current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
+def memory(pids: list[int], field: str = "VmRSS", source: str = "status") -> int:
+    """Bytes of /proc/PID/`source` `field`, summed over `pids`. VmRSS counts a page once
+    per mapping of it (Qdrant maps each vector file twice: for random and for sequential
+    reads); Pss (source smaps_rollup) counts every resident page once across mappings and
+    processes; RssAnon counts only anonymous memory, not mapped files the page cache holds."""
+    total = 0
+    for pid in pids:
         try:
-            text = Path(f"/proc/{current}/{source}").read_text()
-        except OSError:
+            text = Path(f"/proc/{pid}/{source}").read_text()
+        except OSError:  # a builder that exited meanwhile
             continue
         found = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
         total += int(found.group(1)) * 1024 if found else 0
-        todo.extend(children.get(current, []))
     return total
 
 
@@ -195,9 +202,10 @@ def query_by_images(
     both services' metrics (`scrape`: "search"/"embed" -> address) outside the timing."""
 
     def read() -> list[float]:
-        values = {side: metrics(address, *(n for s, n in SPLIT if s == side))
+        """One scrape per service, its values put back in SPLIT's order."""
+        values = {side: iter(metrics(address, *(n for s, n in SPLIT if s == side)))
                   for side, address in scrape.items()}  # fmt: skip
-        return [*values["search"], *values["embed"]]
+        return [next(values[side]) for side, _ in SPLIT]
 
     rows = []
     with ImageSearchClient(search_addr) as client:
@@ -221,9 +229,10 @@ def probe(search_addr: str, pid: int, progress: Any, peak: Any, pss: Any, anon: 
     during = []
     with ImageSearchClient(search_addr) as client:
         while not stop.wait(0.5):
-            peak.value = max(peak.value, process_tree_memory(pid))
-            pss.value = max(pss.value, process_tree_memory(pid, "Pss", "smaps_rollup"))
-            anon.value = max(anon.value, process_tree_memory(pid, "RssAnon"))
+            tree = process_tree(pid)  # one walk of /proc for the three readings
+            peak.value = max(peak.value, memory(tree))
+            pss.value = max(pss.value, memory(tree, "Pss", "smaps_rollup"))
+            anon.value = max(anon.value, memory(tree, "RssAnon"))
             written = progress.value
             if written < 1000:
                 continue

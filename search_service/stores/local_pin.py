@@ -66,7 +66,7 @@ class PinnedVectors:
         first when pinning another shard."""
         paths = sorted(shard_dir.glob(VECTOR_FILES))
         total = sum(p.stat().st_size for p in paths if p.exists())
-        mapped = random_access_mappings()
+        mapped = random_access_mappings() if paths else {}  # smaps is read once per pin
         if total > self._most:
             self._warn_once(
                 "not locking the local store's vectors in memory: %.2f GiB is more than the "
