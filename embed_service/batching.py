@@ -1,11 +1,11 @@
 """Dynamic batching: items from many concurrent callers share one forward pass.
 
-A single worker task takes the first waiting item, then gathers more until the
-batch is full or `max_wait_s` has passed since that first item, and runs the batch
-on one dedicated thread (the model is not re-entrant, and one forward at a time
-lets torch use every core). While a batch runs, the next one fills up, so under
-load batches are full and waiting costs nothing. Items whose caller went away are
-dropped before the forward pass.
+One worker task per lane (see lanes.py) takes the first waiting item, then gathers
+more until the batch is full or `max_wait_s` has passed since that first item, and
+runs the batch on a lane: alone on every thread when nothing else waits, else side
+by side with the other lanes' batches. While batches run, the next ones fill up, so
+under load batches are full and waiting costs nothing. Items whose caller went away
+are dropped before the forward pass.
 
 A failing batch fails only its own items. Should the worker itself ever die, that is
 logged, every queued item fails at once with `BatcherStopped`, and so does every
@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from embed_service.errors import BatcherStopped
+from embed_service.lanes import Lanes
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class BatchStats:
     """What the batcher ran: how many batches of each size."""
 
     sizes: Counter[int] = field(default_factory=Counter)
-    busy_s: float = 0.0  # time spent in run_batch, summed
+    busy_s: float = 0.0  # time spent in run_batch, summed over lanes
 
     @property
     def batches(self) -> int:
@@ -61,7 +62,7 @@ class DynamicBatcher(Generic[In, Out]):
         self,
         run_batch: Callable[[list[In]], Sequence[Out]],
         *,
-        executor: Executor,
+        lanes: Lanes,
         max_batch: int,
         max_wait_s: float,
         name: str,
@@ -69,14 +70,14 @@ class DynamicBatcher(Generic[In, Out]):
     ) -> None:
         self._run_batch = run_batch
         self._on_batch = on_batch
-        self._executor = executor
+        self._lanes = lanes
         self._max_batch = max_batch
         self._max_wait_s = max_wait_s
         self._name = name
         self._queue: asyncio.Queue[_Pending[In, Out]] = asyncio.Queue()
-        self._worker: asyncio.Task[None] | None = None
+        self._workers: list[asyncio.Task[None]] = []
         self._dead: BatcherStopped | None = None
-        self._running: list[_Pending[In, Out]] = []
+        self._running: dict[int, list[_Pending[In, Out]]] = {}
         self.stats = BatchStats()
 
     @property
@@ -85,12 +86,16 @@ class DynamicBatcher(Generic[In, Out]):
         return self._queue.qsize()
 
     async def start(self) -> None:
-        if self._worker is None:
+        if not self._workers:
             self._dead = None
-            self._worker = asyncio.create_task(self._work(), name=f"batcher-{self._name}")
-            self._worker.add_done_callback(self._on_worker_exit)
+            for index in range(self._lanes.count):
+                worker = asyncio.create_task(self._work(index), name=f"batcher-{self._name}")
+                worker.add_done_callback(self._on_worker_exit)
+                self._workers.append(worker)
 
     def _on_worker_exit(self, worker: asyncio.Task[None]) -> None:
+        if self._dead is not None:
+            return  # the first worker to end has failed everything already
         if worker.cancelled():
             self._dead = BatcherStopped(f"the {self._name} batcher was stopped")
         else:
@@ -104,8 +109,8 @@ class DynamicBatcher(Generic[In, Out]):
 
     def _fail_queued(self, error: BaseException) -> None:
         """Fails the batch in hand and everything waiting behind it."""
-        waiting = [*self._running]
-        self._running = []
+        waiting = [entry for batch in self._running.values() for entry in batch]
+        self._running = {}
         while not self._queue.empty():
             waiting.append(self._queue.get_nowait())
         for entry in waiting:
@@ -113,19 +118,20 @@ class DynamicBatcher(Generic[In, Out]):
                 entry.future.set_exception(error)
 
     async def stop(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
+        for worker in self._workers:
+            worker.cancel()
+        for worker in self._workers:
             # A worker that died has been logged already (_on_worker_exit).
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._worker
-            self._worker = None
+                await worker
+        self._workers = []
         self._fail_queued(BatcherStopped(f"the {self._name} batcher was stopped"))
 
     async def submit(self, items: Sequence[In]) -> list[Out]:
         """Runs every item through a batch, possibly shared with other callers."""
         if self._dead is not None:
             raise self._dead
-        if self._worker is None:
+        if not self._workers:
             raise BatcherStopped(f"the {self._name} batcher is not started")
         loop = asyncio.get_running_loop()
         pending = [_Pending[In, Out](item, loop.create_future()) for item in items]
@@ -156,30 +162,33 @@ class DynamicBatcher(Generic[In, Out]):
                 break
         return batch
 
-    async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
+    async def _work(self, index: int) -> None:
         while True:
             live = [entry for entry in await self._gather() if not entry.future.done()]
             if not live:
                 continue
-            self._running = live
-            started = time.perf_counter()
+            self._running[index] = live
+            items = [entry.item for entry in live]
             try:
-                results = await loop.run_in_executor(
-                    self._executor, self._run_batch, [entry.item for entry in live]
-                )
+                results, seconds = await self._lanes.run(functools.partial(self._timed, items))
             except Exception as exc:
                 log.exception("batch of %d failed in %s", len(live), self._name)
                 for entry in live:
                     if not entry.future.done():
                         entry.future.set_exception(exc)
+                self._running.pop(index, None)
                 continue
             self.stats.sizes[len(live)] += 1
-            self.stats.busy_s += time.perf_counter() - started
+            self.stats.busy_s += seconds
             if self._on_batch is not None:
                 self._on_batch(len(live))
             self._resolve(live, results)
-            self._running = []
+            self._running.pop(index, None)
+
+    def _timed(self, items: list[In]) -> tuple[Sequence[Out], float]:
+        # Timed on the lane's thread: the pass itself, not the wait for a lane.
+        started = time.perf_counter()
+        return self._run_batch(items), time.perf_counter() - started
 
     def _resolve(self, live: list[_Pending[In, Out]], results: Sequence[Out]) -> None:
         """Hands each caller its result; a mismatch fails the batch, not the worker."""

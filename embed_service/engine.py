@@ -1,8 +1,8 @@
 """The embedding engine: prepare (decode, tokenize) -> core (batched forward) -> post.
 
 Domain code only: no gRPC here. Decoding runs on a pool of CPU threads (Pillow
-releases the GIL), the forward passes on one model thread behind the dynamic
-batchers, and admission is bounded so an overloaded service answers at once
+releases the GIL), the forward passes on the model's lanes (lanes.py) behind the
+dynamic batchers, and admission is bounded so an overloaded service answers at once
 instead of piling up work.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,12 +24,14 @@ from embed_service.batching import BatchStats, DynamicBatcher
 from embed_service.config import EmbedSettings
 from embed_service.errors import InvalidRequest, ItemError, Overloaded, TextEmpty
 from embed_service.images import Preprocessing, prepare
+from embed_service.lanes import Lanes
 from embed_service.metrics import EmbedMetrics
 from embed_service.model import ClipModel
 
 Pixels = npt.NDArray[np.float32]
 Vector = npt.NDArray[np.float32]
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,11 +66,22 @@ class EmbedEngine:
         self._settings = settings
         self._metrics = metrics
         self._decode_pool = ThreadPoolExecutor(settings.decode_threads, "decode")
-        self._model_thread = ThreadPoolExecutor(1, "model")
+        self._lanes = Lanes(
+            settings.lanes_for(model.device.type, model.runtime_name, model.precision),
+            model.runtime.set_lanes,
+            backlog=lambda: self._images.waiting + self._texts.waiting,
+        )
+        if self._lanes.count > 1:
+            log.info(
+                "forward passes: one on all %d threads when nothing waits, else %d side by side "
+                "(EMBED_LANES)",
+                settings.torch_threads,
+                self._lanes.count,
+            )
         wait_s = settings.batch_wait_ms / 1000
         self._images = DynamicBatcher[Pixels, Vector](
             self._embed_pixels,
-            executor=self._model_thread,
+            lanes=self._lanes,
             max_batch=settings.model_batch_size,
             max_wait_s=wait_s,
             name="images",
@@ -75,7 +89,7 @@ class EmbedEngine:
         )
         self._texts = DynamicBatcher[str, tuple[Vector, bool]](
             self._embed_texts,
-            executor=self._model_thread,
+            lanes=self._lanes,
             max_batch=settings.model_batch_size,
             max_wait_s=wait_s,
             name="texts",
@@ -98,10 +112,14 @@ class EmbedEngine:
     def model(self) -> ClipModel:
         return self._model
 
+    @property
+    def lanes(self) -> Lanes:
+        return self._lanes
+
     async def on_model_thread(self, work: Callable[[], T]) -> T:
-        """Runs `work` on the thread the forward passes run on: torch keeps a pool of
+        """Runs `work` as one wide pass on the lanes' threads: torch keeps a pool of
         intra-op threads per calling thread, and a second pool would fight the first."""
-        return await asyncio.get_running_loop().run_in_executor(self._model_thread, work)
+        return await self._lanes.run(work, shape=1)
 
     @property
     def image_batches(self) -> BatchStats:
@@ -126,6 +144,7 @@ class EmbedEngine:
         )
 
     async def start(self) -> None:
+        await self._lanes.prepare()
         await self._images.start()
         await self._texts.start()
 
@@ -140,8 +159,7 @@ class EmbedEngine:
         await self._images.stop()
         await self._texts.stop()
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
-        # A forward pass may still be running: wait for it off the event loop.
-        await asyncio.to_thread(self._model_thread.shutdown, wait=True)
+        await self._lanes.stop()  # waits for a forward pass still running
 
     async def embed_images(self, images: Sequence[bytes]) -> list[EmbeddingResult]:
         """One result per image, in order; a bad image gets an error, the rest are embedded."""

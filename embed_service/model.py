@@ -171,7 +171,7 @@ class ClipModel:
 
         def build(option: Option) -> Runtime:
             if option.runtime == "torch":
-                return TorchRuntime(clip, torch_device, option.precision)
+                return TorchRuntime(clip, torch_device, option.precision, threads_used)
             towers = onnx_cache.exported(
                 clip,
                 cache_dir=root,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +37,11 @@ class Runtime(Protocol):
     def embed_pixels(self, pixels: npt.NDArray[np.float32]) -> Vectors: ...
 
     def embed_tokens(self, input_ids: Ids, attention_mask: Ids) -> Vectors: ...
+
+    def set_lanes(self, lanes: int) -> None:
+        """Splits the threads between `lanes` passes run at once (1: one pass on all).
+        Called on each thread that runs passes, while none runs (see lanes.py)."""
+        ...
 
 
 class VisionTower(torch.nn.Module):
@@ -76,9 +82,10 @@ class TorchRuntime:
 
     name: RuntimeName = "torch"
 
-    def __init__(self, clip: Any, device: torch.device, precision: str) -> None:
+    def __init__(self, clip: Any, device: torch.device, precision: str, threads: int = 0) -> None:
         self.precision = precision
         self.device = device
+        self._threads = threads or torch.get_num_threads()
         self._pixels_dtype = torch.float32
         if precision == "int8":
             clip = quantize_int8(clip)
@@ -102,6 +109,11 @@ class TorchRuntime:
                     yield
             else:
                 yield
+
+    def set_lanes(self, lanes: int) -> None:
+        if self.device.type == "cpu":
+            # Per calling thread for OpenMP, process-wide for MKL: hence on every lane.
+            torch.set_num_threads(max(1, self._threads // lanes))
 
     def embed_pixels(self, pixels: npt.NDArray[np.float32]) -> Vectors:
         batch = torch.from_numpy(pixels).to(self.device, self._pixels_dtype, non_blocking=True)
@@ -139,23 +151,43 @@ class OnnxRuntime:
 
     def __init__(self, vision: Path, text: Path, *, precision: str, device: torch.device,
                  threads: int) -> None:  # fmt: skip
+        self.precision = precision
+        self._paths = (str(vision), str(text))
+        self._threads = threads
+        self._providers: list[Any] = ["CPUExecutionProvider"]
+        if device.type == "cuda":
+            self._providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
+        # Sessions by intra-op threads: ONNX Runtime fixes them per session, so passes
+        # side by side (lanes) run on sessions of their own, built once.
+        self._sessions: dict[int, tuple[Any, Any]] = {}
+        self._opening = threading.Lock()  # every lane's thread calls set_lanes at once
+        self._vision, self._text = self._open(threads)
+        self._input_type = np.float16 if precision == "fp16" else np.float32
+
+    def _open(self, threads: int) -> tuple[Any, Any]:
         import onnxruntime as ort
 
-        self.precision = precision
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Idle intra-op threads spin by default, which takes the cores image decoding
-        # needs between two forward passes.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3
-        providers: list[Any] = ["CPUExecutionProvider"]
-        if device.type == "cuda":
-            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
-        self._vision = ort.InferenceSession(str(vision), options, providers=providers)
-        self._text = ort.InferenceSession(str(text), options, providers=providers)
-        self._input_type = np.float16 if precision == "fp16" else np.float32
+        with self._opening:
+            if threads in self._sessions:
+                return self._sessions[threads]
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            # Idle intra-op threads spin by default, which takes the cores image decoding
+            # needs between two forward passes.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.log_severity_level = 3
+            vision, text = (
+                ort.InferenceSession(path, options, providers=self._providers)
+                for path in self._paths
+            )
+            self._sessions[threads] = (vision, text)
+            return vision, text
+
+    def set_lanes(self, lanes: int) -> None:
+        if self._providers[0] == "CPUExecutionProvider":
+            self._vision, self._text = self._open(max(1, self._threads // lanes))
 
     def embed_pixels(self, pixels: npt.NDArray[np.float32]) -> Vectors:
         feed = {"pixel_values": pixels.astype(self._input_type, copy=False)}

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from embed_service.batching import DynamicBatcher
 from embed_service.errors import BatcherStopped
+from embed_service.lanes import Lanes
 
 
 def double_or_drop(items: list[int]) -> Sequence[int]:
@@ -18,15 +18,16 @@ def double_or_drop(items: list[int]) -> Sequence[int]:
     return [i * 2 for i in items if i != 13]
 
 
-@pytest.fixture
-async def batcher() -> AsyncIterator[DynamicBatcher[int, int]]:
-    with ThreadPoolExecutor(1) as pool:
-        batcher = DynamicBatcher[int, int](
-            double_or_drop, executor=pool, max_batch=4, max_wait_s=0.01, name="test"
-        )
-        await batcher.start()
-        yield batcher
-        await batcher.stop()
+@pytest.fixture(params=[1, 2], ids=["one lane", "two lanes"])
+async def batcher(request: pytest.FixtureRequest) -> AsyncIterator[DynamicBatcher[int, int]]:
+    lanes = Lanes(request.param, lambda shape: None)
+    batcher = DynamicBatcher[int, int](
+        double_or_drop, lanes=lanes, max_batch=4, max_wait_s=0.01, name="test"
+    )
+    await batcher.start()
+    yield batcher
+    await batcher.stop()
+    await lanes.stop()
 
 
 async def test_a_batch_with_the_wrong_number_of_results_fails_alone(

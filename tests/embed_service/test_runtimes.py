@@ -190,6 +190,9 @@ class Scrambled:
     def embed_tokens(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return np.roll(self.inner.embed_tokens(ids, mask), 1, axis=1)
 
+    def set_lanes(self, lanes: int) -> None:
+        self.inner.set_lanes(lanes)
+
 
 def test_torch_bf16_on_cpu_runs_a_bf16_copy_and_leaves_the_loaded_model_fp32(
     clip_dir: Path,
