@@ -228,7 +228,7 @@ class EmbedEngine:
                 return exc
 
     def _timed_forward(self, kind: str) -> contextlib.AbstractContextManager[object]:
-        # Timed on the model thread itself, so the figure is the pass, not its thread hops.
+        # Timed on the lane's thread itself, so the figure is the pass, not its thread hops.
         histogram = self._forward_seconds.get(kind)
         return histogram.time() if histogram is not None else contextlib.nullcontext()
 

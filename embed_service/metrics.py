@@ -21,7 +21,7 @@ class EmbedMetrics:
         # Where a request's time goes: the forward pass itself, and each image's decode.
         self.forward_seconds = Histogram(
             "embed_forward_seconds",
-            "Seconds of one forward pass (a batch), timed on the model thread.",
+            "Seconds of one forward pass (a batch), timed on the thread that ran it.",
             ["kind"],
             registry=registry,
             buckets=SECONDS,
