@@ -70,6 +70,7 @@ class EmbedEngine:
             settings.lanes_for(model.device.type, model.runtime_name, model.precision),
             model.runtime.set_lanes,
             backlog=lambda: self._images.waiting + self._texts.waiting,
+            warm=self._warm_both_towers,
         )
         if self._lanes.count > 1:
             log.info(
@@ -147,6 +148,11 @@ class EmbedEngine:
         await self._lanes.prepare()
         await self._images.start()
         await self._texts.start()
+
+    def _warm_both_towers(self) -> None:
+        size = self._model.image_size
+        self._model.embed_pixels(np.zeros((1, 3, size, size), dtype=np.float32))
+        self._model.embed_tokens(self._model.tokenize(["a photo"]))
 
     async def warm_up(self) -> None:
         """Runs each tower once so the first caller does not pay for lazy init."""

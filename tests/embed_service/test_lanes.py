@@ -25,6 +25,7 @@ class Recorder:
         self.lock = threading.Lock()
         self.active: list[int] = []  # shapes of the passes running now
         self.passes: list[tuple[int, int]] = []  # (shape, passes running beside it)
+        self.wide_threads: set[int] = set()
         self.applied: list[tuple[int, int]] = []  # (shape, passes running meanwhile)
         self.lanes: Lanes | None = None
 
@@ -42,6 +43,8 @@ class Recorder:
         with self.lock:
             self.active.remove(shape)
             self.passes.append((shape, beside))
+            if shape == 1:
+                self.wide_threads.add(threading.get_ident())
         return shape
 
 
@@ -49,7 +52,7 @@ class Recorder:
 async def recorded() -> AsyncIterator[tuple[Lanes, Recorder]]:
     recorder = Recorder()
     queued = [0]
-    lanes = Lanes(2, recorder.set_lanes, backlog=lambda: queued[0])
+    lanes = Lanes(2, recorder.set_lanes, backlog=lambda: queued[0], idle_s=0.05)
     recorder.lanes = lanes
     await lanes.prepare()
     yield lanes, recorder
@@ -74,13 +77,17 @@ async def test_a_backlog_runs_side_by_side_on_narrow_lanes(
 
     lanes.backlog = lambda: 1  # the second batch is still queued when the first starts
     assert list(await asyncio.gather(lanes.run(meet), lanes.run(meet))) == [2, 2]
-    # Back to a lone pass: wide again, after one switch each way.
+    # A lone pass right after: still narrow, as the wide kernels would need rebuilding.
     lanes.backlog = lambda: 0
+    assert await lanes.run(recorder.work) == 2
+    # Once idle, the lanes go wide again by themselves, and a lone pass runs wide.
+    await asyncio.wait_for(lanes.rest(), 5)
+    assert lanes.shape == 1
     assert await lanes.run(recorder.work) == 1
     assert lanes.switches == 2
 
 
-async def test_a_wide_pass_never_overlaps_and_switches_happen_at_rest(
+async def test_a_wide_pass_never_overlaps_runs_on_one_thread_and_switches_at_rest(
     recorded: tuple[Lanes, Recorder],
 ) -> None:
     lanes, recorder = recorded
@@ -95,6 +102,8 @@ async def test_a_wide_pass_never_overlaps_and_switches_happen_at_rest(
     assert len(recorder.applied) == 2 * (2 + lanes.switches)
     assert all(running == 0 for _, running in recorder.applied)
     assert {shape for shape, _ in recorder.passes} == {1, 2}
+    # One thread runs every wide pass, so the OpenMP runtime keeps one team, not one per lane.
+    assert len(recorder.wide_threads) == 1
 
 
 async def test_a_queue_behind_a_lone_pass_makes_it_narrow(
@@ -176,6 +185,14 @@ async def test_a_backlog_on_narrow_lanes_gives_each_image_its_own_vector(
             assert other is not None
             assert np.allclose(one, other, atol=1e-5)
         assert len({round(float(v[0]), 6) for v in alone if v is not None}) > 3
+        # Idle again: wide, with warm kernels, and the same vectors as before.
+        await asyncio.wait_for(lanes.rest(), 30)
+        assert lanes.shape == 1
+        again, first = (await engine.embed_images(images[:1]))[0].vector, alone[0]
+        assert again is not None
+        assert first is not None
+        assert np.allclose(again, first, atol=1e-5)
+        assert lanes.shape == 1
     finally:
         await app.stop(0)
 
