@@ -52,6 +52,7 @@ class Lanes:
         self._warm = warm
         self._idle_s = idle_s
         self._idle: asyncio.TimerHandle | None = None
+        self._stopped = False
         self._threads = [ThreadPoolExecutor(1, f"{name}-{i}") for i in range(count)]
         self._free = list(range(count))[::-1]
         self._shape = 1  # passes side by side the runtime is set up for: 1 or count
@@ -109,6 +110,7 @@ class Lanes:
 
     async def stop(self) -> None:
         """Waits for passes in flight, then ends the threads."""
+        self._stopped = True
         if self._idle is not None:
             self._idle.cancel()
         for thread in self._threads:
@@ -152,14 +154,14 @@ class Lanes:
             job.exception()  # a caller that went away still had it logged by the batcher
         self._free.append(lane)
         self._wake()
-        if self.running == 0 and self._shape != 1:
+        if self.running == 0 and self._shape != 1 and not self._stopped:
             if self._idle is not None:
                 self._idle.cancel()
             self._idle = asyncio.get_running_loop().call_later(self._idle_s, self._widen)
 
     def _widen(self) -> None:
         self._idle = None
-        if self.running == 0 and self._waiting == 0 and self._shape != 1:
+        if self.running == 0 and self._waiting == 0 and self._shape != 1 and not self._stopped:
             # Wide again while nothing runs, warmed, so a lone query does not pay for it.
             widen = asyncio.ensure_future(self.run(self._warm, shape=1))
             widen.add_done_callback(_log_failure)

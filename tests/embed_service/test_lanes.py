@@ -137,6 +137,20 @@ async def test_a_cancelled_caller_keeps_its_lane_until_the_pass_ends(
     assert lanes.running == 0
 
 
+async def test_a_failing_pass_fails_its_caller_alone_and_frees_its_lane(
+    recorded: tuple[Lanes, Recorder],
+) -> None:
+    lanes, recorder = recorded
+
+    def broken() -> None:
+        raise RuntimeError("the model broke")
+
+    with pytest.raises(RuntimeError, match="the model broke"):
+        await lanes.run(broken)
+    assert lanes.running == 0
+    assert await lanes.run(recorder.work) == 1
+
+
 async def test_one_lane_runs_one_pass_at_a_time() -> None:
     recorder = Recorder()
     lanes = Lanes(1, recorder.set_lanes)
