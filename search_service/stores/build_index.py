@@ -1,7 +1,10 @@
-"""`python -m search_service.stores.build_index SHARD_DIR PARENT_PID`: builds HNSW for a shard copy.
+"""`python -m search_service.stores.build_index SHARD_DIR PARENT_PID [DIMENSION VECTORS_MEMORY]`:
+builds HNSW for a shard copy.
 
 Run by the local store in a child process, because Qdrant Edge's `optimize()` holds
-the GIL for its whole run and would stall the serving process. Exits 0 once the
+the GIL for its whole run and would stall the serving process. With DIMENSION and
+VECTORS_MEMORY (cold or cached) it opens the copy with `local.build_config`, which
+leaves the payload on disk; without, with the config the copy has. Exits 0 once the
 optimized shard is flushed to disk.
 """
 
@@ -37,16 +40,22 @@ def die_with_parent(parent: int) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 3:
+    if len(argv) not in (3, 5):
         print(
-            "usage: python -m search_service.stores.build_index SHARD_DIR PARENT_PID",
+            "usage: python -m search_service.stores.build_index SHARD_DIR PARENT_PID "
+            "[DIMENSION VECTORS_MEMORY]",
             file=sys.stderr,
         )
         return 2
     lower_priority()
     die_with_parent(int(argv[2]))
     started = time.perf_counter()
-    shard = qe.EdgeShard.load(argv[1])
+    if len(argv) == 5:
+        from search_service.stores.local import build_config
+
+        shard = qe.EdgeShard.load(argv[1], build_config(int(argv[3]), argv[4]))
+    else:
+        shard = qe.EdgeShard.load(argv[1])
     shard.optimize()
     shard.flush()
     info = shard.info()

@@ -73,10 +73,13 @@ class IndexBuilder:
         command: Sequence[str] = BUILDER,
         idle_s: float = IDLE_BUILD_S,
         idle_minimum: int = IDLE_BUILD_MIN,
+        child_args: Callable[[], Sequence[str]] = tuple,
+        serving_config: Callable[[], qe.EdgeConfig | None] = lambda: None,
     ) -> None:
         """`threshold`: unindexed points that start a build; `idle_minimum` of them do once
         no write has come for `idle_s`. `on_build(ok, seconds)` is told of every build
-        that ends. `command` + [shard dir, parent pid] is the child."""
+        that ends. `command` + [shard dir, parent pid, *child_args()] is the child; a built
+        copy is loaded with `serving_config()` (None: the config it has on disk)."""
         self._owner = owner
         self._threshold = threshold
         self._idle_s = idle_s
@@ -84,6 +87,8 @@ class IndexBuilder:
         self._idle: asyncio.TimerHandle | None = None
         self._on_build = on_build
         self._command = tuple(command)
+        self._child_args = child_args
+        self._serving_config = serving_config
         self._replay: list[qe.UpdateOperation] | None = None
         self._task: asyncio.Task[None] | None = None
         self._child: asyncio.subprocess.Process | None = None
@@ -186,7 +191,7 @@ class IndexBuilder:
             log.info("building the HNSW index of %d vectors in the background (copied in %.1f s)",
                      source.info().points_count, copied - started)  # fmt: skip
             self._child = await asyncio.create_subprocess_exec(
-                *self._command, str(owner.root / target), str(os.getpid())
+                *self._command, str(owner.root / target), str(os.getpid()), *self._child_args()
             )
             if await self._child.wait() != 0:
                 raise RuntimeError(f"the index builder exited with {self._child.returncode}")
@@ -239,9 +244,10 @@ class IndexBuilder:
         async with self._owner.write_lock:
             replay = self._replay or []
             path = self._owner.root / target
+            config = self._serving_config()
 
             def load_and_replay() -> qe.EdgeShard:
-                shard = qe.EdgeShard.load(str(path))
+                shard = qe.EdgeShard.load(str(path), config)
                 for op in replay:
                     shard.update(op)
                 shard.flush()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import os
 import shutil
 import subprocess
@@ -319,3 +320,42 @@ async def test_a_tail_under_the_threshold_is_indexed_once_writes_stop(tmp_path: 
     assert small.installed == []
     await builder.stop()
     await quiet.stop()
+
+
+# The real builder, then a copy of the config it left on the shard it built.
+RECORDING = (
+    sys.executable,
+    "-c",
+    "import pathlib, shutil, sys\n"
+    "from search_service.stores import build_index\n"
+    "code = build_index.main(['build_index', *sys.argv[1:]])\n"
+    "shard = pathlib.Path(sys.argv[1])\n"
+    "shutil.copy(shard / 'edge_config.json', shard.parent / 'built_config.json')\n"
+    "sys.exit(code)",
+)
+
+
+async def test_the_builder_leaves_payloads_on_disk_and_the_swap_serves_them_cached(
+    tmp_path: Path,
+) -> None:
+    owner = Owner(tmp_path)
+    builder = IndexBuilder(
+        owner,
+        threshold=100,
+        command=RECORDING,
+        child_args=lambda: [str(DIMENSION), "cold"],
+        serving_config=lambda: local._shard_config(DIMENSION, qe.Memory.Cold),
+    )
+    owner.write(builder, 150, seed=0)
+    builder.maybe_start()
+    await builder.wait()
+    built = json.loads((tmp_path / "built_config.json").read_text())
+    assert built["payload_memory"] == "cold"
+    assert built["vectors"][""]["memory"] == "cold"
+    assert owner.installed == ["shard-000002"]
+    served = json.loads((tmp_path / "shard-000002" / "edge_config.json").read_text())
+    assert served["payload_memory"] == "cached"
+    assert owner.shard is not None
+    info = owner.shard.info()
+    assert info.points_count == 150
+    assert info.indexed_vectors_count >= 150

@@ -84,6 +84,9 @@ async def test_queries_and_writes_stay_correct_while_the_index_builds_in_the_bac
     indexed, total = store.index_status()
     assert total == len(stored)
     assert indexed >= 300
+    # The builder opened its copy with payloads on disk; the swap serves them from RAM.
+    config = tmp_path / "local" / store._shard_name / "edge_config.json"
+    assert json.loads(config.read_text())["payload_memory"] == "cached"
     for raw in (None, {"label": "late"}, {"n": {"$lt": 3}}, {"label": {"$ne": "l2"}}):
         await brute_force_check(store, stored, raw)
     fetched = await store.fetch("", sorted(stored))
