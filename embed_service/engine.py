@@ -71,6 +71,7 @@ class EmbedEngine:
             model.runtime.set_lanes,
             backlog=lambda: self._images.waiting + self._texts.waiting,
             warm=self._warm_both_towers,
+            on_switch=metrics.lane_switches.inc if metrics else lambda: None,
         )
         if self._lanes.count > 1:
             log.info(
@@ -108,6 +109,7 @@ class EmbedEngine:
                 info.model_id, info.fingerprint, info.device, info.runtime, info.precision
             ).set(1)
             metrics.count_waiting(lambda: self._images.waiting + self._texts.waiting)
+            metrics.lanes_shape.set_function(lambda: self._lanes.shape)
 
     @property
     def model(self) -> ClipModel:

@@ -41,6 +41,7 @@ class Lanes:
         backlog: Callable[[], int] = lambda: 0,
         warm: Callable[[], object] = lambda: None,
         idle_s: float = 1.0,
+        on_switch: Callable[[], None] = lambda: None,
         name: str = "model",
     ) -> None:
         if count < 1:
@@ -50,6 +51,7 @@ class Lanes:
         self.switches = 0  # changes of shape while serving
         self._set_lanes = set_lanes
         self._warm = warm
+        self._on_switch = on_switch
         self._idle_s = idle_s
         self._idle: asyncio.TimerHandle | None = None
         self._stopped = False
@@ -136,6 +138,7 @@ class Lanes:
             try:
                 await self._apply(shape)
                 self.switches += 1
+                self._on_switch()
             finally:
                 self._switching = False
                 self._wake()

@@ -39,6 +39,17 @@ class EmbedMetrics:
             "embed_decode_failures", "Inputs that could not be embedded, by reason.", ["reason"],
             registry=registry,
         )  # fmt: skip
+        self.lanes_shape = Gauge(
+            "embed_lanes_shape",
+            "Forward passes the model is set up to run side by side now: 1 (one pass on every "
+            "thread) or EMBED_LANES (under load).",
+            registry=registry,
+        )
+        self.lane_switches = Counter(
+            "embed_lane_switches",
+            "Changes between one pass on every thread and passes side by side.",
+            registry=registry,
+        )
         self.model = Gauge(
             "embed_model_info",
             "The loaded model (always 1).",

@@ -193,6 +193,8 @@ async def test_a_backlog_on_narrow_lanes_gives_each_image_its_own_vector(
         # One request of 12: three batches of 4 queued at once, so the lanes go narrow.
         together = [r.vector for r in await engine.embed_images(images)]
         assert lanes.switches > switches
+        assert app.registry.get_sample_value("embed_lanes_shape") == 2
+        assert app.registry.get_sample_value("embed_lane_switches_total") == lanes.switches
         assert max(engine.image_batches.sizes) == 4
         for one, other in zip(alone, together, strict=True):
             assert one is not None
@@ -202,6 +204,7 @@ async def test_a_backlog_on_narrow_lanes_gives_each_image_its_own_vector(
         # Idle again: wide, with warm kernels, and the same vectors as before.
         await asyncio.wait_for(lanes.rest(), 30)
         assert lanes.shape == 1
+        assert app.registry.get_sample_value("embed_lanes_shape") == 1
         again, first = (await engine.embed_images(images[:1]))[0].vector, alone[0]
         assert again is not None
         assert first is not None
