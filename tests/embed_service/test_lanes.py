@@ -189,12 +189,19 @@ async def test_a_backlog_on_narrow_lanes_gives_each_image_its_own_vector(
             assert await lanes.run(torch.get_num_threads, shape=1) == 2
         images = [encode(picture(c, shape=i)) for i, c in enumerate(["red", "blue", "green"] * 4)]
         alone = [(await engine.embed_images([data]))[0].vector for data in images]
+        text_wide = (await engine.embed_texts(["a red square"]))[0].vector
         switches = lanes.switches
         # One request of 12: three batches of 4 queued at once, so the lanes go narrow.
         together = [r.vector for r in await engine.embed_images(images)]
         assert lanes.switches > switches
         assert app.registry.get_sample_value("embed_lanes_shape") == 2
         assert app.registry.get_sample_value("embed_lane_switches_total") == lanes.switches
+        # Right after the backlog a lone text pass runs narrow too: same vector.
+        text_narrow = (await engine.embed_texts(["a red square"]))[0].vector
+        assert lanes.shape == 2
+        assert text_wide is not None
+        assert text_narrow is not None
+        assert np.allclose(text_wide, text_narrow, atol=1e-5)
         assert max(engine.image_batches.sizes) == 4
         for one, other in zip(alone, together, strict=True):
             assert one is not None
