@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import sys
+import threading
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -182,9 +183,16 @@ class IndexBuilder:
         try:
             async with owner.write_lock:
                 await asyncio.to_thread(source.flush)
-                await asyncio.to_thread(
-                    copy_tree, owner.root / owner.shard_name, owner.root / target
+                # A stop during the copy lets it end at the next file, and waits for that:
+                # removed while the thread still wrote into it, the copy came back.
+                stop = threading.Event()
+                copying = asyncio.to_thread(
+                    copy_tree, owner.root / owner.shard_name, owner.root / target, stop
                 )
+                try:
+                    await _uncancellable(copying, on_cancel=stop.set)
+                except CopyStopped:
+                    raise asyncio.CancelledError from None
                 self._replay = []
                 taken, self.pending = self.pending, 0
             copied = loop.time()
@@ -257,10 +265,21 @@ class IndexBuilder:
             await self._owner.install(target, fresh)
 
 
-def copy_tree(source: Path, target: Path) -> None:
+class CopyStopped(Exception):
+    """copy_tree was told to stop, and did, between two files."""
+
+
+def copy_tree(source: Path, target: Path, stop: threading.Event | None = None) -> None:
     """shutil.copytree, keeping holes: Qdrant preallocates its WAL and storage pages as
-    sparse files (a new shard: 99 MB apparent, 80 KB on disk), which a plain copy fills in."""
-    shutil.copytree(source, target, copy_function=copy_sparse)
+    sparse files (a new shard: 99 MB apparent, 80 KB on disk), which a plain copy fills in.
+    Once `stop` is set, it raises CopyStopped before the next file."""
+
+    def copy(source_file: str, target_file: str) -> None:
+        if stop is not None and stop.is_set():
+            raise CopyStopped(target)
+        copy_sparse(source_file, target_file)
+
+    shutil.copytree(source, target, copy_function=copy)
 
 
 def copy_sparse(source: str, target: str) -> None:
@@ -320,8 +339,11 @@ def _require(shard: qe.EdgeShard | None) -> qe.EdgeShard:
     return shard
 
 
-async def _uncancellable(work: Coroutine[Any, Any, None]) -> None:
-    """Runs `work` to its end even if the caller is cancelled meanwhile, then re-raises."""
+async def _uncancellable(
+    work: Coroutine[Any, Any, None], on_cancel: Callable[[], object] = lambda: None
+) -> None:
+    """Runs `work` to its end even if the caller is cancelled meanwhile (calling `on_cancel`
+    then, so that the work may end sooner), then re-raises."""
     task = asyncio.ensure_future(work)
     cancelled = False
     while True:
@@ -331,6 +353,8 @@ async def _uncancellable(work: Coroutine[Any, Any, None]) -> None:
         except asyncio.CancelledError:
             if task.done():
                 break
+            if not cancelled:
+                on_cancel()
             cancelled = True
     task.result()
     if cancelled:

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -18,8 +19,8 @@ import numpy as np
 import pytest
 import qdrant_edge as qe
 
-from search_service.stores import local
-from search_service.stores.local_build import IndexBuilder, copy_tree
+from search_service.stores import local, local_build
+from search_service.stores.local_build import CopyStopped, IndexBuilder, copy_tree
 
 DIMENSION = 16
 
@@ -215,6 +216,28 @@ def test_copies_keep_sparse_files_sparse_and_every_byte(
     copied = (tmp_path / "target" / "holes").stat()
     assert copied.st_size == (32 << 20) + 3
     assert copied.st_blocks * 512 < 1 << 20, "the holes were filled in"
+
+
+def test_a_stopped_copy_ends_before_its_next_file(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("a", "b", "c"):
+        (source / name).write_bytes(name.encode() * 1000)
+    copied: list[str] = []
+    stop = threading.Event()
+    copy_sparse = local_build.copy_sparse
+
+    def copy_then_stop(source_file: str, target_file: str) -> None:
+        copied.append(Path(source_file).name)
+        copy_sparse(source_file, target_file)
+        stop.set()
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(local_build, "copy_sparse", copy_then_stop)
+        with pytest.raises(CopyStopped):
+            copy_tree(source, tmp_path / "target", stop)
+    assert len(copied) == 1
+    assert [p.name for p in (tmp_path / "target").iterdir()] == copied
 
 
 # The real builder, held back until a file named `gate` appears beside the shard copy.
