@@ -155,17 +155,22 @@ class LocalStore:
             return None
         return _shard_config(self._model.dimension, self._vectors_memory)
 
-    async def install(self, name: str, shard: qe.EdgeShard) -> None:
+    async def install(self, name: str, shard: qe.EdgeShard) -> qe.EdgeShard | None:
         assert self._model is not None
         await asyncio.to_thread(self._write_meta, self._model, name)
-        old, old_name = self._shard, self._shard_name
+        old = self._shard
         self._shard, self._shard_name = shard, name
         self.changes += 1
         # The old shard's pins go before the new one's are taken: one copy locked at most.
         await asyncio.to_thread(self._pin_live)
-        if old is not None:
-            await self._release(old)
-        await asyncio.to_thread(shutil.rmtree, self._root / old_name, True)
+        return old
+
+    async def retire(self, name: str, shard: qe.EdgeShard | None) -> None:
+        # Closing a shard and removing its files take 0.5-0.6 s at 300k vectors (a script
+        # on the AMX Xeon): writers go on meanwhile, into the shard that replaced it.
+        if shard is not None:
+            await self._release(shard)
+        await asyncio.to_thread(shutil.rmtree, self._root / name, True)
 
     async def open(self) -> ModelInfo | None:
         """Opens the store; StoreMisconfigured (naming the path) if it cannot be read."""

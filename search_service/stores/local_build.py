@@ -5,9 +5,10 @@ it never runs in the serving process. When enough unindexed points pile up, the 
 shard is flushed and copied (writes wait for the copy, queries do not), a child process
 (`build_index.py`) optimizes the copy, and every write made meanwhile is applied to the
 live shard and kept in a replay log. When the child is done, the copy is loaded, the log
-replayed into it and the owner installs it (store.json names it, atomically; the old shard
-is closed once its last reader is gone). Once store.json names the new shard nothing may
-delete it: a stop or an error after that point only leaves the old one behind.
+replayed into it and the owner installs it (store.json names it, atomically), all while
+writes wait; then the old shard is closed once its last reader is gone and removed, while
+writes go on. Once store.json names the new shard nothing may delete it: a stop or an
+error after that point only leaves the old one behind.
 """
 
 from __future__ import annotations
@@ -57,8 +58,14 @@ class ShardOwner(Protocol):
         """The shard store.json names on disk now."""
         ...
 
-    async def install(self, name: str, shard: qe.EdgeShard) -> None:
-        """Makes `shard` (the directory `name`) current; called with write_lock held."""
+    async def install(self, name: str, shard: qe.EdgeShard) -> qe.EdgeShard | None:
+        """Makes `shard` (the directory `name`) current and returns the shard it replaces;
+        called with write_lock held."""
+        ...
+
+    async def retire(self, name: str, shard: qe.EdgeShard | None) -> None:
+        """Closes a replaced shard once no read uses it and removes its directory `name`;
+        called once write_lock is released, so that writers do not wait for it."""
         ...
 
 
@@ -90,6 +97,8 @@ class IndexBuilder:
         self._command = tuple(command)
         self._child_args = child_args
         self._serving_config = serving_config
+        # Seconds the last swap held the write lock (writers waited at most that long).
+        self._held = 0.0
         self._replay: list[qe.UpdateOperation] | None = None
         self._task: asyncio.Task[None] | None = None
         self._child: asyncio.subprocess.Process | None = None
@@ -213,8 +222,9 @@ class IndexBuilder:
             self._floor = 0 if progressed else unindexed + self._threshold
             took = loop.time() - started
             log.info("HNSW index ready: %d of %d vectors indexed in %.1f s (copy %.1f, build "
-                     "%.1f, swap %.1f)", info.indexed_vectors_count, info.points_count, took,
-                     copied - started, built - copied, loop.time() - built)  # fmt: skip
+                     "%.1f, swap %.2f, writes held %.2f)", info.indexed_vectors_count,
+                     info.points_count, took, copied - started, built - copied,
+                     loop.time() - built, self._held)  # fmt: skip
             if self._on_build is not None:
                 self._on_build(True, took)
         except asyncio.CancelledError:
@@ -243,16 +253,20 @@ class IndexBuilder:
             shutil.rmtree(self._owner.root / name, ignore_errors=True)
 
     async def _switch_to(self, target: str) -> None:
-        """Loads the built copy, replays the writes made meanwhile, and installs it.
+        """Loads the built copy, replays the writes made meanwhile, installs it, and then
+        retires the shard it replaces.
 
         Runs to its end once begun (see `_uncancellable`): a stop that lands between
         store.json naming `target` and the old shard being removed must not leave the
         store half-switched.
         """
+        loop = asyncio.get_running_loop()
         async with self._owner.write_lock:
+            taken = loop.time()
             replay = self._replay or []
             path = self._owner.root / target
             config = self._serving_config()
+            old_name = self._owner.shard_name
 
             def load_and_replay() -> qe.EdgeShard:
                 shard = qe.EdgeShard.load(str(path), config)
@@ -262,7 +276,9 @@ class IndexBuilder:
                 return shard
 
             fresh = await asyncio.to_thread(load_and_replay)
-            await self._owner.install(target, fresh)
+            old = await self._owner.install(target, fresh)
+            self._held = loop.time() - taken
+        await self._owner.retire(old_name, old)
 
 
 class CopyStopped(Exception):

@@ -53,14 +53,19 @@ class Owner:
     def named_in_meta(self) -> str | None:
         return self.meta
 
-    async def install(self, name: str, shard: qe.EdgeShard) -> None:
+    async def install(self, name: str, shard: qe.EdgeShard) -> qe.EdgeShard | None:
         assert self.write_lock.locked(), "install runs under the write lock"
-        old, old_name = self.shard, self.shard_name
+        old = self.shard
         self.meta, self.shard, self.shard_name = name, shard, name
         self.installed.append(name)
-        if old is not None:
-            old.close()
-        shutil.rmtree(self.root / old_name)
+        return old
+
+    async def retire(self, name: str, shard: qe.EdgeShard | None) -> None:
+        assert not self.write_lock.locked(), "writers need not wait for the old shard"
+        assert name != self.shard_name
+        if shard is not None:
+            shard.close()
+        shutil.rmtree(self.root / name)
 
     def write(
         self, builder: IndexBuilder, count: int, seed: int, *, first: int | None = None
