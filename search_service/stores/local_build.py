@@ -4,11 +4,12 @@ Qdrant Edge's `optimize()` holds the GIL for its whole run (minutes at 100k vect
 it never runs in the serving process. When enough unindexed points pile up, the live
 shard is flushed and copied (writes wait for the copy, queries do not), a child process
 (`build_index.py`) optimizes the copy, and every write made meanwhile is applied to the
-live shard and kept in a replay log. When the child is done, the copy is loaded, the log
-replayed into it and the owner installs it (store.json names it, atomically), all while
-writes wait; then the old shard is closed once its last reader is gone and removed, while
-writes go on. Once store.json names the new shard nothing may delete it: a stop or an
-error after that point only leaves the old one behind.
+live shard and kept in a replay log. When the child is done (it reads the copy into the
+page cache last), the copy is loaded, the log replayed into it and the owner installs it
+(store.json names it, atomically), all while writes wait; then the old shard is closed
+once its last reader is gone and removed, while writes go on. Once store.json names the
+new shard nothing may delete it: a stop or an error after that point only leaves the old
+one behind.
 """
 
 from __future__ import annotations

@@ -4,8 +4,10 @@ LocalStore, and the real child process (or one that fails or hangs)."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import json
+import mmap
 import os
 import shutil
 import subprocess
@@ -20,9 +22,11 @@ import pytest
 import qdrant_edge as qe
 
 from search_service.stores import local, local_build
+from search_service.stores.build_index import read_ahead
 from search_service.stores.local_build import CopyStopped, IndexBuilder, copy_tree
 
 DIMENSION = 16
+PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def shards(root: Path) -> list[str]:
@@ -243,6 +247,86 @@ def test_a_stopped_copy_ends_before_its_next_file(tmp_path: Path) -> None:
             copy_tree(source, tmp_path / "target", stop)
     assert len(copied) == 1
     assert [p.name for p in (tmp_path / "target").iterdir()] == copied
+
+
+def cached_bytes_of(path: Path) -> int:
+    """Bytes of a file in the page cache, whole pages (mincore on a copy-on-write mapping,
+    which faults nothing in and writes nothing)."""
+    size = path.stat().st_size
+    if not size:
+        return 0
+    mincore = ctypes.CDLL(None, use_errno=True).mincore
+    mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    flags = ctypes.create_string_buffer(-(-size // PAGE))
+    with path.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY) as m:
+        start = ctypes.c_char.from_buffer(m)
+        code = mincore(ctypes.addressof(start), size, flags)
+        del start  # the mapping cannot close while a ctypes object points into it
+    assert code == 0, os.strerror(ctypes.get_errno())
+    return sum(byte & 1 for byte in flags.raw) * PAGE
+
+
+def cached_bytes(directory: Path) -> int:
+    return sum(cached_bytes_of(p) for p in directory.rglob("*") if p.is_file())
+
+
+def evict(directory: Path) -> int:
+    """Drops the files under `directory` from the page cache; returns their size in whole
+    pages."""
+    total = 0
+    for path in (p for p in directory.rglob("*") if p.is_file()):
+        fd = os.open(path, os.O_RDONLY)
+        os.fdatasync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        total += -(-os.fstat(fd).st_size // PAGE) * PAGE
+        os.close(fd)
+    return total
+
+
+def test_read_ahead_brings_a_directory_into_the_page_cache_within_its_budget(
+    tmp_path: Path,
+) -> None:
+    rng = np.random.default_rng(5)
+    for name, size in [("a/matrix.dat", 3 << 20), ("b/c/links.bin", 1 << 20), ("empty", 0)]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(rng.bytes(size))
+    pages = evict(tmp_path)
+    assert cached_bytes(tmp_path) < pages // 4, "the kernel kept the evicted files cached"
+    assert read_ahead(tmp_path, most=(4 << 20) - 1) == 0, "over its budget: nothing read"
+    assert cached_bytes(tmp_path) < pages // 4
+    assert read_ahead(tmp_path, most=4 << 20) == 4 << 20
+    assert cached_bytes(tmp_path) == pages
+
+
+async def test_the_builder_leaves_its_whole_copy_in_the_page_cache(tmp_path: Path) -> None:
+    """The service loads and pins the built copy next, holding the GIL and the write lock:
+    none of it, not even the indexed segment this build left as it was, may have to come
+    from disk then."""
+    owner = Owner(tmp_path)
+    builder = IndexBuilder(owner, threshold=200)
+    owner.write(builder, 300, seed=0)
+    builder.maybe_start()
+    await builder.wait()
+    owner.write(builder, 300, seed=1)
+    assert owner.shard is not None
+    owner.shard.flush()
+    copy = tmp_path / "copy"
+    copy_tree(tmp_path / owner.shard_name, copy)
+    pages = evict(copy)
+    assert cached_bytes(copy) < pages // 4
+    child = await asyncio.create_subprocess_exec(
+        *local_build.BUILDER, str(copy), str(os.getpid()), stderr=asyncio.subprocess.PIPE
+    )
+    _, stderr = await child.communicate()
+    assert child.returncode == 0, stderr.decode()
+    assert b"GiB read ahead" in stderr
+    files = [p for p in copy.rglob("*") if p.is_file()]
+    uncached = {
+        str(p.relative_to(copy)): (cached_bytes_of(p), p.stat().st_size)
+        for p in files
+        if cached_bytes_of(p) != -(-p.stat().st_size // PAGE) * PAGE
+    }
+    assert not uncached, (uncached, stderr.decode())
 
 
 # The real builder, held back until a file named `gate` appears beside the shard copy.
