@@ -249,6 +249,10 @@ def test_a_stopped_copy_ends_before_its_next_file(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "target").iterdir()] == copied
 
 
+def whole_pages(size: int) -> int:
+    return -(-size // PAGE) * PAGE
+
+
 def cached_bytes_of(path: Path) -> int:
     """Bytes of a file in the page cache, whole pages (mincore on a copy-on-write mapping,
     which faults nothing in and writes nothing)."""
@@ -278,7 +282,7 @@ def evict(directory: Path) -> int:
         fd = os.open(path, os.O_RDONLY)
         os.fdatasync(fd)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        total += -(-os.fstat(fd).st_size // PAGE) * PAGE
+        total += whole_pages(os.fstat(fd).st_size)
         os.close(fd)
     return total
 
@@ -320,11 +324,11 @@ async def test_the_builder_leaves_its_whole_copy_in_the_page_cache(tmp_path: Pat
     _, stderr = await child.communicate()
     assert child.returncode == 0, stderr.decode()
     assert b"GiB read ahead" in stderr
-    files = [p for p in copy.rglob("*") if p.is_file()]
+    cached = {p: cached_bytes_of(p) for p in copy.rglob("*") if p.is_file()}
     uncached = {
-        str(p.relative_to(copy)): (cached_bytes_of(p), p.stat().st_size)
-        for p in files
-        if cached_bytes_of(p) != -(-p.stat().st_size // PAGE) * PAGE
+        str(p.relative_to(copy)): (done, p.stat().st_size)
+        for p, done in cached.items()
+        if done != whole_pages(p.stat().st_size)
     }
     assert not uncached, (uncached, stderr.decode())
 
