@@ -52,6 +52,8 @@ class EmbedApp:
             register=lambda s: pb_grpc.add_EmbedServiceServicer_to_server(servicer, s),
             max_message_bytes=settings.max_message_mb * 1024 * 1024,
             max_concurrent_rpcs=settings.max_concurrent_rpcs,
+            max_health_watchers=settings.max_health_watchers,
+            env_prefix="EMBED",
             credentials=server_credentials(
                 settings.tls_cert, settings.tls_key, settings.tls_client_ca, prefix="EMBED"
             ),

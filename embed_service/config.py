@@ -87,6 +87,14 @@ class EmbedSettings(BaseSettings):
             "Requests in flight hold at most about 2 x this x max_message_mb (1 GiB by default)."
         ),
     )
+    max_health_watchers: int = Field(
+        default=32,
+        ge=1,
+        description=(
+            "grpc.health.v1 Watch streams open at once (health needs no token); past it, "
+            "RESOURCE_EXHAUSTED. They never take a place of EMBED_MAX_CONCURRENT_RPCS."
+        ),
+    )
     grace_s: float = Field(default=10.0, ge=0, description="Shutdown grace for in-flight calls.")
     log_level: str = Field(default="INFO")
     metrics_addr: str | None = Field(

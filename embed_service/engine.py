@@ -19,10 +19,11 @@ from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
+from imagesearch.limits import MAX_TEXT_CHARS
 
 from embed_service.batching import BatchStats, DynamicBatcher
 from embed_service.config import EmbedSettings
-from embed_service.errors import InvalidRequest, ItemError, Overloaded, TextEmpty
+from embed_service.errors import InvalidRequest, ItemError, Overloaded, TextEmpty, TextTooLong
 from embed_service.images import Preprocessing, prepare
 from embed_service.lanes import Lanes
 from embed_service.metrics import EmbedMetrics
@@ -193,15 +194,16 @@ class EmbedEngine:
     async def embed_texts(self, texts: Sequence[str]) -> list[EmbeddingResult]:
         """One result per text, in order; over-long texts are cut and marked truncated."""
         with self._admit(len(texts), "texts"):
-            good = [text for text in texts if text.strip()]
+            errors = [_text_error(text) for text in texts]
+            good = [text for text, error in zip(texts, errors, strict=True) if error is None]
             results = iter(await self._texts.submit(good))
             out = []
-            for text in texts:
-                if text.strip():
+            for error in errors:
+                if error is None:
                     vector, cut = next(results)
                     out.append(EmbeddingResult(vector, truncated=cut))
                 else:
-                    out.append(EmbeddingResult(error=TextEmpty("the text is empty")))
+                    out.append(EmbeddingResult(error=error))
             return out
 
     @contextlib.contextmanager
@@ -248,3 +250,14 @@ class EmbedEngine:
         with self._timed_forward("texts"):
             tokens = self._model.tokenize(batch)
             return list(zip(self._model.embed_tokens(tokens), tokens.truncated, strict=True))
+
+
+def _text_error(text: str) -> ItemError | None:
+    if len(text) > MAX_TEXT_CHARS:
+        return TextTooLong(
+            f"the text is {len(text):,} characters; at most {MAX_TEXT_CHARS:,} are accepted "
+            "(the model reads only its first few hundred)"
+        )
+    if not text.strip():
+        return TextEmpty("the text is empty")
+    return None

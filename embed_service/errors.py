@@ -69,3 +69,7 @@ class ImageTooLarge(ItemError):
 
 class TextEmpty(ItemError):
     reason = "TEXT_EMPTY"
+
+
+class TextTooLong(ItemError):
+    reason = "TEXT_TOO_LONG"

@@ -13,6 +13,12 @@ Every pixel mode Pillow decodes becomes the 8-bit RGB picture it shows:
 - transparency (RGBA, LA, palette or colour-key transparency) is composited on white
   (BACKGROUND), the way a viewer shows the picture on a page;
 - CMYK is converted through its embedded ICC profile when it has one.
+
+Memory: a decode holds at most about DECODE_BYTES_PER_PIXEL bytes per pixel of the image
+(its decoded bands, at most 4 bytes a pixel in every mode Pillow decodes, and the copies
+its conversion to RGB makes), and EMBED_MAX_IMAGE_PIXELS bounds the pixels. Every
+sub-image a container holds (an ICO's frames) is checked against that limit before
+anything is decoded, and high-bit-depth pixels are scaled a strip at a time.
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ from embed_service.errors import ImageEmpty, ImageTooLarge, ImageUnreadable
 # by itself: load them all once, or ICO, QOI, AVIF... would be "not an image".
 Image.init()
 # Raster formats Pillow decodes itself (the JPEG plugin also opens MPO); no format that
-# runs an outside program (EPS) or only identifies a file (HDF5, GRIB, BUFR, WMF).
+# runs an outside program (EPS) or only identifies a file (HDF5, GRIB, BUFR, WMF), and not
+# ICNS, whose sub-images Pillow decodes at whatever size they declare.
 _WANTED = [
     "JPEG",
     "PNG",
@@ -42,7 +49,6 @@ _WANTED = [
     "DIB",
     "TIFF",
     "ICO",
-    "ICNS",
     "PPM",
     "TGA",
     "QOI",
@@ -56,6 +62,13 @@ FORMATS = tuple(name for name in _WANTED if name in Image.OPEN)
 FORMAT_NAMES = "JPEG, PNG, WebP, GIF, BMP, TIFF, ICO, AVIF, JPEG 2000, PPM, TGA, QOI and more"
 BACKGROUND = (255, 255, 255)
 _HIGH_DEPTH = {"I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16}
+# The most a decode holds per pixel, conversions included (the worst: a palette image with
+# transparency: 1 decoded + 4 as RGBA + 4 of the white canvas + 1 of its alpha).
+DECODE_BYTES_PER_PIXEL = 10
+# Pixels scaled to 8 bits at once: a strip's int64 copy stays at 8 MiB.
+_STRIP_PIXELS = 1 << 20
+_ICO_MAGIC = b"\x00\x00\x01\x00"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _SRGB = ImageCms.createProfile("sRGB")
 
 
@@ -90,6 +103,11 @@ def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
     """Opens and checks an encoded image without decoding its pixels yet."""
     if not data:
         raise ImageEmpty("the image is empty (0 bytes)")
+    if data.startswith(_ICO_MAGIC):
+        # Pillow decodes an ICO's largest frame inside Image.open, at the size the frame
+        # itself declares, whatever the directory says: check them all first.
+        for width, height in _ico_frame_sizes(data):
+            _check_pixels(width, height, max_pixels, what="an icon frame")
     try:
         with warnings.catch_warnings():
             # Our own limit below is the guard; Pillow's warning would only be noise.
@@ -102,13 +120,37 @@ def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
         raise ImageUnreadable(
             f"the bytes are not an image in a supported format ({FORMAT_NAMES})"
         ) from exc
-    width, height = image.size
+    _check_pixels(*image.size, max_pixels, what="the image")
+    return image
+
+
+def _check_pixels(width: int, height: int, max_pixels: int, *, what: str) -> None:
     if width * height > max_pixels:
         raise ImageTooLarge(
-            f"the image is {width}x{height} = {width * height} pixels; "
+            f"{what} is {width}x{height} = {width * height} pixels; "
             f"the limit is {max_pixels} (EMBED_MAX_IMAGE_PIXELS)"
         )
-    return image
+
+
+def _ico_frame_sizes(data: bytes) -> list[tuple[int, int]]:
+    """The size each frame of an ICO file declares in its own header (PNG or DIB)."""
+    sizes = []
+    count = int.from_bytes(data[4:6], "little")
+    for entry in range(count):
+        at = 6 + 16 * entry
+        if at + 16 > len(data):
+            break
+        offset = int.from_bytes(data[at + 12 : at + 16], "little")
+        head = data[offset : offset + 24]
+        if head.startswith(_PNG_MAGIC) and len(head) >= 24:
+            sizes.append((int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")))
+        elif len(head) >= 12 and int.from_bytes(head[:4], "little") == 12:  # BITMAPCOREHEADER
+            sizes.append((int.from_bytes(head[4:6], "little"), int.from_bytes(head[6:8], "little")))
+        elif len(head) >= 12:  # a DIB's height counts its mask too: half is the picture
+            width = abs(int.from_bytes(head[4:8], "little", signed=True))
+            height = abs(int.from_bytes(head[8:12], "little", signed=True)) // 2
+            sizes.append((width, height))
+    return sizes
 
 
 def decode(data: bytes, *, max_pixels: int, min_side: int) -> Image.Image:
@@ -119,22 +161,26 @@ def decode(data: bytes, *, max_pixels: int, min_side: int) -> Image.Image:
             # draft() only ever picks a scale that keeps both sides >= the request.
             image.draft("RGB", (min_side, min_side))
         image.load()
-        # The source's tags say its bit depth; exif_transpose's copy keeps no tags.
-        return to_rgb(ImageOps.exif_transpose(image), source=image)
+        # The source's tags say its bit depth; a transposed copy keeps none.
+        depth = _depth(image)
+        # In place: the turned copy replaces the pixels, never held beside them.
+        ImageOps.exif_transpose(image, in_place=True)
+        return to_rgb(image, depth=depth)
     except Exception as exc:
         raise ImageUnreadable(f"the image could not be decoded: {_describe(exc)}") from exc
 
 
-def to_rgb(image: Image.Image, *, source: Image.Image | None = None) -> Image.Image:
+def to_rgb(image: Image.Image, *, depth: tuple[float, bool] | None = None) -> Image.Image:
     """The 8-bit RGB picture an image shows, whatever its pixel mode (see the module doc).
 
-    `source` is the decoded file `image` was derived from, for its tags (bit depth).
+    `depth` is what `_depth` read from the decoded file's tags, where `image` is a copy
+    without them.
     """
     mode = image.mode
     if mode == "RGB" and "transparency" not in image.info:
         return image
     if mode in _HIGH_DEPTH or mode in ("I", "F"):
-        return _scaled_to_8_bit(image, source or image).convert("RGB")
+        return _scaled_to_8_bit(image, depth or _depth(image)).convert("RGB")
     if mode == "CMYK":
         return _cmyk_to_rgb(image)
     if mode in ("RGBa", "La"):  # premultiplied alpha
@@ -142,23 +188,43 @@ def to_rgb(image: Image.Image, *, source: Image.Image | None = None) -> Image.Im
     if image.mode in ("P", "L", "RGB", "1") and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):
-        rgba = image.convert("RGBA")
+        rgba = image if image.mode == "RGBA" else image.convert("RGBA")
         canvas = Image.new("RGB", rgba.size, BACKGROUND)
         canvas.paste(rgba, mask=rgba.getchannel("A"))
         return canvas
     return image.convert("RGB")
 
 
-def _scaled_to_8_bit(image: Image.Image, source: Image.Image) -> Image.Image:
-    """A high-bit-depth or float grayscale image as 8-bit "L", scaled from its own range."""
-    values = np.asarray(image, dtype=np.float64)
+def _depth(image: Image.Image) -> tuple[float, bool]:
+    """(the value that is white, whether integers are signed) for a high-depth image."""
     if image.mode == "F":
-        top = 1.0
-    else:
-        bits = _HIGH_DEPTH.get(image.mode) or _declared_bits(source)
-        signed = _tag(source, 339) == 2  # TIFF SampleFormat: 2 = signed integer
-        top = float(2 ** (bits - 1 if signed else bits) - 1)
-    gray = np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
+        return 1.0, False
+    if image.mode not in _HIGH_DEPTH and image.mode != "I":
+        return 255.0, False
+    bits = _HIGH_DEPTH.get(image.mode) or _declared_bits(image)
+    signed = _tag(image, 339) == 2  # TIFF SampleFormat: 2 = signed integer
+    return float(2 ** (bits - 1 if signed else bits) - 1), signed
+
+
+def _scaled_to_8_bit(image: Image.Image, depth: tuple[float, bool]) -> Image.Image:
+    """A high-bit-depth or float grayscale image as 8-bit "L", scaled from its own range.
+
+    A strip of rows at a time, so what it holds beside the image is the 8-bit result and
+    one strip, never a float64 copy of the whole (8 bytes a pixel, several times over)."""
+    top = depth[0]
+    width, height = image.size
+    gray = np.empty((height, width), dtype=np.uint8)
+    rows = max(1, _STRIP_PIXELS // max(width, 1))
+    for first in range(0, height, rows):
+        strip = np.asarray(image.crop((0, first, width, min(height, first + rows))))
+        if image.mode == "F":
+            scaled = np.rint(strip.astype(np.float64) * (255.0 / top))
+        else:
+            # round(v * 255 / top) in integers: top is odd, so there is never a tie, and
+            # this is what float64's rint gave, exactly.
+            wide = int(top)
+            scaled = (strip.astype(np.int64) * 510 + wide) // (2 * wide)
+        gray[first : first + rows] = np.clip(scaled, 0, 255)
     return Image.fromarray(gray)
 
 

@@ -232,13 +232,24 @@ class ClipModel:
         return self.runtime.embed_tokens(tokens.input_ids, tokens.attention_mask)
 
 
+# A token spans at least one character, and ordinary text's about four: the first
+# CHARS_PER_TOKEN x max_tokens characters give the same first max_tokens tokens, and a
+# text is never tokenized whole (a 3 MB text took seconds and gigabytes to tokenize).
+CHARS_PER_TOKEN = 16
+
+
 def tokenize(tokenizer: Any, texts: Sequence[str], max_tokens: int) -> TokenizedTexts:
+    budget = CHARS_PER_TOKEN * max_tokens
+    cut = [text[:budget] for text in texts]
     # Untruncated lengths first: that is the only way to tell the caller what was cut.
-    lengths = tokenizer(list(texts), truncation=False, return_attention_mask=False,
+    lengths = tokenizer(cut, truncation=False, return_attention_mask=False,
                         verbose=False)["input_ids"]  # fmt: skip
-    truncated = [len(ids) > max_tokens for ids in lengths]
+    truncated = [
+        len(ids) > max_tokens or len(text) > budget
+        for ids, text in zip(lengths, texts, strict=True)
+    ]
     encoded = tokenizer(
-        list(texts), padding=True, truncation=True, max_length=max_tokens, return_tensors="np"
+        cut, padding=True, truncation=True, max_length=max_tokens, return_tensors="np"
     )
     return TokenizedTexts(
         encoded["input_ids"].astype(np.int64, copy=False),

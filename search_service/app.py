@@ -13,7 +13,7 @@ from imagesearch.security import (
     read_tokens,
     server_credentials,
 )
-from imagesearch.serving import GrpcServer, host_of
+from imagesearch.serving import REFLECTION_SERVICE, GrpcServer, host_of
 from imagesearch.v1 import search_service_pb2 as pb
 from imagesearch.v1 import search_service_pb2_grpc as pb_grpc
 from prometheus_client import CollectorRegistry
@@ -22,7 +22,7 @@ from search_service.config import SearchSettings
 from search_service.embed_client import EmbedClient
 from search_service.errors import Unavailable
 from search_service.metrics import SearchMetrics
-from search_service.server import SearchServicer
+from search_service.server import REPLY_MARGIN_BYTES, SearchServicer
 from search_service.service import SearchService
 from search_service.stores import make_store
 from search_service.stores.base import VectorStore
@@ -35,9 +35,10 @@ CONNECT_RETRY_MAX_S = 5.0
 VECTOR_COUNT_EVERY_S = 5.0
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SearchService"].full_name
+# Reading the schema through server reflection is a read too: a read-only token may.
 READ_METHODS = frozenset(
     f"/{SERVICE_NAME}/{m}" for m in ("Query", "Fetch", "ListRecords", "DescribeStats")
-)
+) | frozenset({f"/{REFLECTION_SERVICE}/ServerReflectionInfo"})
 
 
 class SearchApp:
@@ -74,7 +75,9 @@ class SearchApp:
                 on_store_retry=self.metrics.store_retries.inc,
             )
         )
-        self.service = SearchService(self.store, self.embed)
+        self.service = SearchService(
+            self.store, self.embed, max_reply_bytes=max_bytes - REPLY_MARGIN_BYTES
+        )
         servicer = SearchServicer(self.service, max_reply_bytes=max_bytes)
         secret = settings.tokens.get_secret_value() if settings.tokens else None
         tokens = read_tokens(secret, settings.tokens_file, variable="SEARCH_TOKENS")
@@ -90,6 +93,9 @@ class SearchApp:
             register=lambda s: pb_grpc.add_SearchServiceServicer_to_server(servicer, s),
             max_message_bytes=max_bytes,
             max_concurrent_rpcs=settings.max_concurrent_rpcs,
+            max_health_watchers=settings.max_health_watchers,
+            stream_idle_s=settings.stream_idle_s,
+            env_prefix="SEARCH",
             credentials=server_credentials(
                 settings.tls_cert, settings.tls_key, settings.tls_client_ca, prefix="SEARCH"
             ),

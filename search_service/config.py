@@ -106,6 +106,20 @@ class SearchSettings(BaseSettings):
             "default): the request, its decoded copy and the copy forwarded to embed_service."
         ),
     )  # fmt: skip
+    max_health_watchers: int = Field(
+        default=32, ge=1, validation_alias=_env("SEARCH_MAX_HEALTH_WATCHERS"),
+        description=(
+            "grpc.health.v1 Watch streams open at once (health needs no token); past it, "
+            "RESOURCE_EXHAUSTED. They never take a place of SEARCH_MAX_CONCURRENT_RPCS."
+        ),
+    )  # fmt: skip
+    stream_idle_s: float = Field(
+        default=60.0, gt=0, validation_alias=_env("SEARCH_STREAM_IDLE_S"),
+        description=(
+            "A client stream (IngestImages) that sends nothing this long ends "
+            "DEADLINE_EXCEEDED, freeing its place."
+        ),
+    )  # fmt: skip
     grace_s: float = Field(
         default=10.0, ge=0, validation_alias=_env("SEARCH_GRACE_S"),
         description="Shutdown grace for in-flight calls.",

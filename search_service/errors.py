@@ -12,6 +12,7 @@
     ├── ModelMismatch              the store was filled by another model -> FAILED_PRECONDITION
     ├── StoreMisconfigured         the store cannot serve this model at all; stops the service
     ├── Overloaded                 a dependency is at capacity -> RESOURCE_EXHAUSTED
+    ├── ReplyTooLarge              the answer would not fit in one reply -> RESOURCE_EXHAUSTED
     ├── Unavailable                a dependency cannot be reached -> UNAVAILABLE
     │   └── EmbedUnavailable         embed_service is down or not ready
     ├── EmbedFailed                embed_service answered with an error of its own -> INTERNAL
@@ -88,6 +89,12 @@ class StoreMisconfigured(SearchError):
 
 class Overloaded(SearchError):
     reason = "OVERLOADED"
+
+
+class ReplyTooLarge(SearchError):
+    """The records asked for would exceed the reply size; found out before they are all read."""
+
+    reason = "REPLY_TOO_LARGE"
 
 
 class Unavailable(SearchError):

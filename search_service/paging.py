@@ -43,7 +43,8 @@ class Listing:
                 raise ValueError("too long")
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
             version, store, namespace, prefix, cursor = json.loads(raw)
-        except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+        # RecursionError: JSON nested deeper than Python's decoder goes ("[[[[...").
+        except (binascii.Error, ValueError, TypeError, UnicodeDecodeError, RecursionError):
             raise refused("is not a page token of ListRecords") from None
         if version != VERSION or store != self.store:
             raise refused(

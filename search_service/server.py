@@ -20,6 +20,7 @@ from search_service.errors import (
     NotFound,
     Overloaded,
     PermissionDenied,
+    ReplyTooLarge,
     StoreMisconfigured,
     Unauthenticated,
     Unavailable,
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 
 # Batches of one ingest stream that are embedded and stored at once; answers stay in order.
 INGEST_PIPELINE_DEPTH = 2
-# Room left in a ListRecords reply for its envelope and next_page_token.
+# Room left in a reply for its envelope (and a ListRecords page's next_page_token).
 REPLY_MARGIN_BYTES = 64 * 1024
 
 STATUS_CODES: dict[type[Exception], grpc.StatusCode] = {
@@ -40,6 +41,7 @@ STATUS_CODES: dict[type[Exception], grpc.StatusCode] = {
     ModelMismatch: grpc.StatusCode.FAILED_PRECONDITION,
     StoreMisconfigured: grpc.StatusCode.FAILED_PRECONDITION,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ReplyTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 from imagesearch.ids import content_id
+from imagesearch.limits import MAX_TEXT_CHARS
 
 from search_service.errors import (
     EmbedUnavailable,
@@ -125,9 +126,13 @@ class RecordPage:
 
 
 class SearchService:
-    def __init__(self, store: VectorStore, embedder: Embedder) -> None:
+    def __init__(
+        self, store: VectorStore, embedder: Embedder, *, max_reply_bytes: int | None = None
+    ) -> None:
+        """`max_reply_bytes`: what a Query or Fetch answer may take (ReplyTooLarge past it)."""
         self.store = store
         self._embed = embedder
+        self._max_reply_bytes = max_reply_bytes
         # The model embed_service runs, as last seen; None until asked, and again
         # after embed_service was unreachable (it may come back with another model).
         self._running: ModelInfo | None = None
@@ -269,6 +274,7 @@ class SearchService:
             condition=condition,
             include_values=spec.include_values,
             include_metadata=spec.include_metadata,
+            max_bytes=self._max_reply_bytes,
         )
         # Equal scores (the same vector under several ids) come in id order on every store.
         found.sort(key=lambda match: (-match.score, match.id))
@@ -281,7 +287,9 @@ class SearchService:
         namespace = validate_namespace(namespace)
         _check_batch(len(ids), MAX_IDS, "ids")
         return await self.store.fetch(
-            namespace, [validate_id(x, field=f"ids[{i}]") for i, x in enumerate(ids)]
+            namespace,
+            [validate_id(x, field=f"ids[{i}]") for i, x in enumerate(ids)],
+            max_bytes=self._max_reply_bytes,
         )
 
     async def list_records(
@@ -322,21 +330,30 @@ class SearchService:
             if not spec.image:
                 raise ImageRejected("the query image is empty", field="image", reason="IMAGE_EMPTY")
             image = spec.image
-            embedded = await self._consistent(lambda: self._embed.embed_images([image]))
+            embedded = await self._consistent(
+                lambda: self._embed.embed_images([image]), write=False
+            )
             return _vector_or_error(embedded.items[0], "image")
         if spec.text is not None:
             text = spec.text
-            embedded = await self._consistent(lambda: self._embed.embed_text(text))
+            if len(text) > MAX_TEXT_CHARS:
+                raise InvalidArgument(
+                    f"text is {len(text):,} characters; at most {MAX_TEXT_CHARS:,} are accepted "
+                    "(the model reads only its first few hundred)",
+                    field="text",
+                    reason="TEXT_TOO_LONG",
+                )
+            embedded = await self._consistent(lambda: self._embed.embed_text(text), write=False)
             return _vector_or_error(embedded.items[0], "text")
         if spec.id is not None:
             record_id = validate_id(spec.id)
-            await self._model_for_vectors()
+            await self._model_for_vectors(write=False)
             found = await self.store.fetch(namespace, [record_id])
             if not found:
                 raise NotFound(f"no record with id {record_id!r} in namespace {namespace!r}")
             return found[0].values
         if spec.vector is not None:
-            model = await self._model_for_vectors()
+            model = await self._model_for_vectors(write=False)
             return _unit_vector(spec.vector, model.dimension, "vector.values")
         raise InvalidArgument("set one of image, text, id or vector", field="query")
 
@@ -349,16 +366,20 @@ class SearchService:
             self._running = None
             raise
 
-    async def _consistent(self, call: Callable[[], Awaitable[Any]]) -> Any:
+    async def _consistent(self, call: Callable[[], Awaitable[Any]], *, write: bool = True) -> Any:
         """Embeds with `call`, keeping only an answer from the model the store holds.
 
         With several replicas behind EMBED_TARGET, one may run another model: its answer
         is dropped (and its address logged) and the call made again, so its vectors are
-        never stored; REPLICA_ATTEMPTS answers of another model fail the call.
+        never stored; REPLICA_ATTEMPTS answers of another model fail the call. A read
+        (`write=False`) of a store that holds no model yet takes the answer as it is: a
+        query must not bind the store to a model (a write), and finds nothing anyway.
         """
         for _ in range(REPLICA_ATTEMPTS):
             embedded = await self._embed_call(call())
             held = self.store.model
+            if held is None and not write:
+                return embedded
             if held is None:  # a new store takes the model that answered
                 await self._ready(embedded.fingerprint)
                 held = self.store.model
@@ -390,7 +411,7 @@ class SearchService:
         await self.store.bind(self._running)
         return self._running
 
-    async def _model_for_vectors(self) -> ModelInfo:
+    async def _model_for_vectors(self, *, write: bool = True) -> ModelInfo:
         """The model vectors must match; works from the store's record when embed is down."""
         if self._running is None:
             try:
@@ -399,7 +420,8 @@ class SearchService:
                 if self.store.model is None:
                     raise
                 return self.store.model
-        await self.store.bind(self._running)
+        if write or self.store.model is not None:
+            await self.store.bind(self._running)
         return self._running
 
 

@@ -233,7 +233,15 @@ CASES: list[Case] = [
         reason="INVALID_ARGUMENT",
         field="min_score",
     ),
-    Case("a very long text", "search", "Query", q(text="word " * 20_000), code="OK"),
+    Case("a long text within the limit", "search", "Query", q(text="word " * 819), code="OK"),
+    Case(
+        "a text past the limit",
+        "search",
+        "Query",
+        q(text="word " * 20_000),
+        reason="TEXT_TOO_LONG",
+        field="text",
+    ),
     # --- Query: filters ---------------------------------------------------------------
     Case(
         "unknown operator",
@@ -687,9 +695,9 @@ CASES: list[Case] = [
         "texts empty, blank and huge",
         "embed",
         "EmbedTexts",
-        epb.EmbedTextsRequest(texts=["", "  ", "x" * 100_000, "ok"]),
+        epb.EmbedTextsRequest(texts=["", "  ", "x" * 100_000, "x" * 4096, "ok"]),
         code="OK",
-        items=[("TEXT_EMPTY", ""), ("TEXT_EMPTY", ""), ("", ""), ("", "")],
+        items=[("TEXT_EMPTY", ""), ("TEXT_EMPTY", ""), ("TEXT_TOO_LONG", ""), ("", ""), ("", "")],
     ),
 ]
 

@@ -3,9 +3,12 @@
 search_service runs as its own process (so its open files and threads are its own),
 with a low SEARCH_INDEX_THRESHOLD so background HNSW builds keep starting under the
 load. Each client owns its ids, so the test knows exactly what must be stored at the
-end. Asserted: no status but OK (and NOT_FOUND for ids a client deleted), every
-acknowledged write present with its vector and metadata, deleted ones gone, and no
-growth of the service's open files or threads.
+end. Some upserts are given deadlines of a few milliseconds, so they are cancelled
+at every stage, inside the store's update too. Asserted: no status but OK (and NOT_FOUND
+for ids a client deleted, DEADLINE_EXCEEDED for those calls), every acknowledged write
+present with its vector and metadata, every write of a cancelled call that was ever seen
+still there at the end (none is seen and then dropped by an index swap), deleted ones
+gone, and no growth of the service's open files or threads.
 """
 
 from __future__ import annotations
@@ -63,6 +66,9 @@ class Client:
     deleted: set[str] = field(default_factory=set)
     calls: int = 0
     sequence: int = 0
+    cancelled: int = 0
+    # Records of cancelled calls not seen yet: applied or not, either is right.
+    maybe: dict[str, tuple[np.ndarray, dict[str, Any]]] = field(default_factory=dict)
 
     def new_id(self, kind: str) -> str:
         self.sequence += 1
@@ -81,20 +87,42 @@ class Client:
         self.stored[rid] = (vector, metadata)
         self.deleted.discard(rid)
 
-    async def upsert_vectors(self) -> None:
+    async def upsert_vectors(self, *, deadline_s: float | None = None) -> None:
         records, expected = [], {}
         for _ in range(self.rng.randrange(1, 30)):
-            rid = self.new_id("v")
+            rid = self.new_id("v" if deadline_s is None else "x")
             vector = np.asarray([self.rng.gauss(0, 1) for _ in range(DIM)], dtype=np.float32)
             metadata = self.metadata()
             records.append(
                 pb.VectorRecord(id=rid, values=vector.tolist(), metadata=struct(metadata))
             )
             expected[rid] = (vector / np.linalg.norm(vector), metadata)
-        reply = await self.stub.UpsertVectors(pb.UpsertVectorsRequest(records=records))
+        request = pb.UpsertVectorsRequest(records=records)
+        failed: grpc.aio.AioRpcError | None = None
+        try:
+            reply = await self.stub.UpsertVectors(request, timeout=deadline_s)
+        except grpc.aio.AioRpcError as error:
+            failed = error
+        if failed is not None:
+            assert deadline_s is not None, failed
+            assert failed.code() == grpc.StatusCode.DEADLINE_EXCEEDED, failed
+            self.cancelled += 1
+            self.maybe.update(expected)
+            await self.settle()
+            return
         for result in reply.results:
             assert not result.HasField("error"), result.error
             self.acknowledge(result.id, *expected[result.id])
+
+    async def cancelled_upsert(self) -> None:
+        await self.upsert_vectors(deadline_s=self.rng.uniform(0.001, 0.02))
+
+    async def settle(self) -> None:
+        """What of the cancelled calls' records is stored now must stay stored."""
+        if self.maybe:
+            found = await self.stub.Fetch(pb.FetchRequest(ids=list(self.maybe)[:1000]))
+            for record in found.records:
+                self.acknowledge(record.id, *self.maybe.pop(record.id))
 
     async def upsert_images(self) -> None:
         metadata = [self.metadata() for _ in range(2)]
@@ -164,6 +192,7 @@ class Client:
         operations = [
             self.upsert_vectors, self.upsert_vectors, self.upsert_images, self.ingest,
             self.query, self.query, self.query, self.fetch, self.delete,
+            self.cancelled_upsert,
         ]  # fmt: skip
         while time.monotonic() < until:
             operation = self.rng.choice(operations)
@@ -183,6 +212,7 @@ async def _zip(replies: Any, batches: list[Any]) -> AsyncIterator[tuple[Any, Any
 async def check_everything_stored(clients: list[Client]) -> None:
     check = clients[0].stub
     for client in clients:
+        await client.settle()
         ids = list(client.stored)
         for start in range(0, len(ids), 1000):
             chunk = ids[start : start + 1000]
@@ -245,6 +275,7 @@ async def test_32_clients_mixing_every_call_during_index_builds_lose_nothing_and
     assert "HNSW index ready" in text, "no index build ran during the soak"
     assert "Traceback" not in text, text
     assert sum(c.calls for c in clients) > 1000
+    assert sum(c.cancelled for c in clients) > 20
     # A build in progress holds a child's pipes and a waiter thread; allow one build's worth.
     assert after[0] <= before[0] + 6, (before, after)
     assert after[1] <= before[1] + 4, (before, after)

@@ -11,12 +11,14 @@ Each app has its own registry; labels never carry ids, metadata values or tokens
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf import descriptor_pool
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 from imagesearch.serving import Continuation, behaviour_of, respond
@@ -73,7 +75,7 @@ class GrpcMetrics(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if handler is None:
             return handler
-        kind = _KINDS[(handler.request_streaming, handler.response_streaming)]
+        kind = _kind_of(str(details.method), handler)
         # The handler itself may differ from call to call (a later interceptor refuses
         # one caller and serves another), so it is wrapped per call; the label children,
         # which cost a lock and a lookup each, are resolved once per method.
@@ -124,6 +126,23 @@ class GrpcMetrics(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             seconds=self.seconds.labels(kind, service, method),
             handled=handled_with,
         )
+
+
+@functools.cache
+def _declared_kind(full_method: str) -> str | None:
+    """The method's kind as its proto declares it; None for one the pool does not know."""
+    service, _, method = full_method.lstrip("/").rpartition("/")
+    try:
+        found = descriptor_pool.Default().FindMethodByName(f"{service}.{method}")
+    except KeyError:
+        return None
+    return _KINDS[(found.client_streaming, found.server_streaming)]
+
+
+def _kind_of(full_method: str, handler: grpc.RpcMethodHandler) -> str:
+    # By the declaration: a refusal is served as a client stream whatever the method.
+    declared = _declared_kind(full_method)
+    return declared or _KINDS[(handler.request_streaming, handler.response_streaming)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,16 +15,12 @@ import logging
 import ssl
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 import grpc
 
-from imagesearch.serving import Continuation, behaviour_of
-from imagesearch.status import make_status, to_rpc_status
+from imagesearch.serving import HEALTH_PREFIX, Continuation, refusal
 
 log = logging.getLogger(__name__)
-
-HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
 
 class SecurityConfigError(Exception):
@@ -35,16 +31,29 @@ class SecurityConfigError(Exception):
 
 
 def read_tokens(inline: str | None, file: Path | None, *, variable: str) -> frozenset[str]:
-    """Tokens from a comma-separated value and/or a file of one token per line."""
-    tokens = {t.strip() for t in (inline or "").split(",")}
+    """Tokens from a comma-separated value and/or a file of one token per line.
+
+    A setting that is given but holds no token is an error, never "no auth": an empty
+    secret (a template's `SEARCH_TOKENS=" , "`, an empty file) would open the service."""
+    tokens = {t.strip() for t in (inline or "").split(",")} - {""}
+    if inline is not None and not tokens:
+        raise SecurityConfigError(
+            f"{variable} is set but holds no token; give at least one, or unset it to "
+            "serve without tokens"
+        )
     if file is not None:
         try:
-            tokens |= {line.strip() for line in file.read_text().splitlines()}
+            found = {line.strip() for line in file.read_text().splitlines()} - {""}
         except OSError as exc:
             raise SecurityConfigError(
                 f"{variable}_FILE={file} cannot be read ({exc.strerror or exc})"
             ) from exc
-    tokens.discard("")
+        if not found:
+            raise SecurityConfigError(
+                f"{variable}_FILE={file} holds no token; put one token per line, or unset it "
+                "to serve without tokens"
+            )
+        tokens |= found
     return frozenset(tokens)
 
 
@@ -99,7 +108,7 @@ class TokenAuth(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return handler
         token = _bearer(details.invocation_metadata)
         if token is None:
-            return _refusal(
+            return refusal(
                 handler,
                 grpc.StatusCode.UNAUTHENTICATED,
                 "TOKEN_MISSING",
@@ -110,30 +119,18 @@ class TokenAuth(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if _one_of(token, self._read_tokens):
             if method in self._read_methods:
                 return handler
-            return _refusal(
+            return refusal(
                 handler,
                 grpc.StatusCode.PERMISSION_DENIED,
                 "TOKEN_READ_ONLY",
                 f"the token is read-only; {method} needs a read-write token",
             )
-        return _refusal(
+        return refusal(
             handler,
             grpc.StatusCode.UNAUTHENTICATED,
             "TOKEN_INVALID",
             "the token is not one this service accepts",
         )
-
-
-def _refusal(
-    handler: grpc.RpcMethodHandler, code: grpc.StatusCode, reason: str, message: str
-) -> grpc.RpcMethodHandler:
-    """A handler of the same kind as `handler` that answers `code` without reading on."""
-    status = to_rpc_status(make_status(code, reason, message))
-
-    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort_with_status(status)
-
-    return handler._replace(request_deserializer=None, **{behaviour_of(handler): refuse})
 
 
 # --- TLS ---------------------------------------------------------------------------------

@@ -6,10 +6,15 @@ in-flight calls finish within the grace period. Health Watch streams end once th
 have told their watcher NOT_SERVING: they are not work in flight, and would otherwise
 hold every stop for its whole grace period.
 
-Two guards apply to every RPC, health and reflection included:
-- at most `max_concurrent_rpcs` run at once; gRPC answers the next one
-  RESOURCE_EXHAUSTED before reading its message, so memory stays bounded by
-  max_concurrent_rpcs x max_message_bytes;
+Guards on every RPC:
+- admission (`Admission`): the service's own calls, health Watch streams and health
+  Checks each have a budget of their own, so callers who need no token (health is exempt
+  from tokens, for load balancers and probes) can never take the places that
+  authenticated calls need. A call past its budget is RESOURCE_EXHAUSTED before its
+  message is read; a call refused for its token takes no place at all. gRPC's own limit
+  stays above the three together, so memory stays bounded by it x max_message_bytes;
+- a client stream that sends nothing for `stream_idle_s` ends DEADLINE_EXCEEDED, so an
+  idle stream gives its place back;
 - a request that cannot be decoded (not protobuf of that type, or nested deeper than
   protobuf's decoder allows) is INVALID_ARGUMENT with a message, never UNKNOWN.
 """
@@ -21,6 +26,7 @@ import inspect
 import logging
 import signal
 import sys
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -41,21 +47,28 @@ class GrpcServer:
         service_names: Sequence[str],
         register: Callable[[grpc.aio.Server], None],
         max_message_bytes: int = 4 * 1024 * 1024,
-        max_concurrent_rpcs: int | None = None,
+        max_concurrent_rpcs: int = 16,
+        max_health_watchers: int = 32,
+        stream_idle_s: float | None = None,
+        env_prefix: str = "",
         credentials: grpc.ServerCredentials | None = None,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     ) -> None:
         self._addr = addr
         self._service_names = list(service_names)
         self._credentials = credentials
+        admission = Admission(max_concurrent_rpcs, max_health_watchers, env_prefix=env_prefix)
         self._server = grpc.aio.server(
-            # Authentication first: a refused caller's request is never decoded.
-            interceptors=[*interceptors, DecodeGuard()],
+            # Authentication first: a refused caller's request is never decoded, and takes
+            # no place in admission's budgets (its handler never runs).
+            interceptors=[*interceptors, admission, DecodeGuard(stream_idle_s)],
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
             ],
-            maximum_concurrent_rpcs=max_concurrent_rpcs,
+            # A ceiling above admission's budgets: reached only by callers refused for their
+            # token arriving faster than they are answered, it bounds their messages too.
+            maximum_concurrent_rpcs=admission.ceiling,
         )
         self._health = Health()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -106,6 +119,7 @@ def behaviour_of(handler: grpc.RpcMethodHandler) -> str:
 
 
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+REFLECTION_SERVICE: str = reflection.SERVICE_NAME
 # The generated enum's value type (an int); health_pb2 carries no stubs mypy can read.
 ServingStatus = int
 
@@ -157,6 +171,114 @@ class Health(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
                     await self._changed.wait()
 
 
+HEALTH_PREFIX = f"/{HEALTH_SERVICE}/"
+HEALTH_WATCH = f"{HEALTH_PREFIX}Watch"
+# Check answers at once; a few at a time is plenty for any number of probes.
+HEALTH_CHECKS = 8
+
+
+def refusal(
+    handler: grpc.RpcMethodHandler, code: grpc.StatusCode, reason: str, message: str
+) -> grpc.RpcMethodHandler:
+    """A handler that answers `code` without reading the request at all.
+
+    Served as a client stream whatever the method's kind: gRPC reads a unary request
+    whole before its handler runs, so a refused 16 MiB request would be read first.
+    The wire does not tell the kinds apart; the caller sees only the status."""
+    status = to_rpc_status(make_status(code, reason, message))
+
+    async def refuse(requests: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort_with_status(status)
+
+    return grpc.stream_unary_rpc_method_handler(
+        refuse, response_serializer=handler.response_serializer
+    )
+
+
+class Admission(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Three budgets of calls at once: the service's own RPCs (`max_rpcs`), health Watch
+    streams (`max_watchers`) and health Checks (HEALTH_CHECKS).
+
+    Health needs no token, so without budgets of its own a stranger's Watch streams, which
+    live as long as the caller likes, could fill every place. A place is taken before the
+    request is read (a call past its budget is refused unread) and given back when the
+    handler ends, or, for a call that ended before its handler ran (a client gone while
+    sending), when gRPC lets go of that call's handler."""
+
+    def __init__(self, max_rpcs: int, max_watchers: int, *, env_prefix: str = "") -> None:
+        variables = (f"{env_prefix}_MAX_CONCURRENT_RPCS", f"{env_prefix}_MAX_HEALTH_WATCHERS")
+        self._limits = {"rpc": max_rpcs, "watch": max_watchers, "check": HEALTH_CHECKS}
+        self._running = dict.fromkeys(self._limits, 0)
+        self._refusals = {
+            "rpc": f"the service is serving its limit of {max_rpcs} calls at once "
+            f"({variables[0]}); retry with backoff",
+            "watch": f"the service has its limit of {max_watchers} health Watch streams open "
+            f"({variables[1]}); use Check, or retry later",
+            "check": f"{HEALTH_CHECKS} health checks are being answered; retry with backoff",
+        }
+        # gRPC's own limit: room for every budget, and as many callers again on their way
+        # to a refusal for their token (answered without reading their message).
+        self.ceiling = 2 * max_rpcs + max_watchers + HEALTH_CHECKS
+        self._refused: dict[str, grpc.RpcMethodHandler] = {}
+
+    def running(self, budget: str) -> int:
+        return self._running[budget]
+
+    async def intercept_service(
+        self, continuation: Continuation, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return handler
+        method = str(details.method)
+        budget = "watch" if method == HEALTH_WATCH else "check" if method.startswith(
+            HEALTH_PREFIX
+        ) else "rpc"  # fmt: skip
+        if self._running[budget] >= self._limits[budget]:
+            if method not in self._refused:
+                self._refused[method] = refusal(
+                    handler,
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    "TOO_MANY_CALLS",
+                    self._refusals[budget],
+                )
+            return self._refused[method]
+        self._running[budget] += 1
+        return self._holding(handler, _Place(self._running, budget))
+
+    @staticmethod
+    def _holding(handler: grpc.RpcMethodHandler, place: _Place) -> grpc.RpcMethodHandler:
+        """`handler` for this one call, giving its place back when it ends."""
+        name = behaviour_of(handler)
+        inner = getattr(handler, name)
+
+        async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                if name in ("unary_unary", "stream_unary"):
+                    return await inner(request, context)
+                await respond(inner(request, context), context)
+                return None
+            finally:
+                place.release()
+
+        weakref.finalize(run, place.release)
+        return handler._replace(**{name: run})
+
+
+class _Place:
+    """One call's place in a budget, given back once."""
+
+    __slots__ = ("_budget", "_held", "_running")
+
+    def __init__(self, running: dict[str, int], budget: str) -> None:
+        self._running, self._budget, self._held = running, budget, True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._running[self._budget] -= 1
+
+
 class _Undecodable:
     """Stands in for a request whose bytes did not decode; the handler refuses it."""
 
@@ -165,9 +287,11 @@ class _Undecodable:
 
 
 class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Turns a request that fails to decode into INVALID_ARGUMENT (gRPC says UNKNOWN)."""
+    """Turns a request that fails to decode into INVALID_ARGUMENT (gRPC says UNKNOWN), and
+    ends a client stream that sends nothing for `idle_s` (None: never)."""
 
-    def __init__(self) -> None:
+    def __init__(self, idle_s: float | None = None) -> None:
+        self._idle_s = idle_s
         self._guarded: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
@@ -178,11 +302,13 @@ class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return handler
         method = str(details.method)
         if method not in self._guarded:
-            self._guarded[method] = _guard(handler, method)
+            self._guarded[method] = _guard(handler, method, self._idle_s)
         return self._guarded[method]
 
 
-def _guard(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+def _guard(
+    handler: grpc.RpcMethodHandler, method: str, idle_s: float | None
+) -> grpc.RpcMethodHandler:
     decode = handler.request_deserializer
 
     def safe_decode(data: bytes) -> Any:
@@ -206,8 +332,25 @@ def _guard(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler
         )
         await context.abort_with_status(to_rpc_status(status))
 
+    idle = to_rpc_status(
+        make_status(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            "STREAM_IDLE",
+            f"the stream sent no message for {idle_s} s; it was ended to free its place. "
+            "Open a new stream when there is more to send",
+        )
+    )
+
     async def checked(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-        async for request in requests:
+        iterator = aiter(requests)
+        while True:
+            try:
+                request = await asyncio.wait_for(anext(iterator), idle_s)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                log.info("ended a stream of %s idle for %s s", method, idle_s)
+                await context.abort_with_status(idle)
             if isinstance(request, _Undecodable):
                 await refuse(context, request)
             yield request

@@ -14,8 +14,8 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from search_service.errors import ModelMismatch, SearchError
-from search_service.filters import Condition, Metadata
+from search_service.errors import ModelMismatch, ReplyTooLarge, SearchError
+from search_service.filters import Condition, Metadata, metadata_bytes
 
 Vector = npt.NDArray[np.float32]
 
@@ -127,12 +127,19 @@ class VectorStore(Protocol):
         condition: Condition | None,
         include_values: bool,
         include_metadata: bool,
+        max_bytes: int | None = None,
     ) -> list[ScoredRecord]:
-        """The `top_k` most similar records that match `condition`, best first."""
+        """The `top_k` most similar records that match `condition`, best first.
+
+        ReplyTooLarge once what is asked for passes `max_bytes` (see `reply_bytes`),
+        found out as early as the store allows, not after reading every record."""
         ...
 
-    async def fetch(self, namespace: str, ids: Sequence[str]) -> list[Record]:
-        """The stored records among `ids`, in the order asked; missing ones are left out."""
+    async def fetch(
+        self, namespace: str, ids: Sequence[str], *, max_bytes: int | None = None
+    ) -> list[Record]:
+        """The stored records among `ids`, in the order asked; missing ones are left out.
+        ReplyTooLarge as `query`."""
         ...
 
     async def list_page(
@@ -162,3 +169,23 @@ class VectorStore(Protocol):
     async def stats(self) -> StoreStats: ...
 
     async def close(self) -> None: ...
+
+
+def reply_bytes(record_id: str, values: Vector | None, metadata: Metadata | None) -> int:
+    """About what one record takes in a reply: its id, vector and metadata (as JSON)."""
+    size = len(record_id) + 16
+    if values is not None:
+        size += 5 * len(values)
+    if metadata is not None:
+        size += metadata_bytes(metadata)
+    return size
+
+
+def check_reply(size: int, max_bytes: int | None, *, sent: int, asked: int, what: str) -> None:
+    """ReplyTooLarge when `size` bytes (the first `sent` of `asked` records) pass `max_bytes`."""
+    if max_bytes is not None and size > max_bytes:
+        raise ReplyTooLarge(
+            f"the reply would pass its limit of {max_bytes / 2**20:.1f} MiB "
+            f"(SEARCH_MAX_MESSAGE_MB): only {sent} of the {asked} {what} fit; ask for fewer, "
+            "or leave out metadata or values"
+        )

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -34,7 +35,7 @@ import numpy as np
 import qdrant_edge as qe
 
 from search_service.errors import SearchError, StoreMisconfigured
-from search_service.filters import Condition, Metadata
+from search_service.filters import MAX_ID_LENGTH, MAX_METADATA_BYTES, Condition, Metadata
 from search_service.paging import refused
 from search_service.stores import local_filters as filters
 from search_service.stores import local_layout as layout
@@ -46,9 +47,11 @@ from search_service.stores.base import (
     ScoredRecord,
     StoreStats,
     Vector,
+    check_reply,
     check_same_model,
+    reply_bytes,
 )
-from search_service.stores.local_build import IndexBuilder
+from search_service.stores.local_build import IndexBuilder, uncancellable
 from search_service.stores.local_pin import PinnedVectors
 
 log = logging.getLogger(__name__)
@@ -68,10 +71,16 @@ OVERSAMPLING = 2.0
 # Qdrant Edge counts facets up to a limit; namespaces past it would go unreported.
 MAX_NAMESPACES = 1_000_000
 MIGRATE_PAGE = 1000
+# Records read from the shard at a time where the reply size must be watched.
+RECORD_CHUNK = 128
 RECOVER = "restore DATA_DIR from a backup, or point DATA_DIR at a new directory"
 # Payload fields every store has indexed: namespace and key filters, and id prefixes
 # for listings.
 BASE_INDEXES = ("ns", "keys", "id")
+# Metadata keys indexed as upserts first bring them; past this many, filters on further
+# keys read the payload of each candidate instead (exact, slower). A query never indexes:
+# a read must not write, and a hostile filter must not grow the store.
+MAX_INDEXED_KEYS = 64
 
 
 class LocalStore:
@@ -321,10 +330,11 @@ class LocalStore:
         # Off the event loop: building 1,000 points takes ~60 ms of Python, and a worker
         # thread yields the GIL to queries every switch interval (5 ms) where the loop
         # would make them wait for all of it.
-        op = await asyncio.to_thread(_upsert_op, namespace, records)
+        op, fields = await asyncio.to_thread(_upsert_parts, namespace, records)
         waited = await self._builder.room(self._max_unindexed)
         if waited and self._on_wait is not None:
             self._on_wait(waited)
+        await self._index(fields)
         await self._write(op, upserted=len(records))
         return {}  # one write: all stored, or it raised
 
@@ -336,7 +346,6 @@ class LocalStore:
 
     async def delete_where(self, namespace: str, condition: Condition) -> None:
         if self._shard is not None:
-            await self._ensure_indexes(condition)
             await self._write(
                 qe.UpdateOperation.delete_points_by_filter(
                     filters.namespace_filter(namespace, condition)
@@ -352,14 +361,22 @@ class LocalStore:
             )
 
     async def _write(self, op: qe.UpdateOperation, *, upserted: int = 0) -> None:
-        async with self._write_lock:
-            shard = self._require_shard()
-            # The WAL entry is written before update() returns: an answered write
-            # survives the process being killed.
-            await asyncio.to_thread(shard.update, op)
-            self._builder.record(op, upserted=upserted)
-            self.changes += 1
-        self._builder.maybe_start()
+        try:
+            async with self._write_lock:
+                shard = self._require_shard()
+                # Once begun, applied and recorded as one: a caller cancelled meanwhile
+                # (deadline, client gone) must not leave the write applied to the live shard
+                # but missing from the replay, whence the next index swap would drop it.
+                await uncancellable(self._apply(shard, op, upserted))
+        finally:
+            self._builder.maybe_start()
+
+    async def _apply(self, shard: qe.EdgeShard, op: qe.UpdateOperation, upserted: int) -> None:
+        # The WAL entry is written before update() returns: an answered write survives
+        # the process being killed.
+        await asyncio.to_thread(shard.update, op)
+        self._builder.record(op, upserted=upserted)
+        self.changes += 1
 
     # --- reads ---------------------------------------------------------------------
 
@@ -372,55 +389,78 @@ class LocalStore:
         condition: Condition | None,
         include_values: bool,
         include_metadata: bool,
+        max_bytes: int | None = None,
     ) -> list[ScoredRecord]:
         if self._shard is None:
             return []
-        await self._ensure_indexes(condition)
+        # Everything in the query itself while the most top_k records can take fits the
+        # reply; past that, ids first, then the records a chunk at a time until it is full,
+        # never the whole of 10,000 payloads to find out that they do not fit.
+        whole = top_k * self._worst_record_bytes() <= (max_bytes or sys.maxsize)
         request = qe.QueryRequest(
             limit=top_k,
             query=qe.Query.Nearest(vector.astype(np.float32).tolist()),
             filter=filters.namespace_filter(namespace, condition),
             # Only the id unless metadata is wanted: each payload crosses from Rust whole.
-            with_payload=True if include_metadata else ["id"],
-            with_vector=include_values,
+            with_payload=True if include_metadata and whole else ["id"],
+            with_vector=include_values and whole,
             params=qe.SearchParams(
                 hnsw_ef=max(self._ef(), top_k),
                 quantization=qe.QuantizationSearchParams(rescore=True, oversampling=OVERSAMPLING),
             ),
         )
         points = await self._read(lambda shard: shard.query(request))
-        found = []
-        for point in points:
-            # Every read of `.payload` converts it from Rust again: read it once.
-            payload = point.payload or {}
-            found.append(
-                ScoredRecord(
-                    id=payload["id"],
-                    score=float(point.score),
-                    values=_vector(point.vector) if include_values else None,
-                    metadata=layout.metadata_of(payload) if include_metadata else None,
+        if whole or not (include_values or include_metadata):
+            found = []
+            for point in points:
+                # Every read of `.payload` converts it from Rust again: read it once.
+                payload = point.payload or {}
+                found.append(
+                    ScoredRecord(
+                        id=payload["id"],
+                        score=float(point.score),
+                        values=_vector(point.vector) if include_values else None,
+                        metadata=layout.metadata_of(payload) if include_metadata else None,
+                    )
                 )
+            return found
+        wanted = [str(point.id) for point in points]
+        details = await self._read(
+            lambda shard: _records(
+                shard, wanted, values=include_values, metadata=include_metadata,
+                max_bytes=max_bytes, what="matches",
             )
-        return found
+        )  # fmt: skip
+        return [
+            ScoredRecord(record.id, float(point.score), record.values, record.metadata)
+            for point, key in zip(points, wanted, strict=True)
+            if (record := details.get(key)) is not None  # deleted in between
+        ]
+
+    def _worst_record_bytes(self) -> int:
+        dimension = self._model.dimension if self._model else 0
+        return (
+            reply_bytes("x" * MAX_ID_LENGTH, np.zeros(dimension, np.float32), None)
+            + MAX_METADATA_BYTES
+        )
 
     def _ef(self) -> int:
         shard = self._shard
         large = shard is not None and shard.info().points_count > LARGE_STORE  # ~10 us
         return HNSW_EF_LARGE if large else HNSW_EF
 
-    async def fetch(self, namespace: str, ids: Sequence[str]) -> list[Record]:
+    async def fetch(
+        self, namespace: str, ids: Sequence[str], *, max_bytes: int | None = None
+    ) -> list[Record]:
         if self._shard is None or not ids:
             return []
-        wanted: list[qe.PointId] = [layout.point_id(namespace, i) for i in ids]
+        wanted = [layout.point_id(namespace, i) for i in dict.fromkeys(ids)]
         found = await self._read(
-            lambda shard: shard.retrieve(wanted, with_payload=True, with_vector=True)
-        )
-        by_id = {}
-        for point in found:
-            payload = point.payload or {}
-            by_id[payload["id"]] = Record(
-                id=payload["id"], values=_vector(point.vector), metadata=layout.metadata_of(payload)
+            lambda shard: _records(
+                shard, wanted, values=True, metadata=True, max_bytes=max_bytes, what="records"
             )
+        )
+        by_id = {record.id: record for record in found.values()}
         return [by_id[i] for i in dict.fromkeys(ids) if i in by_id]
 
     async def list_page(
@@ -500,17 +540,20 @@ class LocalStore:
 
     # --- payload indexes -----------------------------------------------------------
 
-    async def _ensure_indexes(self, condition: Condition | None) -> None:
-        """Indexes each filtered metadata key once, so the planner can pick exact search."""
-        missing = {
-            key: schema
-            for key, schema in filters.filtered_fields(condition)
-            if key not in self._indexed_fields
-        }
-        for key, schema in missing.items():
-            await self._write(qe.UpdateOperation.create_field_index(key, schema))
-            # Only once the index exists: a failed write leaves the key to index next time.
-            self._indexed_fields.add(key)
+    async def _index(self, fields: set[tuple[str, qe.PayloadSchemaType]]) -> None:
+        """Indexes the metadata paths an upsert brings that have none, up to
+        MAX_INDEXED_KEYS keys, so the planner can estimate and pick exact search."""
+        keys = {layout.key_of_path(path) for path in self._indexed_fields} - {None}
+        for path, schema in sorted(fields, key=lambda field: field[0]):
+            if path in self._indexed_fields:
+                continue
+            key = layout.key_of_path(path)
+            if key not in keys and len(keys) >= MAX_INDEXED_KEYS:
+                continue
+            await self._write(qe.UpdateOperation.create_field_index(path, schema))
+            # Only once the index exists: a failed write leaves the path to index next time.
+            self._indexed_fields.add(path)
+            keys.add(key)
 
     # --- background index building -------------------------------------------------
 
@@ -630,6 +673,14 @@ def _shard_config(
     )
 
 
+def _upsert_parts(
+    namespace: str, records: Sequence[Record]
+) -> tuple[qe.UpdateOperation, set[tuple[str, qe.PayloadSchemaType]]]:
+    """The write of `records`, and the payload paths (with index types) their metadata has."""
+    fields = {field for record in records for field in filters.stored_fields(record.metadata)}
+    return _upsert_op(namespace, records), fields
+
+
 def _upsert_op(namespace: str, records: Sequence[Record]) -> qe.UpdateOperation:
     return qe.UpdateOperation.upsert_points(
         [
@@ -650,6 +701,38 @@ def _index_base_fields(shard: qe.EdgeShard) -> None:
         if key not in present:
             shard.update(qe.UpdateOperation.create_field_index(key, qe.PayloadSchemaType.Keyword))
     shard.flush()
+
+
+def _records(
+    shard: qe.EdgeShard,
+    point_ids: Sequence[str],
+    *,
+    values: bool,
+    metadata: bool,
+    max_bytes: int | None,
+    what: str,
+) -> dict[str, Record]:
+    """The records of `point_ids` that exist, by point id, read RECORD_CHUNK at a time;
+    ReplyTooLarge at the first that takes them past `max_bytes`."""
+    found: dict[str, Record] = {}
+    size = 0
+    for start in range(0, len(point_ids), RECORD_CHUNK):
+        chunk: list[qe.PointId] = list(point_ids[start : start + RECORD_CHUNK])
+        for point in shard.retrieve(
+            chunk, with_payload=True if metadata else ["id"], with_vector=values
+        ):
+            payload = point.payload or {}
+            record = Record(
+                id=payload["id"],
+                values=_vector(point.vector) if values else np.zeros(0, np.float32),
+                metadata=layout.metadata_of(payload) if metadata else {},
+            )
+            size += reply_bytes(
+                record.id, record.values if values else None, record.metadata if metadata else None
+            )
+            check_reply(size, max_bytes, sent=len(found), asked=len(point_ids), what=what)
+            found[str(point.id)] = record
+    return found
 
 
 def _point_cursor(cursor: str) -> str:

@@ -200,7 +200,7 @@ class IndexBuilder:
                     copy_tree, owner.root / owner.shard_name, owner.root / target, stop
                 )
                 try:
-                    await _uncancellable(copying, on_cancel=stop.set)
+                    await uncancellable(copying, on_cancel=stop.set)
                 except CopyStopped:
                     raise asyncio.CancelledError from None
                 self._replay = []
@@ -215,7 +215,7 @@ class IndexBuilder:
                 raise RuntimeError(f"the index builder exited with {self._child.returncode}")
             built = loop.time()
             indexed_before = source.info().indexed_vectors_count
-            await _uncancellable(self._switch_to(target))
+            await uncancellable(self._switch_to(target))
             info = _require(owner.shard).info()
             # A build that indexed nothing new must not restart at once, forever.
             progressed = info.indexed_vectors_count > indexed_before
@@ -257,7 +257,7 @@ class IndexBuilder:
         """Loads the built copy, replays the writes made meanwhile, installs it, and then
         retires the shard it replaces.
 
-        Runs to its end once begun (see `_uncancellable`): a stop that lands between
+        Runs to its end once begun (see `uncancellable`): a stop that lands between
         store.json naming `target` and the old shard being removed must not leave the
         store half-switched.
         """
@@ -356,7 +356,7 @@ def _require(shard: qe.EdgeShard | None) -> qe.EdgeShard:
     return shard
 
 
-async def _uncancellable(
+async def uncancellable(
     work: Coroutine[Any, Any, None], on_cancel: Callable[[], object] = lambda: None
 ) -> None:
     """Runs `work` to its end even if the caller is cancelled meanwhile (calling `on_cancel`

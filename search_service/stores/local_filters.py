@@ -1,6 +1,6 @@
 """Pinecone filters over the local store's points: the validated filter tree of
 `search_service.filters` as Qdrant Edge conditions with the same meaning, and the payload
-indexes a filter wants. Pure functions over `local_layout`'s payload; no I/O.
+indexes a record's metadata wants. Pure functions over `local_layout`'s payload; no I/O.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import qdrant_edge as qe
 
-from search_service.filters import And, Condition, FieldCondition, Or
+from search_service.filters import And, Condition, Metadata, Or
 from search_service.stores import local_layout as layout
 
 
@@ -99,23 +99,14 @@ def _beyond(field: str, bound: float, op: str) -> Any:
     )
 
 
-def filtered_fields(condition: Condition | None) -> Iterator[tuple[str, qe.PayloadSchemaType]]:
-    """(payload path, index type) of each metadata key a filter compares with a value."""
-    if condition is None:
-        return
-    if isinstance(condition, And | Or):
-        for part in condition.conditions:
-            yield from filtered_fields(part)
-        return
-    if not isinstance(condition, FieldCondition) or condition.op == "$exists":
-        return
-    value = condition.value
-    sample = value[0] if isinstance(value, tuple) and value else value
-    if isinstance(sample, bool):
-        yield layout.bool_path(condition.field), qe.PayloadSchemaType.Keyword
-    elif isinstance(sample, str):
-        yield layout.metadata_path(condition.field), qe.PayloadSchemaType.Keyword
-    else:
-        yield layout.number_path(condition.field), qe.PayloadSchemaType.Keyword
-        if condition.op in ("$gt", "$gte", "$lt", "$lte"):
-            yield layout.metadata_path(condition.field), qe.PayloadSchemaType.Float
+def stored_fields(metadata: Metadata) -> Iterator[tuple[str, qe.PayloadSchemaType]]:
+    """(payload path, index type) of each metadata value a filter can compare with."""
+    for key, value in metadata.items():
+        sample = value[0] if isinstance(value, list) and value else value
+        if isinstance(sample, bool):
+            yield layout.bool_path(key), qe.PayloadSchemaType.Keyword
+        elif isinstance(sample, str):
+            yield layout.metadata_path(key), qe.PayloadSchemaType.Keyword
+        elif layout.is_number(sample):
+            yield layout.number_path(key), qe.PayloadSchemaType.Keyword
+            yield layout.metadata_path(key), qe.PayloadSchemaType.Float

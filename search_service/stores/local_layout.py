@@ -70,6 +70,13 @@ def number_path(field: str) -> str:
     return f"nums.{_encoded(field)}"
 
 
+def key_of_path(path: str) -> str | None:
+    """The encoded metadata key a payload path addresses (md, bools or nums); None for
+    the store's own fields."""
+    top, _, key = path.partition(".")
+    return key if top in ("md", "bools", "nums") and key else None
+
+
 def exact_word(number: float) -> str:
     return repr(number + 0.0)  # + 0.0: -0.0 and 0.0 are one number, as Pinecone compares
 

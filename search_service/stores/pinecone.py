@@ -63,7 +63,9 @@ from search_service.stores.base import (
     ScoredRecord,
     StoreStats,
     Vector,
+    check_reply,
     check_same_model,
+    reply_bytes,
 )
 
 if TYPE_CHECKING:
@@ -338,6 +340,7 @@ class PineconeStore:
         condition: Condition | None,
         include_values: bool,
         include_metadata: bool,
+        max_bytes: int | None = None,
     ) -> list[ScoredRecord]:
         if self._index is None:
             return []
@@ -362,8 +365,11 @@ class PineconeStore:
             )
             for m in found.matches
         ]
+        # Pinecone caps a query's answer itself (4 MB); only the check is left to do here.
+        _check_size(matches, max_bytes, what="matches")
         if values_after:
-            stored = {r.id: r.values for r in await self.fetch(namespace, [m.id for m in matches])}
+            ids = [m.id for m in matches]
+            stored = {r.id: r.values for r in await self.fetch(namespace, ids, max_bytes=max_bytes)}
             matches = [
                 ScoredRecord(m.id, m.score, stored[m.id], m.metadata)
                 for m in matches
@@ -371,7 +377,9 @@ class PineconeStore:
             ]
         return matches
 
-    async def fetch(self, namespace: str, ids: Sequence[str]) -> list[Record]:
+    async def fetch(
+        self, namespace: str, ids: Sequence[str], *, max_bytes: int | None = None
+    ) -> list[Record]:
         if self._index is None or not ids:
             return []
         wanted = list(dict.fromkeys(ids))
@@ -383,7 +391,7 @@ class PineconeStore:
             )
         )
         found = {key: v for answer in answers for key, v in answer.vectors.items()}
-        return [
+        records = [
             Record(
                 id=i,
                 values=np.asarray(found[i].values, dtype=np.float32),
@@ -392,6 +400,8 @@ class PineconeStore:
             for i in wanted
             if i in found
         ]
+        _check_size(records, max_bytes, what="records")
+        return records
 
     async def list_page(
         self,
@@ -631,3 +641,12 @@ class _RetryCounter(logging.Filter):
         if "retrying" in message or message.startswith("Throttled response"):
             self._on_retry()
         return self._keep_debug
+
+
+def _check_size(
+    records: Sequence[Record | ScoredRecord], max_bytes: int | None, *, what: str
+) -> None:
+    size = 0
+    for sent, record in enumerate(records):
+        size += reply_bytes(record.id, record.values, record.metadata)
+        check_reply(size, max_bytes, sent=sent, asked=len(records), what=what)

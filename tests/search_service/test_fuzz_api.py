@@ -8,7 +8,9 @@ and whenever metadata is stored it comes back as the validator cleaned it.
 
 from __future__ import annotations
 
+import base64
 import itertools
+import json
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
@@ -18,6 +20,8 @@ import pytest
 from google.protobuf import struct_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from imagesearch.limits import MAX_TEXT_CHARS
+from imagesearch.status import reason_of, status_from_error
 from imagesearch.v1 import search_service_pb2 as pb
 from imagesearch.v1 import search_service_pb2_grpc as pb_grpc
 
@@ -250,3 +254,69 @@ async def test_any_metadata_is_stored_as_validated_or_refused_as_invalid_argumen
         return
     fetched = await corpus.stub.Fetch(pb.FetchRequest(ids=[rid], namespace="fuzz-metadata"))
     assert from_struct(fetched.records[0].metadata) == validate_metadata(received)
+
+
+async def outcome(call: Awaitable[T]) -> tuple[T | None, tuple[str, str] | None]:
+    """The reply, or the status code and ErrorInfo reason that refused the call."""
+    try:
+        return await call, None
+    except grpc.aio.AioRpcError as error:
+        return None, (error.code().name, reason_of(status_from_error(error)))
+
+
+def b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+page_tokens = st.one_of(
+    st.text(max_size=200),
+    st.integers(1, 9000).map(lambda n: "[" * n),
+    st.integers(1, 6000).map(lambda n: b64(b"[" * n)),
+    st.binary(max_size=300).map(b64),
+    st.recursive(
+        st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=5)),
+        lambda inner: st.lists(inner, max_size=6),
+        max_leaves=12,
+    ).map(lambda value: b64(json.dumps(value).encode())),
+)
+
+
+@pytest.mark.slow
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(token=page_tokens)
+async def test_any_page_token_is_a_page_or_invalid_page_token(corpus: Corpus, token: str) -> None:
+    request = pb.ListRecordsRequest(page_token=token, page_size=5)
+    reply, refusal = await outcome(corpus.stub.ListRecords(request, timeout=30))
+    assert reply is not None or refusal == ("INVALID_ARGUMENT", "INVALID_PAGE_TOKEN"), refusal
+
+
+@pytest.mark.slow
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    text=st.one_of(
+        st.text(max_size=300),
+        st.integers(MAX_TEXT_CHARS - 2, MAX_TEXT_CHARS + 2).map(lambda n: "é" * n),
+        st.text(min_size=1, max_size=3).map(lambda part: (part * MAX_TEXT_CHARS)[:MAX_TEXT_CHARS]),
+    )
+)
+async def test_any_query_text_is_answered_or_refused_naming_the_text(
+    corpus: Corpus, text: str
+) -> None:
+    reply, refusal = await outcome(
+        corpus.stub.Query(pb.QueryRequest(text=text, top_k=3), timeout=30)
+    )
+    if len(text) > MAX_TEXT_CHARS:
+        assert refusal == ("INVALID_ARGUMENT", "TEXT_TOO_LONG"), len(text)
+    elif not text.strip():
+        assert refusal == ("INVALID_ARGUMENT", "TEXT_EMPTY"), repr(text)
+    else:
+        assert reply is not None, refusal
+        assert len(reply.matches) == 3

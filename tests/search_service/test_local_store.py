@@ -7,8 +7,9 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +20,7 @@ import qdrant_edge as qe
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from search_service.errors import ReplyTooLarge
 from search_service.filters import matches, parse_filter
 from search_service.stores import local
 from search_service.stores import local_layout as layout
@@ -433,3 +435,177 @@ async def test_a_store_made_with_an_older_config_takes_todays_config_when_opened
         (found,) = await fresh.fetch("", ["a"])
         assert np.allclose(found.values, vectors[0], atol=1e-6)
         await fresh.close()
+
+
+def files_of(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `root`: (size, mtime in ns), by relative path."""
+    return {
+        str(path.relative_to(root)): (path.stat().st_size, path.stat().st_mtime_ns)
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+async def test_queries_never_write_whatever_they_filter_on(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path, index_threshold=100_000)
+    await store.open()
+    await store.bind(MODEL)
+    vectors = unit_vectors(300, 5)
+    stored: dict[str, tuple[np.ndarray, dict[str, Any]]] = {
+        str(i): (vectors[i], {"label": f"l{i % 5}", "n": float(i % 7), "ok": i % 2 == 0})
+        for i in range(300)
+    }
+    await store.upsert("", [Record(i, v, md) for i, (v, md) in stored.items()])
+    before = files_of(tmp_path)
+    # A writer holds the lock throughout: a query that wanted it (to index a key, as queries
+    # once did) would wait here instead of answering.
+    async with store.write_lock:
+        for q in range(20):
+            keys = [f"new{q}_{j}" for j in range(50)]
+            raw: dict[str, Any] = {
+                "$or": [
+                    *({key: {"$eq": "x"}} for key in keys[:20]),
+                    *({key: {"$gt": 1.5}} for key in keys[20:35]),
+                    *({key: {"$eq": True}} for key in keys[35:]),
+                    {"label": "l1"},
+                ]
+            }
+            await asyncio.wait_for(brute_force_check(store, stored, raw), 10)
+    await brute_force_check(store, stored, {"$and": [{"n": {"$gte": 3}}, {"ok": True}]})
+    assert files_of(tmp_path) == before
+    await store.close()
+
+
+async def test_upserts_index_the_metadata_keys_they_bring_up_to_the_cap(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path, index_threshold=100_000)
+    await store.open()
+    await store.bind(MODEL)
+    vectors = unit_vectors(local.MAX_INDEXED_KEYS + 10, 6)
+    metadata: dict[str, Any] = {f"key{j}": f"v{j}" for j in range(local.MAX_INDEXED_KEYS + 10)}
+    await store.upsert("", [Record("a", vectors[0], {"n": 1.5, "flag": True, "tags": ["x"]})])
+    await store.upsert("", [Record("b", vectors[1], metadata)])
+    assert store.shard is not None
+    schema = store.shard.info().payload_schema
+    indexed = {layout.key_of_path(path) for path in schema} - {None}
+    assert len(indexed) == local.MAX_INDEXED_KEYS
+    for key in ("n", "flag", "tags"):
+        assert layout.key_of_path(layout.metadata_path(key)) in indexed
+    assert {layout.number_path("n"), layout.bool_path("flag")} <= set(schema)
+    # Keys past the cap are filtered all the same, reading each candidate's payload.
+    last = f"key{local.MAX_INDEXED_KEYS + 9}"
+    assert layout.metadata_path(last) not in schema
+    found = await store.query(
+        "", vectors[1], top_k=5, condition=parse_filter({last: f"v{local.MAX_INDEXED_KEYS + 9}"}),
+        include_values=False, include_metadata=False,
+    )  # fmt: skip
+    assert [m.id for m in found] == ["b"]
+    await store.close()
+
+
+class PausedUpdates:
+    """Stands in for the live shard: passes every call through, but holds `update` in its
+    worker thread until released, so a test can cancel the caller mid-write."""
+
+    def __init__(self, shard: qe.EdgeShard) -> None:
+        self.shard = shard
+        self.entered = asyncio.Event()
+        self.release = threading.Event()
+        self._loop = asyncio.get_running_loop()
+
+    def update(self, op: qe.UpdateOperation) -> None:
+        self._loop.call_soon_threadsafe(self.entered.set)
+        assert self.release.wait(30)
+        self.shard.update(op)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.shard, name)
+
+
+@pytest.mark.parametrize("write", ["upsert", "delete"])
+async def test_a_write_cancelled_mid_update_is_applied_and_survives_the_next_swap(
+    tmp_path: Path, write: str
+) -> None:
+    store = LocalStore(tmp_path, index_threshold=50)
+    await store.open()
+    await store.bind(MODEL)
+    vectors = unit_vectors(80, 7)
+    await store.upsert("", [Record(str(i), vectors[i], {}) for i in range(60)])
+    assert store.building, "60 unindexed vectors should start a build"
+    live = store.shard
+    assert live is not None
+    paused = PausedUpdates(live)
+    store._shard = paused  # type: ignore[assignment]
+    # Made while the build works on its copy: only the replay brings it into the new shard.
+    call: Coroutine[Any, Any, object]
+    if write == "upsert":
+        call = store.upsert("", [Record(str(i), vectors[i], {}) for i in range(60, 80)])
+    else:
+        call = store.delete_ids("", [str(i) for i in range(10)])
+    task = asyncio.ensure_future(call)
+    await asyncio.wait_for(paused.entered.wait(), 30)
+    task.cancel()  # the caller's deadline passes while the shard applies the write
+    await asyncio.sleep(0.05)
+    paused.release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    store._shard = live
+    await store.wait_for_index_build()
+    assert store.shard is not live, "the index swap should have replaced the shard"
+    found = {r.id for r in await store.fetch("", [str(i) for i in range(80)])}
+    kept = range(10, 60) if write == "delete" else range(80)
+    assert found == {str(i) for i in kept}
+    await store.close()
+
+
+class CountedReads:
+    """Stands in for the live shard, counting the points each `retrieve` reads."""
+
+    def __init__(self, shard: qe.EdgeShard) -> None:
+        self.shard = shard
+        self.retrieved: list[int] = []
+
+    def retrieve(self, ids: list[qe.PointId], **options: Any) -> Any:
+        self.retrieved.append(len(ids))
+        return self.shard.retrieve(ids, **options)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.shard, name)
+
+
+async def test_a_reply_that_cannot_fit_is_refused_before_every_record_is_read(
+    tmp_path: Path,
+) -> None:
+    store = LocalStore(tmp_path, index_threshold=100_000)
+    await store.open()
+    await store.bind(MODEL)
+    vectors = unit_vectors(2000, 8)
+    big: dict[str, Any] = {"text": "x" * 20_000}
+    for start in range(0, 2000, 500):
+        await store.upsert("", [Record(str(i), vectors[i], big) for i in range(start, start + 500)])
+    counted = CountedReads(store.shard)  # type: ignore[arg-type]
+    store._shard = counted  # type: ignore[assignment]
+    budget = 1_000_000
+    with pytest.raises(ReplyTooLarge) as caught:
+        await store.query(
+            "", vectors[0], top_k=2000, condition=None, include_values=True,
+            include_metadata=True, max_bytes=budget,
+        )  # fmt: skip
+    assert "only 49 of the 2000 matches fit" in str(caught.value)
+    assert counted.retrieved == [local.RECORD_CHUNK]
+    with pytest.raises(ReplyTooLarge):
+        await store.fetch("", [str(i) for i in range(1000)], max_bytes=budget)
+    assert counted.retrieved[1:] == [local.RECORD_CHUNK]
+    # What fits is answered whole, by the one query or in chunks.
+    for top_k in (10, 40):
+        found = await store.query(
+            "", vectors[0], top_k=top_k, condition=None, include_values=True,
+            include_metadata=True, max_bytes=budget,
+        )  # fmt: skip
+        assert len(found) == top_k
+        assert found[0].id == "0"
+        assert found[0].metadata == big
+        assert found[0].values is not None
+        assert np.allclose(found[0].values, vectors[0], atol=1e-6)
+    assert len(await store.fetch("", [str(i) for i in range(40)], max_bytes=budget)) == 40
+    store._shard = counted.shard
+    await store.close()
