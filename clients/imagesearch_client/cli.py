@@ -29,6 +29,7 @@ from imagesearch_client.sources import (
     cifar_images,
     folder_images,
     image_files,
+    inside,
 )
 from imagesearch_client.transfer import (
     ImportInterrupted,
@@ -203,11 +204,13 @@ def _write_grid(
 
 
 def _file_of(root: Path, metadata: dict[str, Any]) -> bytes | None:
+    """The image file a record's `path` names under `root`, as the gallery reads it."""
     path = metadata.get("path")
-    if not isinstance(path, str):
+    found = inside(root, path) if isinstance(path, str) else None
+    if found is None:
         return None
     try:
-        return (root / path).read_bytes()
+        return found.read_bytes()
     except OSError:
         return None
 

@@ -48,6 +48,6 @@ def _thumbnail(data: bytes | None) -> Image.Image:
                 return ImageOps.pad(
                     ImageOps.exif_transpose(image).convert("RGB"), (TILE, TILE), color="white"
                 )
-        except OSError:
-            pass
+        except (OSError, Image.DecompressionBombError):
+            pass  # not an image, or one too large to decode safely: a placeholder
     return Image.new("RGB", (TILE, TILE), (200, 200, 200))

@@ -15,6 +15,33 @@ from imagesearch.ids import content_id
 from PIL import Image
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+# A file a record names is read whole; anything larger is no photo (or is /dev/zero).
+MAX_IMAGE_FILE_BYTES = 64 * 2**20
+
+
+def inside(
+    root: Path, relative: str, *, max_bytes: int | None = MAX_IMAGE_FILE_BYTES
+) -> Path | None:
+    """The image file `relative` names under `root`, or None if it is not a regular image
+    file of at most `max_bytes` inside it.
+
+    Resolved with symlinks followed, then required to lie inside the resolved root, so
+    `..`, absolute paths and symlinks that point out are refused alike: a record's
+    metadata is whatever somebody stored, never a path to trust."""
+    if not relative or "\x00" in relative:
+        return None
+    base = root.resolve()
+    try:
+        candidate = (base / relative).resolve()
+        if not candidate.is_relative_to(base) or not candidate.is_file():
+            return None
+        if max_bytes is not None and candidate.stat().st_size > max_bytes:
+            return None
+    except (OSError, RuntimeError):  # a symlink loop, a file gone
+        return None
+    if candidate.suffix.lower() not in IMAGE_SUFFIXES:
+        return None
+    return candidate
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,13 +55,14 @@ class SourceImage:
 
 
 def image_files(root: Path) -> list[Path]:
-    """Image files under root, recursively, in a stable order; hidden entries skipped."""
+    """Image files under root, recursively, in a stable order; hidden entries skipped, and
+    symlinks that lead out of root too (the gallery would never show those files)."""
     return sorted(
         p
         for p in root.rglob("*")
         if p.suffix.lower() in IMAGE_SUFFIXES
-        and p.is_file()
         and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        and inside(root, p.relative_to(root).as_posix(), max_bytes=None) is not None
     )
 
 

@@ -200,7 +200,7 @@ def read_info(path: Path) -> FileInfo:
             namespaces={str(k): int(v) for k, v in info["namespaces"].items()},
             rows=parquet.metadata.num_rows,
         )
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         raise ValueError(
             f"{path} is not an export of imagesearch (format {FORMAT}); make one with "
             "`imagesearch export`"
@@ -261,23 +261,29 @@ def import_records(
         finally:
             gate.release()
 
+    malformed: list[MalformedRow] = []
     with ThreadPoolExecutor(IN_FLIGHT) as pool:
         futures: list[Future[None]] = []
         start = skip
-        for namespace, records in _requests(path, info.dimension, skip):
-            gate.acquire()
-            if first_error:
-                gate.release()
-                break
-            with lock:
-                pending.append(start)
-            future = pool.submit(send, namespace, records, len(records), start)
-            future.add_done_callback(lambda f: first_error.extend(_error(f)))
-            futures.append(future)
-            futures = [f for f in futures if not f.done()]
-            start += len(records)
+        try:
+            for namespace, records in _requests(path, info.dimension, skip):
+                gate.acquire()
+                if first_error:
+                    gate.release()
+                    break
+                with lock:
+                    pending.append(start)
+                future = pool.submit(send, namespace, records, len(records), start)
+                future.add_done_callback(lambda f: first_error.extend(_error(f)))
+                futures.append(future)
+                futures = [f for f in futures if not f.done()]
+                start += len(records)
+        except MalformedRow as exc:
+            malformed.append(exc)
         for future in futures:
             future.exception()
+    if malformed and not first_error:
+        first_error.append(malformed[0])
     if first_error:
         raise ImportInterrupted(first_error[0], report)
     return report
@@ -288,11 +294,76 @@ def _error(future: Future[None]) -> list[BaseException]:
     return [error] if error is not None else []
 
 
+class MalformedRow(ValueError):
+    """A row of an import file that cannot be sent; every row before it was."""
+
+    def __init__(self, path: Path, row: int, why: str) -> None:
+        super().__init__(f"{path}: row {row} {why}")
+        self.row = row
+
+
+def _check_columns(path: Path, schema_arrow: pa.Schema, dimension: int) -> None:
+    """ValueError naming the column when the file's columns are not an export's."""
+    wanted = {
+        "namespace": "string",
+        "id": "string",
+        "values": f"fixed_size_list<float>[{dimension}]",
+        "metadata": "string",
+    }
+    for name, kind in wanted.items():
+        index = schema_arrow.get_field_index(name)
+        if index < 0:
+            raise ValueError(f"{path} is not an export of imagesearch: it has no column {name!r}")
+        found = schema_arrow.field(index).type
+        if pa.types.is_dictionary(found):
+            found = found.value_type
+        ok = (
+            pa.types.is_fixed_size_list(found)
+            and found.list_size == dimension
+            and pa.types.is_float32(found.value_type)
+            if name == "values"
+            else pa.types.is_string(found) or pa.types.is_large_string(found)
+        )
+        if not ok:
+            raise ValueError(
+                f"{path} is not an export of imagesearch: column {name!r} holds {found}, not {kind}"
+            )
+
+
+def _first_bad_row(chunk: pa.RecordBatch, dimension: int) -> tuple[int, str] | None:
+    """(index in `chunk`, why) of its first row that cannot be sent as it is; None if none."""
+    bad: list[tuple[int, str]] = []
+    for name in ("namespace", "id", "metadata", "values"):
+        nulls = chunk.column(name).is_null().to_numpy(zero_copy_only=False)
+        if nulls.any():
+            bad.append((int(np.flatnonzero(nulls)[0]), f"has no {name} (null)"))
+    column = chunk.column("values")
+    if not bad:
+        missing = column.flatten().is_null().to_numpy(zero_copy_only=False)
+        if missing.any():
+            index = int(np.flatnonzero(missing)[0])
+            bad.append((index // dimension, f"has a null in values[{index % dimension}]"))
+    for i, text in enumerate(chunk.column("metadata").to_pylist()):
+        if bad and i >= min(bad)[0]:
+            break
+        try:
+            parsed = json.loads(text) if text is not None else {}
+        except (ValueError, RecursionError):
+            bad.append((i, "has metadata that is not JSON"))
+            break
+        if not isinstance(parsed, dict):
+            bad.append((i, "has metadata that is not a JSON object"))
+            break
+    return min(bad) if bad else None
+
+
 def _requests(path: Path, dimension: int, skip: int) -> Iterator[tuple[str, list[VectorRecord]]]:
-    """(namespace, records) per UpsertVectors call, in file order, within its limits."""
+    """(namespace, records) per UpsertVectors call, in file order, within its limits.
+
+    Every row is checked before it is sent: at the first that cannot be (a null, metadata
+    that is not a JSON object), the rows before it are sent and MalformedRow is raised."""
     parquet = pq.ParquetFile(path)
-    if parquet.schema_arrow.field("values").type.list_size != dimension:
-        raise ValueError(f"{path}: its vectors do not have the dimension its footer names")
+    _check_columns(path, parquet.schema_arrow, dimension)
     seen = 0
     namespace, batch, size = "", list[VectorRecord](), 0
     for chunk in parquet.iter_batches(batch_size=READ_BATCH):
@@ -300,8 +371,12 @@ def _requests(path: Path, dimension: int, skip: int) -> Iterator[tuple[str, list
             seen += chunk.num_rows
             continue
         start = max(0, skip - seen)
+        first_row = seen + start
         seen += chunk.num_rows
         chunk = chunk.slice(start)
+        problem = _first_bad_row(chunk, dimension)
+        if problem is not None:
+            chunk = chunk.slice(0, problem[0])
         namespaces = chunk.column("namespace").to_pylist()
         ids = chunk.column("id").to_pylist()
         values = chunk.column("values").flatten().to_numpy().reshape(-1, dimension)
@@ -318,6 +393,10 @@ def _requests(path: Path, dimension: int, skip: int) -> Iterator[tuple[str, list
             namespace = namespaces[i]
             batch.append(VectorRecord(record_id, values[i].tolist(), json.loads(metadata[i])))
             size += cost
+        if problem is not None:
+            if batch:
+                yield namespace, batch
+            raise MalformedRow(path, first_row + problem[0], problem[1])
     if batch:
         yield namespace, batch
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from imagesearch_client import ImageSearchClient, VectorRecord
 from imagesearch_client.cli import run
 from imagesearch_client.contact_sheet import sheet_size
 from PIL import Image
@@ -138,3 +139,34 @@ async def test_an_unreachable_service_exits_2_with_a_message(
     code, _, err = await cli(capsys, "--target", "127.0.0.1:1", "--timeout", "2", "stats")
     assert code == 2
     assert "127.0.0.1:1" in err
+
+
+async def test_a_contact_sheet_reads_only_image_files_inside_its_root(
+    capsys: pytest.CaptureFixture[str], search_app: SearchApp, folder: Path, tmp_path: Path
+) -> None:
+    outside = tmp_path / "secret.png"
+    outside.write_bytes((folder / "green" / "green-1.png").read_bytes())
+    (folder / "link.png").symlink_to(outside)
+    dimension = (await search_app.embed.model_info()).dimension
+    hostile = ["/dev/zero", "../secret.png", str(outside), "link.png", "green/../../secret.png"]
+    records = [
+        VectorRecord(f"h{i}", [1.0] + [0.0] * (dimension - 1), {"path": path})
+        for i, path in enumerate([*hostile, "green/green-1.png"])
+    ]
+    with ImageSearchClient(search_app.address) as client:
+        assert all(o.ok for o in await asyncio.to_thread(client.upsert_vectors, records))
+    grid = tmp_path / "grid.png"
+    code, _, err = await cli(
+        capsys, "--target", search_app.address, "query", "--id", "h5", "--top-k", "6",
+        "--filter", '{"path": {"$exists": true}}', "--grid", str(grid), "--root", str(folder),
+    )  # fmt: skip
+    assert code == 0, err
+    with Image.open(grid) as sheet:
+        rgb = sheet.convert("RGB")
+        tiles = [(80 + 160 * (n % 6), 80 + 194 * (n // 6)) for n in range(7)]
+        centres = [rgb.getpixel(xy) for xy in tiles]
+    # The query (h5) and its own match are the real photo; the five hostile paths read
+    # nothing and are grey placeholders.
+    grey = (200, 200, 200)
+    assert centres.count(grey) == 5, centres
+    assert centres[0] != grey

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from imagesearch_client import ImageRecord, ImageSearchClient, VectorRecord
@@ -153,3 +154,72 @@ async def test_a_file_of_another_model_is_refused_before_anything_is_written(
     )
     assert code == 1
     assert "not a readable Parquet file" in err
+
+
+def with_row_broken(table: pa.Table, row: int, column: str, value: object) -> pa.Table:
+    """`table` with one cell of `column` replaced (None: a null)."""
+    cells = table.column(column).to_pylist()
+    cells[row] = value
+    field = table.schema.field(column)
+    kind = field.type.value_type if pa.types.is_dictionary(field.type) else field.type
+    fixed = pa.field(column, kind, nullable=True)
+    index = table.schema.get_field_index(column)
+    return table.set_column(index, fixed, pa.array(cells, type=kind)).replace_schema_metadata(
+        table.schema.metadata
+    )
+
+
+async def test_a_hostile_file_is_refused_at_its_first_bad_row_and_what_precedes_it_is_stored(
+    capsys: pytest.CaptureFixture[str], start_search_app: StartSearch, tmp_path: Path
+) -> None:
+    source = await start_search_app(tmp_path / "source")
+    dimension = (await source.embed.model_info()).dimension
+    await asyncio.to_thread(fill, source, dimension)
+    file = tmp_path / "all.parquet"
+    assert (await cli(capsys, "--target", source.address, "export", str(file)))[0] == 0
+    table = pq.read_table(file)
+    vectors = table.column("values").to_pylist()
+    cases = {
+        "null vector": (with_row_broken(table, 7, "values", None), 7, "has no values (null)"),
+        "null in a vector": (
+            with_row_broken(table, 9, "values", [None, *vectors[9][1:]]), 9,
+            "has a null in values[0]",
+        ),
+        "metadata not JSON": (
+            with_row_broken(table, 11, "metadata", "{nope"), 11, "has metadata that is not JSON"
+        ),
+        "metadata a list": (
+            with_row_broken(table, 3, "metadata", "[1, 2]"), 3,
+            "has metadata that is not a JSON object",
+        ),
+        "null id": (with_row_broken(table, 5, "id", None), 5, "has no id (null)"),
+    }  # fmt: skip
+    source_rows = await asyncio.to_thread(snapshot, source)
+    ids = table.column("id").to_pylist()
+    namespaces = [ns or "__default__" for ns in table.column("namespace").to_pylist()]
+    for name, (broken, row, words) in cases.items():
+        path = tmp_path / f"{name}.parquet"
+        pq.write_table(broken, path)
+        target = await start_search_app(tmp_path / name)
+        code, _, err = await cli(capsys, "--target", target.address, "import", str(path))
+        assert code == 1, (name, err)
+        assert f"row {row} {words}" in err, (name, err)
+        assert f"every row before {row} is stored" in err, (name, err)
+        assert "Traceback" not in err
+        stored = await asyncio.to_thread(snapshot, target)
+        # Each row before the bad one is stored under its own id with its own vector.
+        expected = {(namespaces[i], ids[i]) for i in range(row)}
+        assert set(stored) == expected, name
+        for key in expected:
+            assert stored[key] == source_rows[key], (name, key)
+
+    wrong_type = table.set_column(
+        table.schema.get_field_index("id"), "id", pa.array(range(table.num_rows), pa.int64())
+    ).replace_schema_metadata(table.schema.metadata)
+    pq.write_table(wrong_type, tmp_path / "wrong-type.parquet")
+    code, _, err = await cli(
+        capsys, "--target", source.address, "import", str(tmp_path / "wrong-type.parquet")
+    )
+    assert code == 1
+    assert "column 'id' holds int64, not string" in err
+    assert "Traceback" not in err

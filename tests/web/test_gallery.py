@@ -4,6 +4,7 @@ the search_service-down banner, and what it refuses to serve."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,15 @@ async def tiles(page: Page) -> list[tuple[str, str]]:
 async def test_index_shows_progress_to_the_end_lists_failures_and_adds_nothing_twice(
     page: Page, gallery: WebApp
 ) -> None:
+    # The page works under its own Content-Security-Policy: nothing is blocked.
+    console: list[str] = []
+    page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
+    page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
+    await page.add_init_script(
+        "window.__violations = [];"
+        "document.addEventListener('securitypolicyviolation',"
+        " e => window.__violations.push(e.violatedDirective + ' ' + e.blockedURI));"
+    )
     await press_index(page, gallery, "done: stored 12, already stored 0, failed 1")
     progress = page.locator("#index-progress")
     assert await progress.get_attribute("value") == await progress.get_attribute("max") == "13"
@@ -56,6 +66,10 @@ async def test_index_shows_progress_to_the_end_lists_failures_and_adds_nothing_t
     await press_index(page, gallery, "done: stored 0, already stored 12, failed 1")
     async with AsyncImageSearchClient(gallery.client.target) as client:
         assert (await client.stats()).total == 12
+    assert await page.evaluate("window.__violations") == []
+    blocked = [line for line in console if "Content Security Policy" in line or "Refused" in line]
+    assert not blocked, console
+    assert not [line for line in console if line.startswith("pageerror")], console
 
 
 async def test_a_click_shows_the_image_first_at_1000_then_the_clients_own_ranking(
@@ -274,3 +288,142 @@ def test_the_process_refuses_a_reachable_address_without_a_password(root: Path) 
     assert done.returncode == 2
     assert "set WEB_PASSWORD" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+SECURITY_HEADERS = ("content-security-policy", "x-content-type-options", "x-frame-options")
+
+
+async def test_cross_site_writes_and_foreign_host_names_are_refused(
+    start_search_app: StartSearch, start_web: StartWeb
+) -> None:
+    search = await start_search_app()
+    web = await start_web(search, password="s3cret")
+    auth = ("me", "s3cret")
+    async with httpx.AsyncClient(base_url=web.url, auth=auth) as http:
+        # Another site's page posting in a visitor's browser, basic auth and all.
+        for headers in (
+            {"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"},
+            {"Origin": "http://evil.example"},
+            {"Origin": "null"},
+            {"Sec-Fetch-Site": "same-site"},
+        ):
+            reply = await http.post(
+                "api/index?ns=attacker", content=b"x",
+                headers={"Content-Type": "text/plain", **headers},
+            )  # fmt: skip
+            assert reply.status_code == 403, headers
+            assert "another site" in reply.text
+        assert (await http.get("api/index")).json()["running"] is False
+        # A DNS-rebinding page reaches the gallery under the attacker's host name.
+        for host in ("rebind.attacker.example", "rebind.attacker.example:80", "localhost.evil"):
+            for path in ("", "api/index", "thumb/red/red-0.jpg", "api/health"):
+                reply = await http.get(path, headers={"Host": host})
+                assert reply.status_code == 421, (host, path)
+                assert "WEB_ALLOWED_HOSTS" in reply.text
+        # No redirect is ever built from the Host header.
+        slashed = await http.get("api/index/", headers={"Host": "127.0.0.1"})
+        assert slashed.status_code == 404
+        assert "location" not in slashed.headers
+        # The gallery's own page, and programs that send no browser headers, may write.
+        port = web.url.rstrip("/").rsplit(":", 1)[1]
+        for headers in (
+            {"Sec-Fetch-Site": "same-origin", "Origin": web.url.rstrip("/")},
+            {"Origin": f"http://localhost:{port}", "Host": f"localhost:{port}"},
+            {},
+        ):
+            reply = await http.post("api/index?ns=mine", headers=headers)
+            assert reply.status_code == 202, headers
+        for reply in (await http.get(""), await http.get("static/gallery.js"), slashed):
+            for name in SECURITY_HEADERS:
+                assert name in reply.headers, (reply.url, name)
+        assert "frame-ancestors 'none'" in reply.headers["content-security-policy"]
+        assert (await http.get("", headers={"Host": "[::1]:8080"})).status_code == 200
+    async with AsyncImageSearchClient(search.address) as client:
+        for _ in range(600):
+            if not web.gallery.job.running:
+                break
+            await asyncio.sleep(0.05)
+        namespaces = set((await client.stats()).namespaces)
+    assert "attacker" not in namespaces
+    assert "mine" in namespaces
+
+
+async def test_wrong_passwords_are_answered_ever_more_slowly(
+    start_search_app: StartSearch, start_web: StartWeb
+) -> None:
+    search = await start_search_app()
+    web = await start_web(search, password="s3cret")
+    loop = asyncio.get_running_loop()
+    async with httpx.AsyncClient(base_url=web.url) as http:
+        waits = []
+        for guess in ("a", "b"):
+            began = loop.time()
+            assert (await http.get("api/index", auth=("me", guess))).status_code == 401
+            waits.append(loop.time() - began)
+        # Guesses sent side by side from one address wait their turn.
+        began = loop.time()
+        answers = await asyncio.gather(*(http.get("api/index", auth=("me", g)) for g in ("e", "f")))
+        together = loop.time() - began
+        began = loop.time()
+        right = await http.get("api/index", auth=("me", "s3cret"))
+        assert right.status_code == 200
+        assert loop.time() - began < 0.25  # the right password is never held back
+    assert [a.status_code for a in answers] == [401, 401]
+    assert waits[0] >= 0.25
+    for before, after in itertools.pairwise(waits):
+        assert after >= 1.8 * before, waits
+    assert together >= 1.0 + 2.0 - 0.1, together  # one after the other, doubling
+
+
+async def test_half_sent_requests_are_dropped_and_connections_are_capped(
+    start_search_app: StartSearch, start_web: StartWeb
+) -> None:
+    search = await start_search_app()
+    web = await start_web(search, max_connections=20, header_timeout_s=1.0)
+    host, port = web.url.removeprefix("http://").rstrip("/").rsplit(":", 1)
+    loop = asyncio.get_running_loop()
+    streams = []
+    for _ in range(60):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")  # never finished
+        await writer.drain()
+        streams.append((reader, writer))
+    began = loop.time()
+
+    async def closed_after(reader: asyncio.StreamReader) -> float:
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the gallery
+        return loop.time() - began
+
+    ended = await asyncio.gather(*(closed_after(reader) for reader, _ in streams))
+    at_once = [t for t in ended if t < 0.5]
+    late = [t for t in ended if t >= 0.5]
+    assert len(at_once) >= 40, ended  # past the cap: closed on arrival
+    assert late, ended
+    assert all(t < 3.0 for t in late), ended  # the rest: at the header deadline
+    for _, writer in streams:
+        writer.close()
+    async with httpx.AsyncClient(base_url=web.url) as http:
+        assert (await http.get("api/index")).status_code == 200
+
+
+async def test_the_index_job_skips_links_out_of_the_root_and_labels_stay_bounded(
+    gallery: WebApp, root: Path, tmp_path: Path
+) -> None:
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(encode(picture("purple"), "PNG"))
+    (root / "red" / "escape.png").symlink_to(secret)
+    async with httpx.AsyncClient(base_url=gallery.url) as http:
+        assert (await http.post("api/index")).status_code == 202
+        for _ in range(1200):
+            status = (await http.get("api/index")).json()
+            if not status["running"]:
+                break
+            await asyncio.sleep(0.05)
+        assert (status["total"], status["stored"]) == (13, 12)  # 12 images and broken.jpg
+        for i in range(100):
+            assert (await http.get(f"?ns=visitor-{i}")).status_code == 200
+    async with AsyncImageSearchClient(gallery.client.target) as client:
+        stored = [r.metadata["path"] async for page in client.iter_pages(include_metadata=True)
+                  for r in page.records]  # fmt: skip
+    assert "red/escape.png" not in stored
+    assert len(gallery.gallery._labels) <= 64

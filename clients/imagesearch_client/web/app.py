@@ -24,6 +24,7 @@ import signal
 import socket
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from imagesearch_client.errors import ImageSearchError, NotFound, Unavailable
 from imagesearch_client.messages import listed_name, reported_name
 from imagesearch_client.web.config import WebConfigError, WebSettings
 from imagesearch_client.web.files import CifarImages, Thumbnails
+from imagesearch_client.web.guard import Guard, bounded_protocol
 from imagesearch_client.web.jobs import IndexJob
 from imagesearch_client.web.pages import Page, Tile, View, render, tile_json
 
@@ -52,6 +54,14 @@ BROWSE_PAGE = 48
 MAX_K = 200
 LABEL_SCAN = 5000
 LABEL_TTL_S = 30.0
+# Namespaces whose labels are remembered: `?ns=` is whatever a visitor types.
+LABEL_NAMESPACES = 64
+# A failed password waits this long, doubling per failure from the same address (to
+# FAILED_AUTH_MAX_S), and one address's attempts are answered one at a time.
+FAILED_AUTH_S = 0.25
+FAILED_AUTH_MAX_S = 8.0
+FAILED_AUTH_FORGET_S = 300.0
+AUTH_ADDRESSES = 1024
 HEALTH_TIMEOUT_S = 2.0
 CALL_TIMEOUT_S = 30.0
 
@@ -66,7 +76,7 @@ class Gallery:
         self.cifar = CifarImages(settings.cifar)
         self.job = IndexJob(settings.root)
         self._job_task: asyncio.Task[None] | None = None
-        self._labels: dict[str, tuple[float, list[str]]] = {}
+        self._labels: OrderedDict[str, tuple[float, list[str]]] = OrderedDict()
 
     # --- the page ------------------------------------------------------------------
 
@@ -143,6 +153,9 @@ class Gallery:
                 break
         found = sorted(labels)
         self._labels[namespace] = (time.monotonic(), found)
+        self._labels.move_to_end(namespace)
+        while len(self._labels) > LABEL_NAMESPACES:
+            self._labels.popitem(last=False)
         return found
 
     # --- JSON api --------------------------------------------------------------------
@@ -223,36 +236,70 @@ def create_app(settings: WebSettings, client: AsyncImageSearchClient) -> tuple[S
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ]
     )
+    # A redirect to the slashed or unslashed path is built from the Host header: none.
+    app.router.redirect_slashes = False
     return app, gallery
 
 
 class BasicAuth:
-    """HTTP basic auth on every request when WEB_PASSWORD is set (any user name)."""
+    """HTTP basic auth on every request when WEB_PASSWORD is set (any user name).
+
+    A wrong password is answered only after a delay that doubles with each failure from
+    the same address, and that address's attempts are judged one at a time, so guessing
+    runs at a few tries a minute, not thousands a second."""
 
     def __init__(self, app: ASGIApp, password: str) -> None:
         self._app = app
         self._password = password.encode()
+        # Per client address: (failures, when the last was), and the lock its tries take.
+        self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._locks: OrderedDict[str, asyncio.Lock] = OrderedDict()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not self._allowed(scope):
-            response = Response(
-                "this gallery asks for its password (WEB_PASSWORD)",
-                status_code=401,
-                headers={"WWW-Authenticate": 'Basic realm="imagesearch", charset="UTF-8"'},
-            )
-            await response(scope, receive, send)
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
             return
-        await self._app(scope, receive, send)
+        given = _basic_password(scope)
+        if given is not None and hmac.compare_digest(given, self._password):
+            await self._app(scope, receive, send)
+            return
+        if given is not None:  # a wrong password, not a first visit's missing one
+            client = scope.get("client")
+            await self._slow_down(str(client[0]) if client else "")
+        response = Response(
+            "this gallery asks for its password (WEB_PASSWORD)",
+            status_code=401,
+            headers={"WWW-Authenticate": 'Basic realm="imagesearch", charset="UTF-8"'},
+        )
+        await response(scope, receive, send)
 
-    def _allowed(self, scope: Scope) -> bool:
-        for name, value in scope.get("headers", []):
-            if name == b"authorization" and value[:6].lower() == b"basic ":
-                try:
-                    _, _, given = base64.b64decode(value[6:], validate=True).partition(b":")
-                except (binascii.Error, ValueError):
-                    return False
-                return hmac.compare_digest(given, self._password)
-        return False
+    async def _slow_down(self, address: str) -> None:
+        async with self._remember(self._locks, address, asyncio.Lock):
+            now = time.monotonic()
+            count, last = self._remember(self._failures, address, lambda: (0, now))
+            count = 1 if now - last > FAILED_AUTH_FORGET_S else count + 1
+            self._failures[address] = (count, now)
+            await asyncio.sleep(min(FAILED_AUTH_S * 2 ** (count - 1), FAILED_AUTH_MAX_S))
+
+    @staticmethod
+    def _remember(table: OrderedDict[str, Any], address: str, make: Any) -> Any:
+        if address not in table:
+            table[address] = make()
+            while len(table) > AUTH_ADDRESSES:
+                table.popitem(last=False)
+        table.move_to_end(address)
+        return table[address]
+
+
+def _basic_password(scope: Scope) -> bytes | None:
+    """The password of a basic Authorization header; None when there is none."""
+    for name, value in scope.get("headers", []):
+        if name == b"authorization" and value[:6].lower() == b"basic ":
+            try:
+                return base64.b64decode(value[6:], validate=True).partition(b":")[2]
+            except (binascii.Error, ValueError):
+                return b""
+    return None
 
 
 class WebApp:
@@ -264,7 +311,8 @@ class WebApp:
         self.settings = settings
         self.client = client or AsyncImageSearchClient(settings.target, timeout_s=CALL_TIMEOUT_S)
         app, self.gallery = create_app(settings, self.client)
-        self._asgi: ASGIApp = BasicAuth(app, settings.password) if settings.password else app
+        authenticated: ASGIApp = BasicAuth(app, settings.password) if settings.password else app
+        self._asgi: ASGIApp = Guard(authenticated, hosts=settings.hosts)
         self._server: uvicorn.Server | None = None
         self._socket: socket.socket | None = None
         self._task: asyncio.Task[None] | None = None
@@ -283,7 +331,14 @@ class WebApp:
             raise OSError(f"cannot listen on {self.settings.addr}: {exc.strerror}") from None
         sock.listen(128)
         sock.setblocking(False)
-        config = uvicorn.Config(self._asgi, log_level="warning", lifespan="off", access_log=False)
+        config = uvicorn.Config(
+            self._asgi,
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+            http=bounded_protocol(self.settings.max_connections, self.settings.header_timeout_s),
+            limit_concurrency=self.settings.max_connections,
+        )
         self._server = uvicorn.Server(config)
         # Server.serve() would also take over SIGINT/SIGTERM, which are the caller's here.
         config.load()

@@ -9,6 +9,8 @@ from pathlib import Path
 
 DEFAULT_ADDR = "127.0.0.1:8080"
 DEFAULT_MAX_UPLOAD_MB = 20
+DEFAULT_MAX_CONNECTIONS = 256
+DEFAULT_HEADER_TIMEOUT_S = 10.0
 
 
 class WebConfigError(Exception):
@@ -24,6 +26,9 @@ class WebSettings:
     max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB
     target: str | None = None
     title: str = "imagesearch"
+    allowed_hosts: frozenset[str] = frozenset()
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
 
     @classmethod
     def from_env(
@@ -34,23 +39,24 @@ class WebSettings:
         addr: str | None = None,
         target: str | None = None,
     ) -> WebSettings:
-        raw_mb = os.environ.get("WEB_MAX_UPLOAD_MB", str(DEFAULT_MAX_UPLOAD_MB))
-        try:
-            max_mb = int(raw_mb)
-            if max_mb < 1:
-                raise ValueError
-        except ValueError:
-            raise WebConfigError(
-                f"WEB_MAX_UPLOAD_MB is {raw_mb!r}; it must be a whole number of megabytes >= 1"
-            ) from None
+        hosts = os.environ.get("WEB_ALLOWED_HOSTS", "")
         return cls(
             root=Path(root),
             addr=addr or os.environ.get("WEB_ADDR") or DEFAULT_ADDR,
             cifar=tuple(Path(p) for p in cifar),
             password=os.environ.get("WEB_PASSWORD") or None,
-            max_upload_mb=max_mb,
+            max_upload_mb=int(_positive("WEB_MAX_UPLOAD_MB", DEFAULT_MAX_UPLOAD_MB, int)),
             target=target,
+            allowed_hosts=frozenset(h.strip().lower() for h in hosts.split(",") if h.strip()),
+            max_connections=int(_positive("WEB_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS, int)),
+            header_timeout_s=_positive("WEB_HEADER_TIMEOUT_S", DEFAULT_HEADER_TIMEOUT_S, float),
         )
+
+    @property
+    def hosts(self) -> frozenset[str]:
+        """Host names the gallery answers to beside loopback names and IP literals."""
+        host, _ = self.host_port
+        return self.allowed_hosts | {host.lower()}
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -81,3 +87,15 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _positive(variable: str, default: float, kind: type[int] | type[float]) -> float:
+    raw = os.environ.get(variable, str(default))
+    try:
+        value = kind(raw)
+        if value <= 0:
+            raise ValueError
+    except ValueError:
+        what = "a whole number >= 1" if kind is int else "a number > 0"
+        raise WebConfigError(f"{variable} is {raw!r}; it must be {what}") from None
+    return value

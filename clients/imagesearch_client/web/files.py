@@ -15,28 +15,12 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from imagesearch_client.sources import IMAGE_SUFFIXES, cifar_images
+from imagesearch_client.sources import cifar_images, inside
 
 THUMB_PX = 160
 THUMB_QUALITY = 80
 CACHE_ENTRIES = 4096
 CIFAR_ID = re.compile(r"^CIFAR(10|100)\.(test\.)?\d+$")
-
-
-def inside(root: Path, relative: str) -> Path | None:
-    """The file `relative` names under `root`, or None if it is not a file inside it."""
-    if not relative or "\x00" in relative:
-        return None
-    base = root.resolve()
-    try:
-        candidate = (base / relative).resolve()
-    except (OSError, RuntimeError):  # a symlink loop
-        return None
-    if not candidate.is_relative_to(base) or not candidate.is_file():
-        return None
-    if candidate.suffix.lower() not in IMAGE_SUFFIXES:
-        return None
-    return candidate
 
 
 def thumbnail(data: bytes | Path) -> bytes:
