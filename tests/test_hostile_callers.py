@@ -7,6 +7,7 @@ an authenticated caller is served meanwhile, in about its usual time.
 
 from __future__ import annotations
 
+import re
 import statistics
 import threading
 import time
@@ -16,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
+from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from imagesearch.limits import MAX_TEXT_CHARS
 from imagesearch.status import reason_of, status_from_error
@@ -34,11 +37,13 @@ AUTH = (("authorization", f"Bearer {TOKEN}"),)
 READ_AUTH = (("authorization", f"Bearer {READ_TOKEN}"),)
 EMBED_AUTH = (("authorization", f"Bearer {EMBED_TOKEN}"),)
 WATCHERS = 40  # more than the RPC budget (16) and the watcher budget (32) together
+SEARCH_PIDS: dict[str, int] = {}
 
 
 @contextmanager
 def stack(clip_dir: Path, data_dir: Path, **extra: str) -> Iterator[tuple[str, str]]:
-    """embed_service and search_service as processes, tokens on; yields their addresses."""
+    """embed_service and search_service as processes, tokens on; yields their addresses
+    (search_service's process id is SEARCH_PIDS[its address])."""
     embed_env = {
         "EMBED_MODEL": str(clip_dir),
         "EMBED_ADDR": "127.0.0.1:0",
@@ -58,9 +63,10 @@ def stack(clip_dir: Path, data_dir: Path, **extra: str) -> Iterator[tuple[str, s
             **{k: v for k, v in extra.items() if k.startswith("SEARCH_")},
         }
         with service_process("search_service", search_env, ready="search_service ready") as (
-            _,
+            process,
             search,
         ):
+            SEARCH_PIDS[search] = process.pid
             yield embed, search
 
 
@@ -214,3 +220,137 @@ def test_texts_past_the_limit_are_refused_cheaply_and_a_maximal_one_costs_a_norm
         assert "text is 3,145,728 characters; at most 4,096" in message
         answer = searcher.Query(search_pb.QueryRequest(text=maximal), metadata=READ_AUTH)
         assert answer.matches == []
+
+
+def struct(values: dict[str, Any]) -> struct_pb2.Struct:
+    built = struct_pb2.Struct()
+    built.update(values)
+    return built
+
+
+def files_of(root: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(path.relative_to(root)): (path.stat().st_size, path.stat().st_mtime_ns)
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+def unit_rows(count: int, dimension: int, seed: int) -> list[list[float]]:
+    rows = np.random.default_rng(seed).standard_normal((count, dimension))
+    unit: list[list[float]] = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).tolist()
+    return unit
+
+
+def test_queries_with_a_read_only_token_never_write_nor_hold_up_writers(
+    clip_dir: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    with stack(clip_dir, data) as (_, search), grpc.insecure_channel(search) as channel:
+        stub = search_grpc.SearchServiceStub(channel)
+        dimension = stub.DescribeStats(search_pb.DescribeStatsRequest(), metadata=AUTH).dimension
+        rows = unit_rows(400, dimension, 1)
+
+        def upsert(first: int, count: int) -> None:
+            records = [
+                search_pb.VectorRecord(id=f"r{i}", values=rows[i], metadata=struct({"n": i}))
+                for i in range(first, first + count)
+            ]
+            stub.UpsertVectors(search_pb.UpsertVectorsRequest(records=records), metadata=AUTH)
+
+        upsert(0, 200)
+        before = files_of(data)
+        written = [200]
+
+        def one_more() -> None:
+            upsert(written[0], 1)
+            written[0] += 1
+
+        usual = statistics.median(timed(one_more, 10))
+        stop = threading.Event()
+        queried = []
+
+        def hostile_reader() -> None:
+            for q in range(20):
+                keys = {f"k{q}_{j}": {"$eq": "x"} for j in range(50)}
+                request = search_pb.QueryRequest(
+                    vector=search_pb.QueryVector(values=rows[q]),
+                    top_k=10,
+                    filter=struct({"$or": [{k: v} for k, v in keys.items()]}),
+                )
+                queried.append(len(stub.Query(request, metadata=READ_AUTH).matches))
+            stop.set()
+
+        reader = threading.Thread(target=hostile_reader)
+        reader.start()
+        meanwhile = []
+        while not stop.is_set():
+            meanwhile.extend(timed(one_more, 1))
+        reader.join()
+        assert queried == [0] * 20  # no record has those keys
+        assert statistics.median(meanwhile) <= 3 * usual + 0.05, (usual, meanwhile)
+        after_writes = files_of(data)
+        for _ in range(20):
+            request = search_pb.QueryRequest(
+                vector=search_pb.QueryVector(values=rows[0]),
+                filter=struct({f"new{j}": {"$gt": 1} for j in range(50)}),
+            )
+            stub.Query(request, metadata=READ_AUTH)
+        assert files_of(data) == after_writes
+        assert len(after_writes) <= len(before) + 4  # the writers' WAL, not 1,000 indexes
+        wanted = [f"r{i}" for i in range(written[0])]
+        found = stub.Fetch(search_pb.FetchRequest(ids=wanted), metadata=READ_AUTH)
+        assert [r.id for r in found.records] == wanted
+
+
+def status_mb(pid: int, key: str) -> int:
+    found = re.search(rf"{key}:\s+(\d+)", Path(f"/proc/{pid}/status").read_text())
+    assert found
+    return int(found.group(1)) // 1024
+
+
+def test_replies_that_cannot_fit_are_refused_before_they_are_built(
+    clip_dir: Path, tmp_path: Path
+) -> None:
+    settings = {"SEARCH_MAX_MESSAGE_MB": "4"}
+    with (
+        stack(clip_dir, tmp_path / "data", **settings) as (_, search),
+        grpc.insecure_channel(search) as channel,
+    ):
+        stub = search_grpc.SearchServiceStub(channel)
+        dimension = stub.DescribeStats(search_pb.DescribeStatsRequest(), metadata=AUTH).dimension
+        rows = unit_rows(2000, dimension, 2)
+        big = struct({"text": "x" * 35_000})
+        for first in range(0, 2000, 50):
+            records = [
+                search_pb.VectorRecord(id=f"r{i}", values=rows[i], metadata=big)
+                for i in range(first, first + 50)
+            ]
+            stub.UpsertVectors(search_pb.UpsertVectorsRequest(records=records), metadata=AUTH)
+        pid = SEARCH_PIDS[search]
+        base = status_mb(pid, "VmHWM")
+        query = search_pb.QueryRequest(
+            vector=search_pb.QueryVector(values=rows[0]), top_k=2000, include_metadata=True,
+            include_values=True,
+        )  # fmt: skip
+        for _ in range(8):
+            code, reason, message = refused(lambda: stub.Query(query, metadata=READ_AUTH))
+            assert (code, reason) == ("RESOURCE_EXHAUSTED", "REPLY_TOO_LARGE")
+            assert "of the 2000 matches fit" in message
+            code, reason, _ = refused(
+                lambda: stub.Fetch(
+                    search_pb.FetchRequest(ids=[f"r{i}" for i in range(1000)]), metadata=READ_AUTH
+                )
+            )
+            assert (code, reason) == ("RESOURCE_EXHAUSTED", "REPLY_TOO_LARGE")
+        grew = status_mb(pid, "VmHWM") - base
+        assert grew <= 64, grew  # 8 whole replies would be 8 x 70 MB
+        # A normal caller meanwhile: what fits is answered whole.
+        fits = stub.Query(
+            search_pb.QueryRequest(
+                vector=search_pb.QueryVector(values=rows[0]), top_k=50, include_metadata=True
+            ),
+            metadata=READ_AUTH,
+        )
+        assert [m.id for m in fits.matches][:1] == ["r0"]
+        assert len(fits.matches) == 50

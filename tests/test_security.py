@@ -17,6 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 from imagesearch.status import reason_of, status_from_error
 from imagesearch.v1 import embed_service_pb2, search_service_pb2
 from imagesearch_client import ImageSearchClient, ImageSearchError, Unavailable, VectorRecord
@@ -200,6 +201,18 @@ async def test_a_read_only_token_may_read_but_not_write(
             await InThread(c).upsert_vectors([VectorRecord("v", [1.0] + [0.0] * 63)])
         assert (caught.value.code, caught.value.reason) == ("PERMISSION_DENIED", "TOKEN_READ_ONLY")
         assert READ_TOKEN not in str(caught.value)
+    # Reading the schema is a read: server reflection lists the services.
+    async with secure_channel(search.address, pki) as channel:
+        reflection = channel.stream_stream(
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        asked = reflection_pb2.ServerReflectionRequest(list_services="")
+        metadata = (("authorization", f"Bearer {READ_TOKEN}"),)
+        answers = [a async for a in reflection(iter([asked]), metadata=metadata, timeout=10)]
+    names = {s.name for s in answers[0].list_services_response.service}
+    assert "imagesearch.v1.SearchService" in names
 
 
 async def test_the_cli_reads_its_certificates_and_token_from_the_environment(
@@ -238,6 +251,14 @@ async def _run(command: list[str], env: dict[str, str]) -> subprocess.CompletedP
         ("embed_service", {"EMBED_TLS_CLIENT_CA": "CA"}, "EMBED_TLS_CLIENT_CA is set, but TLS"),
         ("embed_service", {"EMBED_TOKENS_FILE": "no-tokens.txt"},
          "EMBED_TOKENS_FILE=no-tokens.txt cannot be read"),
+        ("embed_service", {"EMBED_TOKENS": " , "}, "EMBED_TOKENS is set but holds no token"),
+        ("embed_service", {"EMBED_TOKENS_FILE": "EMPTY"},
+         "EMBED_TOKENS_FILE=empty-tokens.txt holds no token"),
+        ("search_service", {"SEARCH_TOKENS": ",,"}, "SEARCH_TOKENS is set but holds no token"),
+        ("search_service", {"SEARCH_TOKENS_FILE": "EMPTY"},
+         "SEARCH_TOKENS_FILE=empty-tokens.txt holds no token"),
+        ("search_service", {"SEARCH_READ_TOKENS": " "},
+         "SEARCH_READ_TOKENS is set but holds no token"),
         ("search_service", {"SEARCH_TLS_CERT": "SERVER_CERT", "SEARCH_TLS_KEY": "SERVER_CERT"},
          "SEARCH_TLS_KEY"),
         ("search_service", {"EMBED_TARGET_CA": "SERVER_KEY"}, "EMBED_TARGET_CA"),
@@ -247,8 +268,9 @@ async def _run(command: list[str], env: dict[str, str]) -> subprocess.CompletedP
 def test_a_bad_tls_or_token_setting_stops_the_service_naming_variable_and_file(
     pki: Pki, tmp_path: Path, clip_dir: Path, module: str, variables: dict[str, str], words: str
 ) -> None:
+    (tmp_path / "empty-tokens.txt").write_text("\n  \n")
     files = {"SERVER_CERT": pki.server.cert, "SERVER_KEY": pki.server.key,
-             "CLIENT_KEY": pki.client.key, "CA": pki.ca}  # fmt: skip
+             "CLIENT_KEY": pki.client.key, "CA": pki.ca, "EMPTY": "empty-tokens.txt"}  # fmt: skip
     env = {k: str(files.get(v, v)) for k, v in variables.items()}
     done = subprocess.run(
         [sys.executable, "-m", module],
