@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 
 CONNECT_RETRY_FIRST_S = 0.5
 CONNECT_RETRY_MAX_S = 5.0
+# How often embed_service's health is checked, and how long it may be out of reach before
+# the log says so and this service's own health turns NOT_SERVING.
+EMBED_CHECK_EVERY_S = 1.0
+EMBED_DOWN_AFTER_S = 3.0
 VECTOR_COUNT_EVERY_S = 5.0
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SearchService"].full_name
@@ -62,6 +66,7 @@ class SearchApp:
                 names=("EMBED_TARGET_CA", "EMBED_TARGET_CERT", "EMBED_TARGET_KEY"),
             ),
             token=settings.embed_token.get_secret_value() if settings.embed_token else None,
+            authority=settings.embed_target_authority,
             observe=lambda method, s: self.metrics.embed_seconds.labels(method).observe(s),
         )
         self.store = (
@@ -104,6 +109,8 @@ class SearchApp:
         self.address = settings.addr
         self._connecting: asyncio.Task[None] | None = None
         self._counting: asyncio.Task[None] | None = None
+        self._watching: asyncio.Task[None] | None = None
+        self.embed_trouble: str | None = None  # why embed_service is out of reach, if it is
 
     async def start(self) -> str:
         """Opens the store and listens; health turns SERVING once embed_service does."""
@@ -123,6 +130,7 @@ class SearchApp:
             self.settings.embed_target,
         )
         self._connecting = asyncio.create_task(self._connect(), name="connect-embed")
+        self._watching = asyncio.create_task(self._watch_embed(), name="watch-embed")
         return self.address
 
     async def wait_serving(self) -> None:
@@ -141,8 +149,37 @@ class SearchApp:
                 log.warning("connecting: %s; retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, CONNECT_RETRY_MAX_S)
-        await self._server.set_serving()
+        if self.embed_trouble is None:
+            await self._server.set_serving()
         log.info("search_service ready: embed_service at %s serves", self.settings.embed_target)
+
+    async def _watch_embed(self) -> None:
+        """Says in the log, once per change, when embed_service has been out of reach for
+        EMBED_DOWN_AFTER_S and why (gRPC's words: TLS verification, connection refused,
+        NOT_SERVING), and when it is back; health is NOT_SERVING meanwhile."""
+        loop = asyncio.get_running_loop()
+        since: float | None = None
+        while True:
+            trouble = await self.embed.trouble(EMBED_CHECK_EVERY_S * 2)
+            now = loop.time()
+            if trouble is None:
+                since = None
+                if self.embed_trouble is not None:
+                    self.embed_trouble = None
+                    log.info("embed_service at %s serves again", self.settings.embed_target)
+                    if self._connecting is not None and self._connecting.done():
+                        await self._server.set_serving()
+            else:
+                since = now if since is None else since
+                if self.embed_trouble is None and now - since >= EMBED_DOWN_AFTER_S:
+                    self.embed_trouble = trouble
+                    log.error(
+                        "embed_service at %s cannot be reached for %.0f s: %s; this service "
+                        "is NOT_SERVING until it can",
+                        self.settings.embed_target, now - since, trouble,
+                    )  # fmt: skip
+                    await self._server.set_not_serving()
+            await asyncio.sleep(EMBED_CHECK_EVERY_S)
 
     async def _count_vectors(self) -> None:
         """Keeps the per-namespace gauge fresh; a stats call is cheap on every store."""
@@ -165,10 +202,9 @@ class SearchApp:
             await asyncio.sleep(VECTOR_COUNT_EVERY_S)
 
     async def stop(self, grace_s: float | None = None) -> None:
-        if self._counting is not None:
-            self._counting.cancel()
-        if self._connecting is not None:
-            self._connecting.cancel()
+        for task in (self._counting, self._connecting, self._watching):
+            if task is not None:
+                task.cancel()
         await self._server.stop(self.settings.grace_s if grace_s is None else grace_s)
         await self.store.close()
         await self.embed.close()

@@ -139,6 +139,14 @@ class SearchSettings(BaseSettings):
         default=None, validation_alias=_env("SEARCH_READ_TOKENS"),
         description="Tokens that may only Query, Fetch and DescribeStats.",
     )  # fmt: skip
+    embed_target_authority: str | None = Field(
+        default=None, validation_alias=_env("EMBED_TARGET_AUTHORITY"),
+        description=(
+            "The name TLS verifies embed_service's certificate against (and the :authority "
+            "sent). Unset: the target's own host, also for an ipv4:/ipv6: list of addresses "
+            "on one host; set it where the addresses differ (a DNS name behind several IPs)."
+        ),
+    )  # fmt: skip
     embed_target_ca: Path | None = Field(default=None, validation_alias=_env("EMBED_TARGET_CA"))
     embed_target_cert: Path | None = Field(default=None, validation_alias=_env("EMBED_TARGET_CERT"))
     embed_target_key: Path | None = Field(default=None, validation_alias=_env("EMBED_TARGET_KEY"))

@@ -82,9 +82,11 @@ class EmbedClient:
         max_message_bytes: int = 64 * 1024 * 1024,
         credentials: grpc.ChannelCredentials | None = None,
         token: str | None = None,
+        authority: str | None = None,
         observe: Callable[[str, float], None] | None = None,
     ) -> None:
-        """`observe(method, seconds)` is told how long each call took."""
+        """`observe(method, seconds)` is told how long each call took; `authority` is the
+        name TLS verifies (see `channel_authority`)."""
         self.target = target
         self._observe = observe
         self._timeout_s = timeout_s
@@ -98,6 +100,9 @@ class EmbedClient:
             ("grpc.min_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", 2000),
         ]
+        named = channel_authority(target, authority)
+        if named is not None:
+            options.append(("grpc.default_authority", named))
         self._channel = (
             grpc.aio.secure_channel(target, credentials, options=options)
             if credentials is not None
@@ -129,6 +134,21 @@ class EmbedClient:
                 # The stream ends when embed_service stops; watch again once it is back.
                 if error.code() == grpc.StatusCode.CANCELLED:
                     raise
+
+    async def trouble(self, timeout_s: float) -> str | None:
+        """None while embed_service answers SERVING; else why not, as gRPC tells it (a TLS
+        verification failure, a refused connection, NOT_SERVING)."""
+        health = health_pb2_grpc.HealthStub(self._channel)
+        try:
+            reply = await health.Check(
+                health_pb2.HealthCheckRequest(service=SERVICE), timeout=timeout_s
+            )
+        except grpc.aio.AioRpcError as error:
+            return f"{error.code().name}: {error.details()}"
+        if reply.status != health_pb2.HealthCheckResponse.SERVING:
+            name: str = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            return f"its health says {name}"
+        return None
 
     async def model_info(self, timeout_s: float | None = None) -> ModelInfo:
         call = self._stub.GetModelInfo(
@@ -193,6 +213,22 @@ class EmbedClient:
             f"embed_service at {self.target} failed the call ({code.name}: {detail})",
             reason=reason or "EMBED_FAILED",
         )
+
+
+def channel_authority(target: str, override: str | None) -> str | None:
+    """The authority to dial `target` with, where gRPC's own would not verify: `override`,
+    or, for an `ipv4:`/`ipv6:` list whose addresses share one host, that host and the
+    first port (gRPC's default is the whole comma-joined list, which no certificate can
+    name). None: gRPC's default."""
+    if override:
+        return override
+    scheme, _, addresses = target.partition(":")
+    if scheme not in ("ipv4", "ipv6") or "," not in addresses:
+        return None
+    hosts = {address.rpartition(":")[0] for address in addresses.split(",")}
+    if len(hosts) != 1:
+        return None
+    return addresses.split(",")[0]
 
 
 def _embedded(embedding: pb.Embedding) -> Embedded:

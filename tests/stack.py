@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -59,11 +60,17 @@ async def serving_search(
 
 @contextlib.contextmanager
 def service_process(
-    module: str, env: dict[str, str], *, ready: str, log: Path | None = None
+    module: str,
+    env: dict[str, str],
+    *,
+    ready: str,
+    log: Path | None = None,
+    timeout_s: float = 120.0,
 ) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """`python -m module` with `env` added; yields once a line contains `ready`, with the
     address it logged ("listening on ..."). Its stderr goes on to `log`; it is stopped
-    with SIGTERM at the end."""
+    with SIGTERM at the end. A process that exits, or is not ready within `timeout_s`,
+    fails the test with the end of what it said."""
     process = subprocess.Popen(
         [sys.executable, "-m", module],
         env={**os.environ, **env},
@@ -74,28 +81,40 @@ def service_process(
     assert process.stderr is not None
     stderr = process.stderr
     sink = log.open("a") if log is not None else open(os.devnull, "w")  # noqa: SIM115
-    address = ""
-    for line in stderr:
-        sink.write(line)
-        if found := re.search(r"listening on (\S+)", line):
-            address = found.group(1)
-        if ready in line:
-            break
-    assert address, f"{module} exited before it was ready"
+    said: list[str] = []
+    address: list[str] = []
+    is_ready, ended = threading.Event(), threading.Event()
 
-    def drain() -> None:  # a full pipe would block the service
+    def pump() -> None:  # a full pipe would block the service
         for line in stderr:
             sink.write(line)
             sink.flush()
+            if not is_ready.is_set():
+                said.append(line)
+                if found := re.search(r"listening on (\S+)", line):
+                    address.append(found.group(1))
+                if ready in line:
+                    is_ready.set()
+        ended.set()
 
-    drainer = threading.Thread(target=drain, daemon=True)
-    drainer.start()
+    pumping = threading.Thread(target=pump, daemon=True)
+    pumping.start()
+    deadline = time.monotonic() + timeout_s
+    while not (is_ready.is_set() or ended.is_set()) and time.monotonic() < deadline:
+        is_ready.wait(0.05)
     try:
-        yield process, address
+        why = f"{module} was not ready ({ready!r}) within {timeout_s} s or exited; it said:\n"
+        assert is_ready.is_set(), why + "".join(said[-30:])
+        assert address, why + "".join(said[-30:])
+        yield process, address[0]
     finally:
         process.terminate()
-        process.wait(30)
-        drainer.join(timeout=10)  # its last lines reach the log before it is read
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+        pumping.join(timeout=10)  # its last lines reach the log before it is read
         sink.close()
 
 

@@ -11,14 +11,19 @@ import logging
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from imagesearch_client import ImageRecord, ImageSearchClient
 
 from embed_service.app import EmbedApp
 from search_service.app import SearchApp
+from search_service.embed_client import channel_authority
+from tests.certs import Pki, make_pki
 from tests.conftest import embed_settings
 from tests.imagegen import PALETTE, encode, picture
 from tests.stack import InThread, search_settings, service_process
@@ -128,3 +133,103 @@ async def test_a_replica_running_another_model_is_never_stored_from_and_is_named
         await search.stop(0)
         for app in (right, other):
             await app.stop(0)
+
+
+def tls_embed_env(clip_dir: Path, pki: Pki) -> dict[str, str]:
+    return {
+        "EMBED_MODEL": str(clip_dir), "EMBED_ADDR": "127.0.0.1:0", "EMBED_PRECISION": "fp32",
+        "EMBED_TLS_CERT": str(pki.server.cert), "EMBED_TLS_KEY": str(pki.server.key),
+        "EMBED_TLS_CLIENT_CA": str(pki.ca), "EMBED_TOKENS": "replica-token",
+    }  # fmt: skip
+
+
+def tls_search_env(target: str, data: Path, pki: Pki, ca: Path) -> dict[str, str]:
+    return {
+        "SEARCH_ADDR": "127.0.0.1:0", "EMBED_TARGET": target, "DATA_DIR": str(data),
+        "VECTOR_STORE": "local", "EMBED_TARGET_CA": str(ca),
+        "EMBED_TARGET_CERT": str(pki.client.cert), "EMBED_TARGET_KEY": str(pki.client.key),
+        "EMBED_TOKEN": "replica-token", "SEARCH_TLS_CERT": str(pki.server.cert),
+        "SEARCH_TLS_KEY": str(pki.server.key), "SEARCH_TLS_CLIENT_CA": str(pki.ca),
+        "SEARCH_TOKENS": "search-token",
+    }  # fmt: skip
+
+
+@pytest.mark.slow
+def test_two_tls_replicas_behind_one_ipv4_target_serve_and_survive_a_kill(
+    clip_dir: Path, tmp_path: Path
+) -> None:
+    pki = make_pki(tmp_path / "pki")
+    with contextlib.ExitStack() as running:
+        replicas = [
+            running.enter_context(
+                service_process("embed_service", tls_embed_env(clip_dir, pki), ready="ready")
+            )
+            for _ in range(2)
+        ]
+        target = "ipv4:" + ",".join(address for _, address in replicas)
+        env = tls_search_env(target, tmp_path / "data", pki, pki.ca)
+        _, address = running.enter_context(
+            service_process("search_service", env, ready="search_service ready")
+        )
+        client = running.enter_context(
+            ImageSearchClient(
+                address, timeout_s=30, tls_ca=pki.ca, tls_cert=pki.client.cert,
+                tls_key=pki.client.key, token="search-token",
+            )
+        )  # fmt: skip
+        stored = client.upsert_images([ImageRecord(encode(picture("red"), "PNG"), id="red")])
+        assert [o.ok for o in stored] == [True]
+        assert [m.id for m in client.query(text="a red square", top_k=1)] == ["red"]
+        replicas[0][0].send_signal(signal.SIGKILL)
+        replicas[0][0].wait(10)
+        for _ in range(6):  # round robin would have sent some of these to the dead one
+            assert [m.id for m in client.query(text="a red square", top_k=1)] == ["red"]
+
+
+@pytest.mark.slow
+def test_a_replica_whose_certificate_does_not_verify_is_named_in_the_log_within_seconds(
+    clip_dir: Path, tmp_path: Path
+) -> None:
+    pki, other = make_pki(tmp_path / "pki"), make_pki(tmp_path / "other", "other")
+    log = tmp_path / "search.log"
+    with service_process("embed_service", tls_embed_env(clip_dir, pki), ready="ready") as (
+        _,
+        embed,
+    ):
+        env = tls_search_env(f"ipv4:{embed}", tmp_path / "data", pki, other.ca)
+        began = time.monotonic()
+        with service_process("search_service", env, ready="cannot be reached", log=log) as (
+            _,
+            search,
+        ):
+            took = time.monotonic() - began
+            credentials = grpc.ssl_channel_credentials(
+                pki.ca.read_bytes(), pki.client.key.read_bytes(), pki.client.cert.read_bytes()
+            )
+            with grpc.secure_channel(search, credentials) as channel:
+                health = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=10
+                )
+            assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    line = next(line for line in log.read_text().splitlines() if "cannot be reached" in line)
+    assert took < 15, took
+    assert embed in line
+    assert "CERTIFICATE_VERIFY_FAILED" in line or "handshake" in line.lower(), line
+    assert "NOT_SERVING" in line
+
+
+@pytest.mark.parametrize(
+    ("target", "override", "authority"),
+    [
+        ("127.0.0.1:50051", None, None),
+        ("dns:///embed.internal:50051", None, None),
+        ("ipv4:127.0.0.1:50061,127.0.0.1:50062", None, "127.0.0.1:50061"),
+        ("ipv6:[::1]:50061,[::1]:50062", None, "[::1]:50061"),
+        ("ipv4:10.0.0.1:50051,10.0.0.2:50051", None, None),
+        ("ipv4:10.0.0.1:50051,10.0.0.2:50051", "embed.internal", "embed.internal"),
+    ],
+)
+def test_a_list_of_addresses_on_one_host_verifies_against_that_host(
+    target: str, override: str | None, authority: str | None
+) -> None:
+    assert channel_authority(target, override) == authority

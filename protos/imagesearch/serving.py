@@ -96,6 +96,9 @@ class GrpcServer:
     async def set_serving(self) -> None:
         await self._set(health_pb2.HealthCheckResponse.SERVING)
 
+    async def set_not_serving(self) -> None:
+        await self._set(health_pb2.HealthCheckResponse.NOT_SERVING)
+
     async def stop(self, grace_s: float) -> None:
         await self._health.drain()
         await self._server.stop(grace_s)
