@@ -46,8 +46,10 @@ search=$!
 "$PY" -m imagesearch_client.web --root "$web_root" --target "$SEARCH_ADDR" &
 web=$!
 
+stopping=0
 stop() {
   trap - INT TERM
+  stopping=1
   echo "stopping the gallery, search_service and embed_service..." >&2
   kill -TERM "$web" "$search" "${pids[@]}" 2>/dev/null || true
   wait "$web" "$search" "${pids[@]}" 2>/dev/null || true
@@ -57,6 +59,13 @@ trap stop INT TERM
 echo "embed_service:  ${addresses[*]}" >&2
 echo "search_service: $SEARCH_ADDR  (try: .venv/bin/imagesearch stats)" >&2
 echo "web gallery:    http://$WEB_ADDR/  (Index indexes $web_root)" >&2
-# Any one exiting (a model that will not load, a port in use) stops them all.
-wait -n "${pids[@]}" "$search" "$web" || true
+# Any one exiting (a model that will not load, a port in use) stops them all, and its
+# exit status is ours; Ctrl-C (the trap above has stopped them) is a clean stop.
+status=0
+wait -n "${pids[@]}" "$search" "$web" || status=$?
+if [ "$stopping" = 1 ]; then
+  exit 0
+fi
+echo "a service exited (status $status): see its message above" >&2
 stop
+exit "$status"

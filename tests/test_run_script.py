@@ -188,3 +188,39 @@ def test_sigint_while_the_model_loads_stops_embed_service_even_with_sigint_inher
     assert elapsed < PROMPT_S, text
     assert "ready" not in rest or "stopping" in rest, text
     assert "Traceback" not in text, text
+
+
+@pytest.mark.parametrize("failure", ["search port in use", "model that cannot load"])
+def test_make_run_fails_loudly_when_a_service_cannot_start(
+    clip_dir: Path, tmp_path: Path, failure: str
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        search_addr = f"127.0.0.1:{taken.getsockname()[1]}"
+        if failure == "model that cannot load":
+            search_addr = f"127.0.0.1:{free_port()}"
+        env = {
+            **os.environ,
+            "PY": sys.executable,
+            "EMBED_MODEL": str(clip_dir if failure != "model that cannot load" else tmp_path),
+            "EMBED_ADDR": f"127.0.0.1:{free_ports(1)}",
+            "SEARCH_ADDR": search_addr,
+            "DATA_DIR": str(tmp_path / "data"),
+            "WEB_ADDR": f"127.0.0.1:{free_port()}",
+            "WEB_ROOT": str(tmp_path),
+        }
+        done = subprocess.run(
+            ["make", "--no-print-directory", "-C", str(ROOT), "run"],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+            start_new_session=True,
+        )  # fmt: skip
+    said = done.stdout + done.stderr
+    assert done.returncode == 2, said
+    assert "a service exited (status 2)" in said
+    if failure == "search port in use":
+        assert f"could not listen on {search_addr}" in said, said
+    else:
+        assert "EMBED_MODEL" in said, said
+    assert "Traceback" not in said
+    assert said.count("stopping the gallery") == 1
