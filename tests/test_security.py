@@ -216,8 +216,9 @@ async def test_a_read_only_token_may_read_but_not_write(
 
 
 async def test_the_cli_reads_its_certificates_and_token_from_the_environment(
-    secured: tuple[EmbedApp, SearchApp], pki: Pki
+    secured: tuple[EmbedApp, SearchApp], pki: Pki, other_pki: Pki
 ) -> None:
+    other = other_pki.ca
     _, search = secured
     env = {**os.environ, "IMAGESEARCH_TLS_CA": str(pki.ca), "IMAGESEARCH_TLS_CERT":
            str(pki.client.cert), "IMAGESEARCH_TLS_KEY": str(pki.client.key)}  # fmt: skip
@@ -225,11 +226,20 @@ async def test_the_cli_reads_its_certificates_and_token_from_the_environment(
     without = await _run([*command, "stats", "--json"], env)
     assert without.returncode == 1, without.stderr
     assert "TOKEN_MISSING" in without.stderr
+    assert "requires a token: set IMAGESEARCH_TOKEN" in without.stderr
+    plaintext = await _run([*command, "stats"], {**os.environ, "IMAGESEARCH_TOKEN": TOKEN})
+    assert "set IMAGESEARCH_TLS_CA" in plaintext.stderr, plaintext.stderr
+    other_ca = await _run(
+        [*command, "stats"], {**env, "IMAGESEARCH_TOKEN": TOKEN, "IMAGESEARCH_TLS_CA": str(other)}
+    )
+    assert "TLS with search_service" in other_ca.stderr, other_ca.stderr
+    assert "set IMAGESEARCH_TLS_CA" in other_ca.stderr
     done = await _run([*command, "stats", "--json"], {**env, "IMAGESEARCH_TOKEN": TOKEN})
     assert done.returncode == 0, done.stderr
     assert '"store": "local"' in done.stdout
     flagged = await _run([*command, "--token", "wrong", "stats"], env)
     assert "TOKEN_INVALID" in flagged.stderr
+    assert "check IMAGESEARCH_TOKEN" in flagged.stderr
     assert "wrong" not in flagged.stderr.replace("--token", "")
 
 

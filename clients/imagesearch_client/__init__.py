@@ -7,7 +7,9 @@ from imagesearch_client.errors import (
     ImageSearchError,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     ResourceExhausted,
+    Unauthenticated,
     Unavailable,
 )
 from imagesearch_client.messages import (
@@ -33,9 +35,11 @@ __all__ = [
     "Match",
     "NotFound",
     "Outcome",
+    "PermissionDenied",
     "RecordPage",
     "ResourceExhausted",
     "Stats",
+    "Unauthenticated",
     "Unavailable",
     "VectorRecord",
 ]

@@ -68,7 +68,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     except ImageSearchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         for where, why in exc.fields.items():
-            print(f"  {where}: {why}", file=sys.stderr)
+            if why != exc.message:  # most violations are the message itself: said once
+                print(f"  {why}" if why.startswith(where) else f"  {where}: {why}", file=sys.stderr)
         return 1
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -163,7 +164,7 @@ def _query(client: ImageSearchClient, args: argparse.Namespace) -> int:
         text=args.text,
         id=args.id,
         top_k=args.top_k,
-        filter=json.loads(args.filter) if args.filter else None,
+        filter=_filter(args.filter) if args.filter else None,
         namespace=args.namespace,
         min_score=args.min_score,
     )
@@ -201,6 +202,17 @@ def _write_grid(
         tiles.append(Tile(_file_of(root, m.metadata), (f"{m.score:.3f}", label)))
     out = contact_sheet(tiles, Path(args.grid))
     print(f"wrote {out}", file=sys.stderr)
+
+
+def _filter(text: str) -> Any:
+    """--filter's JSON; ValueError naming the flag when it is not JSON."""
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ValueError(
+            f"--filter is not JSON ({exc}); give an object such as "
+            '\'{"label": "cat"}\' or \'{"score": {"$gte": 0.5}}\''
+        ) from None
 
 
 def _file_of(root: Path, metadata: dict[str, Any]) -> bytes | None:
@@ -245,7 +257,7 @@ def _delete(client: ImageSearchClient, args: argparse.Namespace) -> int:
     if args.ids:
         client.delete(ids=args.ids, namespace=args.namespace)
     elif args.filter:
-        client.delete(filter=json.loads(args.filter), namespace=args.namespace)
+        client.delete(filter=_filter(args.filter), namespace=args.namespace)
     else:
         client.delete(delete_all=True, namespace=args.namespace)
     print("deleted", file=sys.stderr)

@@ -6,6 +6,7 @@ stays here.
 Layout under `<DATA_DIR>/local/`:
     store.json        which model filled the store and which shard directory is current
     shard-NNNNNN/     the Qdrant Edge shard (segments + write-ahead log)
+    lock              held (flock, with its pid) by the one process that has the store open
 
 How records become points is `local_layout.py`; how filters become Qdrant conditions,
 `local_filters.py`.
@@ -18,6 +19,7 @@ Index building: new points are searched exactly until a background build
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
 import os
@@ -74,6 +76,8 @@ MIGRATE_PAGE = 1000
 # Records read from the shard at a time where the reply size must be watched.
 RECORD_CHUNK = 128
 RECOVER = "restore DATA_DIR from a backup, or point DATA_DIR at a new directory"
+# Held (flock) by the one process that has the store open.
+LOCK_FILE = "lock"
 # Payload fields every store has indexed: namespace and key filters, and id prefixes
 # for listings.
 BASE_INDEXES = ("ns", "keys", "id")
@@ -120,6 +124,7 @@ class LocalStore:
         self._vectors_memory = qe.Memory.Cached if vectors_memory == "cached" else qe.Memory.Cold
         self._pinned = PinnedVectors() if vectors_memory == "pinned" else None
         self._on_wait = on_wait
+        self._lock_fd: int | None = None
         # Bumped by every write and index swap: what is counted need not be counted again.
         self.changes = 0
 
@@ -182,7 +187,9 @@ class LocalStore:
         await asyncio.to_thread(shutil.rmtree, self._root / name, True)
 
     async def open(self) -> ModelInfo | None:
-        """Opens the store; StoreMisconfigured (naming the path) if it cannot be read."""
+        """Opens the store; StoreMisconfigured (naming the path) if it cannot be read, or
+        if another process has it open."""
+        self._lock_root()
         meta = self._read_meta()
         if meta is None:
             return None
@@ -201,6 +208,31 @@ class LocalStore:
         )
         self._builder.maybe_start()
         return self._model
+
+    def _lock_root(self) -> None:
+        """Holds LOCK_FILE (an exclusive flock, with this pid in it) while the store is open:
+        a second service on the same DATA_DIR is told who has it, where Qdrant would only
+        fail to open its write-ahead log."""
+        self._root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self._root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            raise StoreMisconfigured(
+                f"the local store in {self._root} is in use by another process"
+                f"{f' (pid {holder})' if holder.isdigit() else ''}: stop it first, or point "
+                "DATA_DIR at another directory. Nothing is wrong with the store itself"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def _unlock_root(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor lets the flock go
+            self._lock_fd = None
 
     async def bind(self, model: ModelInfo) -> None:
         if self._model is not None:
@@ -321,6 +353,7 @@ class LocalStore:
                     await asyncio.to_thread(
                         self._write_meta, self._model, self._shard_name, self._builder.pending
                     )
+            self._unlock_root()
 
     # --- writes --------------------------------------------------------------------
 

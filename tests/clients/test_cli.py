@@ -170,3 +170,18 @@ async def test_a_contact_sheet_reads_only_image_files_inside_its_root(
     grey = (200, 200, 200)
     assert centres.count(grey) == 5, centres
     assert centres[0] != grey
+
+
+async def test_a_bad_filter_names_the_flag_or_the_place_once(
+    capsys: pytest.CaptureFixture[str], search_app: SearchApp
+) -> None:
+    target = ("--target", search_app.address)
+    code, _, err = await cli(capsys, *target, "query", "--text", "x", "--filter", "not json")
+    assert code == 1
+    assert err.startswith("error: --filter is not JSON (Expecting value")
+    code, _, err = await cli(
+        capsys, *target, "query", "--text", "x", "--filter", '{"label": {"$regex": "c.*"}}'
+    )
+    assert code == 1
+    assert err.count("filter.label.$regex") == 1, err
+    assert "unknown operator '$regex'" in err

@@ -100,6 +100,7 @@ async def test_queries_and_writes_stay_correct_while_the_index_builds_in_the_bac
     assert (await reopened.stats()).namespaces == {"": len(stored)}
     await brute_force_check(reopened, stored, {"label": "late"})
     assert sorted(p.name for p in (tmp_path / "local").iterdir()) == [
+        local.LOCK_FILE,
         reopened._shard_name,
         "store.json",
     ]
@@ -609,3 +610,27 @@ async def test_a_reply_that_cannot_fit_is_refused_before_every_record_is_read(
     assert len(await store.fetch("", [str(i) for i in range(40)], max_bytes=budget)) == 40
     store._shard = counted.shard
     await store.close()
+
+
+async def test_a_store_held_by_another_process_is_named_as_such_not_as_damaged(
+    tmp_path: Path,
+) -> None:
+    held = LocalStore(tmp_path / "data")
+    await held.open()
+    await held.bind(MODEL)
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "search_service"],
+        env={**os.environ, "SEARCH_ADDR": "127.0.0.1:0", "EMBED_TARGET": "127.0.0.1:1",
+             "DATA_DIR": str(tmp_path / "data"), "VECTOR_STORE": "local"},
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert f"is in use by another process (pid {os.getpid()})" in done.stderr
+    assert "backup" not in done.stderr
+    assert "Traceback" not in done.stderr
+    await held.close()
+    # Once it is let go, the store opens as ever.
+    again = LocalStore(tmp_path / "data")
+    assert await again.open() == MODEL
+    await again.close()

@@ -427,3 +427,17 @@ async def test_the_index_job_skips_links_out_of_the_root_and_labels_stay_bounded
                   for r in page.records]  # fmt: skip
     assert "red/escape.png" not in stored
     assert len(gallery.gallery._labels) <= 64
+
+
+async def test_a_gallery_without_the_token_says_which_variable_to_set(
+    start_search_app: StartSearch, start_web: StartWeb
+) -> None:
+    search = await start_search_app(tokens="needed-token")
+    web = await start_web(search)
+    async with httpx.AsyncClient(base_url=web.url) as http:
+        page = await http.get("")
+        health = await http.get("api/health")
+    assert "set IMAGESEARCH_TOKEN" in page.text
+    assert "cannot be reached" not in page.text
+    assert health.status_code == 503
+    assert "set IMAGESEARCH_TOKEN" in health.json()["error"]

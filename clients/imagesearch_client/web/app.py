@@ -39,7 +39,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from imagesearch_client.aio import AsyncImageSearchClient
-from imagesearch_client.errors import ImageSearchError, NotFound, Unavailable
+from imagesearch_client.errors import ImageSearchError, NotFound, Unauthenticated, Unavailable
 from imagesearch_client.messages import listed_name, reported_name
 from imagesearch_client.web.config import WebConfigError, WebSettings
 from imagesearch_client.web.files import CifarImages, Thumbnails
@@ -118,7 +118,7 @@ class Gallery:
                     page.next_link = view.link(page_token=listing.next_page_token)
             if view.searching and not page.tiles:
                 page.message = "No matches (lower the minimum score, or clear the label)."
-        except Unavailable as exc:
+        except (Unavailable, Unauthenticated) as exc:
             page.down = _down(self.client.target, exc)
         except NotFound as exc:
             page.message = exc.message
@@ -175,7 +175,7 @@ class Gallery:
             return JSONResponse({"error": "the upload is empty: choose an image file"}, 400)
         try:
             tiles = await self._query(view, image=bytes(body))
-        except Unavailable as exc:
+        except (Unavailable, Unauthenticated) as exc:
             return JSONResponse({"error": _down(self.client.target, exc), "down": True}, 503)
         except ImageSearchError as exc:
             why = {
@@ -389,7 +389,10 @@ def _view(request: Request) -> View:
 
 
 def _down(target: str, exc: ImageSearchError) -> str:
-    log.warning("search_service at %s cannot be reached: %s", target, exc.message)
+    log.warning("search_service at %s cannot be used: %s", target, exc.message)
+    if exc.code == "UNAUTHENTICATED" or exc.message.startswith("TLS "):
+        # The gallery's own settings: the operator has something to set, not to wait for.
+        return f"{exc.message}. This page tries again by itself."
     return (
         f"search_service at {target} cannot be reached. This page tries again by itself "
         "and recovers once it is back."
