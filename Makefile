@@ -31,7 +31,8 @@ run-search: install
 	$(PY) -m search_service
 
 run-web: install
-	$(PY) -m imagesearch_client.web --root "$(or $(DIR),.)"
+	@mkdir -p .imagesearch/pictures
+	$(PY) -m imagesearch_client.web --root "$(or $(DIR),.imagesearch/pictures)"
 
 test: install
 	$(PY) -m pytest -q

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make run`: embed_service, search_service and the web gallery side by side; Ctrl-C
-# stops them all. The gallery's Index button indexes WEB_ROOT (default: DIR, else ".").
+# stops them all. The gallery's Index button indexes WEB_ROOT (default: DIR, else an empty
+# DATA_DIR/pictures).
 # EMBED_REPLICAS=N starts N embed_service replicas on consecutive ports from EMBED_ADDR's
 # and points search_service at all of them (unless EMBED_TARGET says otherwise).
 set -euo pipefail
@@ -14,7 +15,12 @@ fi
 export EMBED_ADDR="${EMBED_ADDR:-$default_embed}"
 export SEARCH_ADDR="${SEARCH_ADDR:-127.0.0.1:50052}"
 export WEB_ADDR="${WEB_ADDR:-127.0.0.1:8080}"
-web_root="${WEB_ROOT:-${DIR:-.}}"
+web_root="${WEB_ROOT:-${DIR:-}}"
+if [ -z "$web_root" ]; then
+  # Never the checkout itself: an empty folder beside the store until DIR names one.
+  web_root="${DATA_DIR:-.imagesearch}/pictures"
+  mkdir -p "$web_root"
+fi
 host="${EMBED_ADDR%:*}"
 port="${EMBED_ADDR##*:}"
 search_port="${SEARCH_ADDR##*:}"
@@ -58,7 +64,7 @@ trap stop INT TERM
 
 echo "embed_service:  ${addresses[*]}" >&2
 echo "search_service: $SEARCH_ADDR  (try: .venv/bin/imagesearch stats)" >&2
-echo "web gallery:    http://$WEB_ADDR/  (Index indexes $web_root)" >&2
+echo "web gallery:    http://$WEB_ADDR/  (Index indexes $web_root; make run DIR=... for yours)" >&2
 # Any one exiting (a model that will not load, a port in use) stops them all, and its
 # exit status is ours; Ctrl-C (the trap above has stopped them) is a clean stop.
 status=0

@@ -208,8 +208,9 @@ def test_make_run_fails_loudly_when_a_service_cannot_start(
             "SEARCH_ADDR": search_addr,
             "DATA_DIR": str(tmp_path / "data"),
             "WEB_ADDR": f"127.0.0.1:{free_port()}",
-            "WEB_ROOT": str(tmp_path),
         }
+        env.pop("WEB_ROOT", None)
+        env.pop("DIR", None)
         done = subprocess.run(
             ["make", "--no-print-directory", "-C", str(ROOT), "run"],
             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
@@ -224,3 +225,6 @@ def test_make_run_fails_loudly_when_a_service_cannot_start(
         assert "EMBED_MODEL" in said, said
     assert "Traceback" not in said
     assert said.count("stopping the gallery") == 1
+    # Without DIR the gallery is given an empty folder, never the checkout it runs from.
+    assert f"Index indexes {tmp_path / 'data' / 'pictures'};" in said, said
+    assert (tmp_path / "data" / "pictures").is_dir()

@@ -1,0 +1,120 @@
+"""The README's deployment recipe, run as written: its blocks marked `<!-- tested: NAME -->`.
+
+In a scratch folder beside the repository's Makefile, scripts and virtualenv, with the
+tiny model (EMBED_MODEL) and free loopback ports put in place of the recipe's own, the
+try-out PKI block makes certificates and tokens, the run block starts two TLS replicas,
+search_service and the gallery with `make run`, and the check block's commands (a query
+that embeds over mutual TLS, stats, the metrics) must all succeed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.imagegen import image_folder
+from tests.stack import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+BLOCK = re.compile(r"<!-- tested: (?P<name>[\w-]+) -->\n```sh\n(?P<body>.*?)```", re.S)
+
+
+def marked_blocks() -> dict[str, str]:
+    return {m["name"]: m["body"] for m in BLOCK.finditer((ROOT / "README.md").read_text())}
+
+
+def consecutive_free_ports(count: int) -> int:
+    while True:
+        first = free_port()
+        if all(free_port_is(first + i) for i in range(count)):
+            return first
+
+
+def free_port_is(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def run_block(body: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", "-e", "-o", "pipefail", "-c", body],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def test_the_readme_marks_the_deployment_recipe_for_this_test() -> None:
+    assert set(marked_blocks()) == {"deploy-pki", "deploy-run", "deploy-check"}
+
+
+@pytest.mark.slow
+def test_the_deployment_recipe_works_as_written(clip_dir: Path, tmp_path: Path) -> None:
+    blocks = marked_blocks()
+    work = tmp_path / "checkout"
+    work.mkdir()
+    for name in ("Makefile", "scripts", ".venv", "pyproject.toml"):
+        (work / name).symlink_to(ROOT / name)
+    pictures = image_folder(tmp_path / "Pictures", per_class=1)
+    replicas, embed_metrics = consecutive_free_ports(2), consecutive_free_ports(2)
+    ports = {
+        "50061": str(replicas), "50062": str(replicas + 1), "50052": str(free_port()),
+        "9464": str(embed_metrics), "9474": str(free_port()),
+    }  # fmt: skip
+
+    def localised(body: str) -> str:
+        for recipe, ours in ports.items():
+            body = body.replace(f":{recipe}", f":{ours}")
+        return body.replace("DIR=~/Pictures", f"DIR={pictures}")
+
+    env = {
+        **os.environ,
+        "EMBED_MODEL": str(clip_dir),
+        "EMBED_PRECISION": "fp32",
+        "EMBED_ADDR": f"127.0.0.1:{ports['50061']}",
+        "SEARCH_ADDR": f"127.0.0.1:{ports['50052']}",
+        "WEB_ADDR": f"127.0.0.1:{free_port()}",
+        "DATA_DIR": str(tmp_path / "data"),
+    }
+    made = run_block(blocks["deploy-pki"], work, env)
+    assert made.returncode == 0, made.stderr
+    assert (work / "certs" / "search-client.crt").is_file()
+
+    log = tmp_path / "run.log"
+    with log.open("w") as sink:
+        running = subprocess.Popen(
+            ["bash", "-e", "-c", localised(blocks["deploy-run"])],
+            cwd=work, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while "search_service ready" not in log.read_text():
+            assert running.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        checked = run_block(localised(blocks["deploy-check"]), work, env)
+        assert checked.returncode == 0, checked.stdout + checked.stderr + log.read_text()
+        assert "no matches" in checked.stdout  # the query embedded, on an empty store
+        assert 'grpc_method="Query"' in checked.stdout
+        with urllib.request.urlopen(f"http://{env['WEB_ADDR']}/", timeout=30) as page:
+            text = page.read().decode()
+        assert "Index Pictures" in text
+        assert "IMAGESEARCH_TOKEN" not in text  # the gallery got its token and TLS files
+        assert "cannot be reached" not in text
+    finally:
+        os.killpg(running.pid, signal.SIGINT)
+        running.wait(30)
+    said = log.read_text()
+    assert "Traceback" not in said, said
+    assert "Hostname Verification" not in said, said
