@@ -66,7 +66,7 @@ lint: install $(BUF)
 	$(BUF) lint
 
 index: install
-	$(VENV)/bin/imagesearch index "$(DIR)" $(ARGS)
+	$(VENV)/bin/imagesearch index "$(DIR)" --label-from-dir $(ARGS)
 
 query: install
 	$(VENV)/bin/imagesearch query $(ARGS)

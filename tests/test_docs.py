@@ -1,4 +1,6 @@
-"""The README's deployment recipe, run as written: its blocks marked `<!-- tested: NAME -->`.
+"""The README's recipes, run as written: its blocks marked `<!-- tested: NAME -->`.
+
+The Python examples run as scripts against a search_service process.
 
 In a scratch folder beside the repository's Makefile, scripts and virtualenv, with the
 tiny model (EMBED_MODEL) and free loopback ports put in place of the recipe's own, the
@@ -9,21 +11,24 @@ that embeds over mutual TLS, stats, the metrics) must all succeed.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.imagegen import image_folder
-from tests.stack import free_port
+from embed_service.app import EmbedApp
+from tests.imagegen import encode, image_folder, picture
+from tests.stack import free_port, service_process
 
 ROOT = Path(__file__).resolve().parents[1]
-BLOCK = re.compile(r"<!-- tested: (?P<name>[\w-]+) -->\n```sh\n(?P<body>.*?)```", re.S)
+BLOCK = re.compile(r"<!-- tested: (?P<name>[\w-]+) -->\n```(?:sh|python)\n(?P<body>.*?)```", re.S)
 
 
 def marked_blocks() -> dict[str, str]:
@@ -56,7 +61,9 @@ def run_block(body: str, cwd: Path, env: dict[str, str]) -> subprocess.Completed
 
 
 def test_the_readme_marks_the_deployment_recipe_for_this_test() -> None:
-    assert set(marked_blocks()) == {"deploy-pki", "deploy-run", "deploy-check"}
+    assert set(marked_blocks()) == {
+        "deploy-pki", "deploy-run", "deploy-check", "python-sync", "python-async",
+    }  # fmt: skip
 
 
 @pytest.mark.slow
@@ -118,3 +125,30 @@ def test_the_deployment_recipe_works_as_written(clip_dir: Path, tmp_path: Path) 
     said = log.read_text()
     assert "Traceback" not in said, said
     assert "Hostname Verification" not in said, said
+
+
+async def test_the_python_examples_run_as_written(embed_app: EmbedApp, tmp_path: Path) -> None:
+    blocks = marked_blocks()
+    (tmp_path / "cat.jpg").write_bytes(encode(picture("red"), "JPEG"))
+    env = {
+        "SEARCH_ADDR": "127.0.0.1:0", "EMBED_TARGET": embed_app.address,
+        "DATA_DIR": str(tmp_path / "data"), "VECTOR_STORE": "local",
+    }  # fmt: skip
+    said: dict[str, str] = {}
+
+    def run() -> None:  # off the loop that serves embed_service
+        with service_process("search_service", env, ready="search_service ready") as (_, at):
+            for name in ("python-sync", "python-async"):
+                done = subprocess.run(
+                    [sys.executable, "-c", blocks[name].replace("127.0.0.1:50052", at)],
+                    cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+                )  # fmt: skip
+                assert done.returncode == 0, done.stderr
+                said[name] = done.stdout
+
+    await asyncio.to_thread(run)
+    stored, match, page = said["python-sync"].splitlines()
+    assert "ok=True" in stored
+    assert match.endswith("{'label': 'cat', 'path': 'cat.jpg'}")
+    assert page == f"[{match.split()[0]!r}]"
+    assert match.split()[0] in said["python-async"]
