@@ -111,6 +111,7 @@ class ClipModel:
         """Loads model, tokenizer and processor config, then picks the runtime.
 
         Raises ModelLoadError saying how to fix it."""
+        import transformers
         from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPModel
 
         if threads:
@@ -136,6 +137,8 @@ class ClipModel:
                     model_id,
                 )
         cache_only = {"local_files_only": True} if unreachable else {}
+        # A service log (and make bench's table) is no terminal: no "Loading weights" bars.
+        transformers.logging.disable_progress_bar()
         try:
             clip = CLIPModel.from_pretrained(source, **cache_only).eval()
             tokenizer = AutoTokenizer.from_pretrained(source, **cache_only)

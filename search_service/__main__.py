@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# Before gRPC loads: its C core logs every failed TLS handshake (a plaintext caller on a TLS
+# port) at INFO; this service logs what matters in its own words. An operator's setting wins.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 import asyncio
 import logging
 import sys

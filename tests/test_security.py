@@ -26,7 +26,7 @@ from embed_service.app import EmbedApp
 from search_service.app import SearchApp
 from tests.certs import Pki, make_pki
 from tests.conftest import embed_settings
-from tests.stack import InThread, search_settings
+from tests.stack import InThread, search_settings, service_process
 
 TOKEN = "s3cret-read-write-token"
 READ_TOKEN = "r3ad-only-token"
@@ -292,3 +292,27 @@ def test_a_bad_tls_or_token_setting_stops_the_service_naming_variable_and_file(
     assert done.returncode == 2, done.stderr
     assert words in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_plaintext_caller_on_a_tls_port_leaves_no_raw_grpc_lines_in_the_log(
+    pki: Pki, clip_dir: Path, tmp_path: Path
+) -> None:
+    log = tmp_path / "embed.log"
+    env = {
+        "EMBED_MODEL": str(clip_dir), "EMBED_ADDR": "127.0.0.1:0",
+        "EMBED_TLS_CERT": str(pki.server.cert), "EMBED_TLS_KEY": str(pki.server.key),
+    }  # fmt: skip
+    with service_process("embed_service", env, ready="embed_service ready", log=log) as (
+        _,
+        address,
+    ):
+        for _ in range(3):
+            with grpc.insecure_channel(address) as channel, pytest.raises(grpc.RpcError):
+                health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=5
+                )
+    said = log.read_text()
+    assert "embed_service ready" in said
+    assert "Handshake failed" not in said, said
+    assert "ssl_transport_security" not in said, said
+    assert "Loading weights" not in said, said
