@@ -134,11 +134,16 @@ async def test_refused_uploads_say_why(
 ) -> None:
     web = await start_web(await start_search_app(), max_upload_mb=1)
     await press_index(page, web, "done: stored 12")
+    await page.goto(web.url + "?text=red")
+    await expect(page.locator(".tile img")).to_have_count(12, timeout=WAIT_MS)
     not_image = tmp_path / "notes.png"
     not_image.write_bytes(b"plain text, not a picture")
     await page.locator("#upload").set_input_files(not_image)
     await expect(page.locator("#message")).to_contain_text("notes.png was refused")
     await expect(page.locator("#message")).to_contain_text("IMAGE_UNREADABLE")
+    # The text search's results are gone: nothing on the page answers the refused upload.
+    await expect(page.locator(".tile")).to_have_count(0)
+    assert await page.locator("#heading").text_content() == ""
     big = tmp_path / "big.bmp"
     big.write_bytes(encode(picture("red", size=(800, 800)), "BMP"))  # ~1.9 MB
     await page.locator("#upload").set_input_files(big)
@@ -441,3 +446,42 @@ async def test_a_gallery_without_the_token_says_which_variable_to_set(
     assert "cannot be reached" not in page.text
     assert health.status_code == 503
     assert "set IMAGESEARCH_TOKEN" in health.json()["error"]
+
+
+async def test_a_label_alone_browses_that_label_and_a_search_is_headed_by_its_image(
+    page: Page, gallery: WebApp
+) -> None:
+    await press_index(page, gallery, "done: stored 12")
+    await page.goto(gallery.url + "?label=red")
+    await expect(page.locator("#heading")).to_have_text("4 images labelled “red”")
+    await expect(page.locator(".tile img")).to_have_count(4)
+    assert set(await page.locator(".tile .label").all_text_contents()) == {"red"}
+    paths = await page.locator(".tile .path").all_text_contents()
+    assert all(re.fullmatch(r"red/red-\d\.(png|jpg)", p) for p in paths), paths
+    first = await page.locator(".tile img").first.get_attribute("alt")
+    await page.locator(".tile img").first.click()
+    await expect(page).to_have_url(re.compile(rf"\?similar={first}"))
+    heading = await page.locator("#heading").text_content()
+    assert heading is not None
+    assert re.fullmatch(r"Most similar to red/red-\d\.(png|jpg)", heading), heading
+    query = page.locator("#query img")
+    await expect(query).to_have_attribute("alt", f"query: {first}")
+    await page.wait_for_function("() => document.querySelector('#query img').naturalWidth > 0")
+    await page.screenshot(path=screenshot_path("similar-headed"), full_page=True)
+
+
+async def test_a_favicon_and_an_old_index_report_left_behind(gallery: WebApp, root: Path) -> None:
+    async with httpx.AsyncClient(base_url=gallery.url) as http:
+        icon = await http.get("favicon.ico")
+        assert icon.status_code == 200
+        assert icon.headers["content-type"].startswith("image/svg+xml")
+        assert (await http.post("api/index")).status_code == 202
+        for _ in range(1200):
+            if not (await http.get("api/index")).json()["running"]:
+                break
+            await asyncio.sleep(0.05)
+        assert "IMAGE_UNREADABLE" in (await http.get("")).text  # the page after the run
+        gallery.gallery.job.finished -= 120  # two minutes on
+        later = (await http.get("")).text
+    assert "IMAGE_UNREADABLE" not in later
+    assert '<script id="index-status" type="application/json">null</script>' in later

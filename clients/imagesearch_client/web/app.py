@@ -33,7 +33,7 @@ import uvicorn
 from imagesearch.security import SecurityConfigError
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -45,7 +45,7 @@ from imagesearch_client.web.config import WebConfigError, WebSettings
 from imagesearch_client.web.files import CifarImages, Thumbnails
 from imagesearch_client.web.guard import Guard, bounded_protocol
 from imagesearch_client.web.jobs import IndexJob
-from imagesearch_client.web.pages import Page, Tile, View, render, tile_json
+from imagesearch_client.web.pages import Page, Tile, View, name_of, render, tile_json
 
 log = logging.getLogger("imagesearch_client.web")
 
@@ -86,7 +86,7 @@ class Gallery:
             view=view,
             title=self.settings.title,
             root=self.settings.root.name or str(self.settings.root),
-            index_status=self.job.status() if self.job.started else {},
+            index_status=self.job.status() if self.job.recent() else {},
             max_upload_mb=self.settings.max_upload_mb,
         )
         try:
@@ -99,8 +99,16 @@ class Gallery:
                 page.heading = f"Most similar to the text “{view.text}”"
                 page.tiles = await self._query(view, text=view.text)
             elif view.similar:
-                page.heading = f"Most similar to {view.similar}"
+                found = await self.client.fetch([view.similar], namespace=view.namespace)
+                if found:
+                    page.query = Tile(view.similar, found[0].metadata)
+                    page.heading = f"Most similar to {name_of(view.similar, found[0].metadata)}"
                 page.tiles = await self._query(view, id=view.similar)
+            elif view.label:
+                page.tiles, scanned, complete = await self._labelled(view)
+                page.heading = f"{len(page.tiles)} images labelled “{view.label}”" + (
+                    "" if complete else f" among the first {scanned}"
+                )
             else:
                 listing = await self.client.list_records(
                     namespace=view.namespace,
@@ -136,6 +144,23 @@ class Gallery:
             **what,
         )
         return [Tile(m.id, m.metadata, m.score) for m in matches]
+
+    async def _labelled(self, view: View) -> tuple[list[Tile], int, bool]:
+        """Browsing with a label: the first BROWSE_PAGE records that carry it, found among
+        at most LABEL_SCAN (ListRecords has no filter); (tiles, scanned, scanned all)."""
+        tiles: list[Tile] = []
+        scanned = 0
+        async for page in self.client.iter_pages(
+            namespace=view.namespace, page_size=1000, include_metadata=True
+        ):
+            for record in page.records:
+                label = record.metadata.get("label")
+                if label == view.label or (isinstance(label, list) and view.label in label):
+                    tiles.append(Tile(record.id, record.metadata))
+            scanned += len(page.records)
+            if len(tiles) >= BROWSE_PAGE or scanned >= LABEL_SCAN:
+                return tiles[:BROWSE_PAGE], scanned, False
+        return tiles, scanned, True
 
     async def _labels_of(self, namespace: str) -> list[str]:
         """Labels present (from the first LABEL_SCAN records), cached a little while."""
@@ -231,6 +256,7 @@ def create_app(settings: WebSettings, client: AsyncImageSearchClient) -> tuple[S
             Route("/api/index", gallery.start_index, methods=["POST"]),
             Route("/api/index", gallery.index_status, methods=["GET"]),
             Route("/api/health", gallery.health),
+            Route("/favicon.ico", _favicon),
             Route("/thumb/{path:path}", gallery.thumb),
             Route("/cifar/{id}", gallery.cifar_thumb),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
@@ -363,6 +389,10 @@ class WebApp:
 
 
 # --- helpers ---------------------------------------------------------------------------
+
+
+async def _favicon(request: Request) -> Response:
+    return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
 
 
 def _view(request: Request) -> View:

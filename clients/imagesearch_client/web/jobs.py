@@ -20,6 +20,8 @@ from imagesearch_client.sources import SourceImage, folder_images, image_files
 
 log = logging.getLogger(__name__)
 
+SHOWN_FOR_S = 60.0
+
 
 @dataclass
 class IndexJob:
@@ -33,6 +35,13 @@ class IndexJob:
     error: str = ""
     started: float = 0.0
     finished: float = 0.0
+
+    def recent(self) -> bool:
+        """Running, or ended less than SHOWN_FOR_S ago: what a page load still reports
+        (the reload at the end shows its failures; later pages need not)."""
+        if not self.started:
+            return False
+        return self.running or time.monotonic() - self.finished < SHOWN_FOR_S
 
     def status(self) -> dict[str, Any]:
         elapsed = (self.finished or time.monotonic()) - self.started if self.started else 0.0

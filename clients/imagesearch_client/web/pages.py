@@ -75,6 +75,7 @@ class Page:
     down: str = ""
     index_status: Mapping[str, Any] = field(default_factory=dict)
     max_upload_mb: int = 20
+    query: Tile | None = None  # the stored image a ?similar= search started from
 
 
 def thumb_url(record_id: str, metadata: Mapping[str, Any]) -> str:
@@ -93,6 +94,7 @@ def tile_json(tile: Tile, view: View) -> dict[str, Any]:
         "score": tile.score,
         "label": _text(tile.metadata.get("label")),
         "path": _text(tile.metadata.get("path")),
+        "name": name_of(tile.id, tile.metadata),
         "thumb": thumb_url(tile.id, tile.metadata),
         "href": view.link(similar=tile.id, text="", page_token=""),
     }
@@ -139,6 +141,7 @@ def render(page: Page) -> str:
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{escape(page.heading or page.title)} · {escape(page.title)}</title>
 <link rel="stylesheet" href="/static/gallery.css">
+<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">
 <script src="/static/gallery.js"></script>
 </head>
 <body data-down="{"1" if page.down else ""}" data-max-upload-mb="{page.max_upload_mb}"
@@ -174,7 +177,7 @@ def render(page: Page) -> str:
 <div id="banner" role="alert"{"" if page.down else " hidden"}>{banner}</div>
 <div id="message" role="status">{escape(page.message)}</div>
 <main>
-  <h2 id="heading">{escape(page.heading)}</h2>
+  <div class="heading-row">{_query(page.query)}<h2 id="heading">{escape(page.heading)}</h2></div>
   <div id="results" class="grid">
 {tiles}
   </div>
@@ -186,16 +189,36 @@ def render(page: Page) -> str:
 """
 
 
+def name_of(record_id: str, metadata: Mapping[str, Any]) -> str:
+    """What a person calls a record: its path, else its label, else its id, shortened."""
+    return (
+        _text(metadata.get("path"))
+        or _text(metadata.get("label"))
+        or (record_id if len(record_id) <= 24 else record_id[:12] + "…")
+    )
+
+
 def _tile(tile: Tile, view: View) -> str:
     data = tile_json(tile, view)
     hover = " · ".join(x for x in (data["label"], data["path"]) if x) or tile.id
     score = f'<span class="score">{tile.score:.3f}</span>' if tile.score is not None else ""
     label = f'<span class="label">{escape(data["label"])}</span>' if data["label"] else ""
+    path = f'<span class="path">{escape(data["name"])}</span>'
     return (
         f'<figure class="tile" title="{escape(hover)}">'
         f'<a href="{escape(data["href"])}"><img alt="{escape(tile.id)}"'
         f' src="{escape(data["thumb"])}" width="160" height="160" loading="lazy"></a>'
-        f"<figcaption>{score}{label}</figcaption></figure>"
+        f"<figcaption><span>{score}{label}</span>{path}</figcaption></figure>"
+    )
+
+
+def _query(tile: Tile | None) -> str:
+    if tile is None:
+        return ""
+    return (
+        f'<figure id="query"><img alt="query: {escape(tile.id)}"'
+        f' src="{escape(thumb_url(tile.id, tile.metadata))}" width="96" height="96">'
+        f"<figcaption>{escape(name_of(tile.id, tile.metadata))}</figcaption></figure>"
     )
 
 

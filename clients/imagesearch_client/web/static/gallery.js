@@ -50,18 +50,23 @@ document.addEventListener("DOMContentLoaded", () => {
     img.height = 160;
     link.append(img);
     const caption = document.createElement("figcaption");
+    const first = document.createElement("span");
     if (match.score !== null && match.score !== undefined) {
       const score = document.createElement("span");
       score.className = "score";
       score.textContent = match.score.toFixed(3);
-      caption.append(score);
+      first.append(score);
     }
     if (match.label) {
       const label = document.createElement("span");
       label.className = "label";
       label.textContent = match.label;
-      caption.append(label);
+      first.append(label);
     }
+    const path = document.createElement("span");
+    path.className = "path";
+    path.textContent = match.name;
+    caption.append(first, path);
     figure.append(link, caption);
     return figure;
   }
@@ -87,10 +92,19 @@ document.addEventListener("DOMContentLoaded", () => {
     }
     const answer = await reply.json();
     if (!reply.ok) {
+      // What is on the page answered another question: it goes, so nothing reads as this one's.
+      $("heading").textContent = "";
+      $("results").replaceChildren();
+      const query = $("query");
+      if (query) query.remove();
+      const stale = $("next-page");
+      if (stale) stale.remove();
       message(`${file.name || "the image"} was refused: ${answer.error}`);
       if (answer.down) checkHealth();
       return;
     }
+    const shown = $("query");
+    if (shown) shown.remove();
     $("heading").textContent = `Most similar to ${file.name || "the " + how + " image"} (not stored)`;
     const results = $("results");
     results.replaceChildren(...answer.matches.map(tile));
