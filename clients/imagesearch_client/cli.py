@@ -179,13 +179,18 @@ def _query(client: ImageSearchClient, args: argparse.Namespace) -> int:
 
 def _print_matches(matches: Sequence[Match]) -> None:
     rows = [
-        (str(rank), m.id, f"{m.score:.4f}", str(m.metadata.get("path", "")),
+        (str(rank), _short(m.id), f"{m.score:.4f}", str(m.metadata.get("path", "")),
          str(m.metadata.get("label", "")))
         for rank, m in enumerate(matches, 1)
     ]  # fmt: skip
     _print_table(("#", "id", "score", "path", "label"), rows)
     if not matches:
         print("no matches")
+
+
+def _short(record_id: str) -> str:
+    """An id as a table shows it: content ids (64 hex digits) cut to 12; --json has it whole."""
+    return record_id if len(record_id) <= 20 else record_id[:12] + "…"
 
 
 def _write_grid(
@@ -198,7 +203,7 @@ def _write_grid(
         image = _file_of(root, found[0].metadata) if found else None
     tiles = [Tile(image, query_lines)]
     for m in matches:
-        label = str(m.metadata.get("label", m.id))
+        label = str(m.metadata.get("label") or m.metadata.get("path") or _short(m.id))
         tiles.append(Tile(_file_of(root, m.metadata), (f"{m.score:.3f}", label)))
     out = contact_sheet(tiles, Path(args.grid))
     print(f"wrote {out}", file=sys.stderr)

@@ -11,6 +11,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 TILE = 160
 CAPTION = 34
+GAP = 10  # white between tiles, so captions and pictures never run together
 COLUMNS = 6
 
 
@@ -23,7 +24,13 @@ class Tile:
 def sheet_size(tiles: int) -> tuple[int, int]:
     columns = min(COLUMNS, max(tiles, 1))
     rows = -(-tiles // columns)
-    return columns * TILE, rows * (TILE + CAPTION)
+    return GAP + columns * (TILE + GAP), GAP + rows * (TILE + CAPTION + GAP)
+
+
+def tile_origin(n: int, tiles: int) -> tuple[int, int]:
+    """The top-left corner of tile `n` of `tiles` on the sheet."""
+    columns = min(COLUMNS, max(tiles, 1))
+    return GAP + (n % columns) * (TILE + GAP), GAP + (n // columns) * (TILE + CAPTION + GAP)
 
 
 def contact_sheet(tiles: Sequence[Tile], out: Path) -> Path:
@@ -31,9 +38,8 @@ def contact_sheet(tiles: Sequence[Tile], out: Path) -> Path:
     sheet = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default()
-    columns = min(COLUMNS, max(len(tiles), 1))
     for n, tile in enumerate(tiles):
-        x, y = (n % columns) * TILE, (n // columns) * (TILE + CAPTION)
+        x, y = tile_origin(n, len(tiles))
         sheet.paste(_thumbnail(tile.image), (x, y))
         for i, line in enumerate(tile.lines[:2]):
             draw.text((x + 4, y + TILE + 3 + 15 * i), line[:26], fill="black", font=font)

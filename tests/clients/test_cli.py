@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from imagesearch_client import ImageSearchClient, VectorRecord
 from imagesearch_client.cli import run
-from imagesearch_client.contact_sheet import sheet_size
+from imagesearch_client.contact_sheet import TILE, sheet_size, tile_origin
 from PIL import Image
 
 from search_service.app import SearchApp
@@ -61,6 +61,7 @@ async def test_query_prints_a_table_json_and_a_contact_sheet(
     assert code == 0
     header, first = out.splitlines()[:2]
     assert header.split() == ["#", "id", "score", "path", "label"]
+    assert max(len(line) for line in out.splitlines()) <= 80, out  # content ids cut short
     assert first.split()[2:] == ["1.0000", "green/green-1.png", "green"]
 
     code, out, _ = await cli(
@@ -83,7 +84,12 @@ async def test_query_prints_a_table_json_and_a_contact_sheet(
     with Image.open(grid) as sheet:
         assert sheet.size == sheet_size(6)
         # The query tile is a placeholder (a text query); match tiles are real photos.
-        assert sheet.getpixel((80, 80)) == (200, 200, 200)
+        x, y = tile_origin(0, 6)
+        assert sheet.getpixel((x + TILE // 2, y + TILE // 2)) == (200, 200, 200)
+        # Tiles stand apart: white between the first two, and between a caption and the
+        # picture below it.
+        right = tile_origin(1, 6)[0]
+        assert {sheet.getpixel((right - 2, y + r)) for r in range(0, TILE, 8)} == {(255, 255, 255)}
 
 
 async def test_fetch_and_delete_by_filter_and_all(
@@ -163,8 +169,8 @@ async def test_a_contact_sheet_reads_only_image_files_inside_its_root(
     assert code == 0, err
     with Image.open(grid) as sheet:
         rgb = sheet.convert("RGB")
-        tiles = [(80 + 160 * (n % 6), 80 + 194 * (n // 6)) for n in range(7)]
-        centres = [rgb.getpixel(xy) for xy in tiles]
+        corners = [tile_origin(n, 7) for n in range(7)]
+        centres = [rgb.getpixel((x + TILE // 2, y + TILE // 2)) for x, y in corners]
     # The query (h5) and its own match are the real photo; the five hostile paths read
     # nothing and are grey placeholders.
     grey = (200, 200, 200)
