@@ -11,6 +11,7 @@ that embeds over mutual TLS, stats, the metrics) must all succeed.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import os
 import re
@@ -62,7 +63,8 @@ def run_block(body: str, cwd: Path, env: dict[str, str]) -> subprocess.Completed
 
 def test_the_readme_marks_the_deployment_recipe_for_this_test() -> None:
     assert set(marked_blocks()) == {
-        "deploy-pki", "deploy-run", "deploy-check", "python-sync", "python-async",
+        "cli-examples", "deploy-pki", "deploy-run", "deploy-check", "python-sync",
+        "python-async",
     }  # fmt: skip
 
 
@@ -93,6 +95,8 @@ def test_the_deployment_recipe_works_as_written(clip_dir: Path, tmp_path: Path) 
         "SEARCH_ADDR": f"127.0.0.1:{ports['50052']}",
         "WEB_ADDR": f"127.0.0.1:{free_port()}",
         "DATA_DIR": str(tmp_path / "data"),
+        # The scratch checkout shares the repository's installed .venv: never reinstall there.
+        "MAKEFLAGS": "--old-file=.venv/.installed",
     }
     made = run_block(blocks["deploy-pki"], work, env)
     assert made.returncode == 0, made.stderr
@@ -149,6 +153,42 @@ async def test_the_python_examples_run_as_written(embed_app: EmbedApp, tmp_path:
     await asyncio.to_thread(run)
     stored, match, page = said["python-sync"].splitlines()
     assert "ok=True" in stored
-    assert match.endswith("{'label': 'cat', 'path': 'cat.jpg'}")
+    assert ast.literal_eval(match.split(" ", 2)[2]) == {"label": "cat", "path": "cat.jpg"}
     assert page == f"[{match.split()[0]!r}]"
     assert match.split()[0] in said["python-async"]
+
+
+async def test_the_quick_start_cli_examples_run_as_written(
+    embed_app: EmbedApp, tmp_path: Path
+) -> None:
+    pictures = tmp_path / "home" / "Pictures"
+    for label, colour in (("cats", "red"), ("dogs", "blue")):
+        (pictures / label).mkdir(parents=True)
+        for shape in range(2):
+            image = encode(picture(colour, shape=shape), "JPEG")
+            (pictures / label / f"{label}-{shape}.jpg").write_bytes(image)
+    (pictures / "cat.jpg").write_bytes(encode(picture("red", shape=3), "JPEG"))
+    home = tmp_path / "home"
+    work = tmp_path / "checkout"
+    work.mkdir()
+    (work / ".venv").symlink_to(ROOT / ".venv")
+    env = {
+        "SEARCH_ADDR": "127.0.0.1:0", "EMBED_TARGET": embed_app.address,
+        "DATA_DIR": str(tmp_path / "data"), "VECTOR_STORE": "local",
+    }  # fmt: skip
+    said: list[str] = []
+
+    def run() -> None:  # off the loop that serves embed_service
+        with service_process("search_service", env, ready="search_service ready") as (_, at):
+            shell = {**os.environ, "HOME": str(home), "SEARCH_ADDR": at}
+            done = run_block(marked_blocks()["cli-examples"], work, shell)
+            assert done.returncode == 0, done.stdout + done.stderr
+            said.append(done.stdout)
+
+    await asyncio.to_thread(run)
+    out = said[0]
+    assert re.search(r"^1 .* 1\.0000 +cat\.jpg", out, re.M), out  # the query by cat.jpg
+    assert "cats/cats-" in out  # and the cats after it
+    assert "dogs/" in out  # the text query, filtered to the dogs label
+    assert "total" in out
+    assert (work / "matches.png").is_file()
