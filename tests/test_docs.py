@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from embed_service.app import EmbedApp
+from tests.cifar import cifar10_archive
 from tests.imagegen import encode, image_folder, picture
 from tests.stack import free_port, service_process
 
@@ -63,8 +64,8 @@ def run_block(body: str, cwd: Path, env: dict[str, str]) -> subprocess.Completed
 
 def test_the_readme_marks_the_deployment_recipe_for_this_test() -> None:
     assert set(marked_blocks()) == {
-        "cli-examples", "deploy-pki", "deploy-run", "deploy-check", "python-sync",
-        "python-async",
+        "cli-examples", "deploy-pki", "deploy-run", "deploy-check", "gallery-commands",
+        "python-sync", "python-async",
     }  # fmt: skip
 
 
@@ -192,3 +193,52 @@ async def test_the_quick_start_cli_examples_run_as_written(
     assert "dogs/" in out  # the text query, filtered to the dogs label
     assert "total" in out
     assert (work / "matches.png").is_file()
+
+
+def wait_for_page(url: str, process: subprocess.Popen[bytes], log: Path) -> str:
+    deadline = time.monotonic() + 120
+    while True:
+        assert process.poll() is None, log.read_text()
+        try:
+            with urllib.request.urlopen(url, timeout=5) as reply:
+                return str(reply.read().decode())
+        except OSError:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_each_way_to_start_the_gallery_serves_it(clip_dir: Path, tmp_path: Path) -> None:
+    """Each line of the gallery's block is one way to start it: each must serve the page."""
+    home = tmp_path / "home"
+    image_folder(home / "Pictures", per_class=1)
+    work = tmp_path / "checkout"
+    work.mkdir()
+    for name in ("Makefile", "scripts", ".venv", "pyproject.toml"):
+        (work / name).symlink_to(ROOT / name)
+    cifar10_archive(work / "cifar-10-python.tar.gz")
+    lines = [line for line in marked_blocks()["gallery-commands"].splitlines() if line.strip()]
+    assert len(lines) == 3
+    for n, line in enumerate(lines):
+        web_addr = f"127.0.0.1:{free_port()}"
+        env = {
+            **os.environ, "HOME": str(home), "WEB_ADDR": web_addr,
+            "EMBED_MODEL": str(clip_dir), "EMBED_ADDR": f"127.0.0.1:{free_port()}",
+            "SEARCH_ADDR": f"127.0.0.1:{free_port()}", "DATA_DIR": str(tmp_path / f"data{n}"),
+            "MAKEFLAGS": "--old-file=.venv/.installed",
+        }  # fmt: skip
+        log = tmp_path / f"gallery{n}.log"
+        with log.open("w") as sink:
+            started = subprocess.Popen(
+                ["bash", "-c", line], cwd=work, env=env, stdout=sink,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        try:
+            page = wait_for_page(f"http://{web_addr}/", started, log)
+            assert 'id="index-button"' in page, line
+            root = "." if "--root ." in line else "Pictures"
+            assert f">Index {root}</button>" in page, line
+        finally:
+            os.killpg(started.pid, signal.SIGINT)
+            started.wait(30)
+        assert "Traceback" not in log.read_text(), line
