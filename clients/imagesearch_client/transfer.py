@@ -338,11 +338,12 @@ def _first_bad_row(chunk: pa.RecordBatch, dimension: int) -> tuple[int, str] | N
         if nulls.any():
             bad.append((int(np.flatnonzero(nulls)[0]), f"has no {name} (null)"))
     column = chunk.column("values")
-    if not bad:
-        missing = column.flatten().is_null().to_numpy(zero_copy_only=False)
-        if missing.any():
-            index = int(np.flatnonzero(missing)[0])
-            bad.append((index // dimension, f"has a null in values[{index % dimension}]"))
+    # flatten() leaves out the rows that are null whole: map what it holds back to rows.
+    whole = np.flatnonzero(~column.is_null().to_numpy(zero_copy_only=False))
+    missing = column.flatten().is_null().to_numpy(zero_copy_only=False)
+    if missing.any():
+        index = int(np.flatnonzero(missing)[0])
+        bad.append((int(whole[index // dimension]), f"has a null in values[{index % dimension}]"))
     for i, text in enumerate(chunk.column("metadata").to_pylist()):
         if bad and i >= min(bad)[0]:
             break
@@ -379,7 +380,9 @@ def _requests(path: Path, dimension: int, skip: int) -> Iterator[tuple[str, list
             chunk = chunk.slice(0, problem[0])
         namespaces = chunk.column("namespace").to_pylist()
         ids = chunk.column("id").to_pylist()
-        values = chunk.column("values").flatten().to_numpy().reshape(-1, dimension)
+        values = (
+            chunk.column("values").flatten().to_numpy(zero_copy_only=False).reshape(-1, dimension)
+        )
         metadata = chunk.column("metadata").to_pylist()
         for i, record_id in enumerate(ids):
             cost = len(record_id) + 5 * dimension + 2 * len(metadata[i]) + 64
