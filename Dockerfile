@@ -10,6 +10,7 @@ COPY protos ./protos
 COPY embed_service ./embed_service
 COPY search_service ./search_service
 COPY clients ./clients
+COPY serving ./serving
 # torch's CPU wheels (the +cpu build satisfies pyproject's torch==2.13.0), not CUDA's.
 RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu . \
     && useradd --create-home --uid 10001 imagesearch \

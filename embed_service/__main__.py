@@ -13,7 +13,7 @@ import logging
 import sys
 
 from imagesearch.security import SecurityConfigError
-from imagesearch.serving import configure_logging, init_grpc, stop_requested
+from imagesearch_serving.server import configure_logging, init_grpc, stop_requested
 
 from embed_service.app import EmbedApp
 from embed_service.config import EmbedSettings

@@ -9,11 +9,11 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-from imagesearch.metrics import GrpcMetrics, MetricsEndpoint
-from imagesearch.security import TokenAuth, read_tokens, server_credentials
-from imagesearch.serving import GrpcServer, host_of
 from imagesearch.v1 import embed_service_pb2 as pb
 from imagesearch.v1 import embed_service_pb2_grpc as pb_grpc
+from imagesearch_serving.auth import TokenAuth, read_tokens, server_credentials
+from imagesearch_serving.metrics import GrpcMetrics, MetricsEndpoint
+from imagesearch_serving.server import GrpcServer, host_of
 from prometheus_client import CollectorRegistry
 
 from embed_service.config import EmbedSettings

@@ -9,6 +9,7 @@ import grpc
 from imagesearch.status import grpc_errors, make_status
 from imagesearch.v1 import embed_service_pb2 as pb
 from imagesearch.v1 import embed_service_pb2_grpc as pb_grpc
+from imagesearch.wire import REPLICA_HEADER
 
 from embed_service.engine import EmbeddingResult, EmbedEngine
 from embed_service.errors import BatcherStopped, InvalidRequest, ModelNotReady, Overloaded
@@ -32,9 +33,6 @@ PRECISIONS = {
     "fp16": pb.PRECISION_FLOAT16,
 }
 RUNTIMES = {"torch": pb.RUNTIME_TORCH, "onnx": pb.RUNTIME_ONNX}
-
-
-REPLICA_HEADER = "imagesearch-replica"
 
 
 class EmbedServicer(pb_grpc.EmbedServiceServicer):

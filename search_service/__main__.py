@@ -13,7 +13,7 @@ import logging
 import sys
 
 from imagesearch.security import SecurityConfigError
-from imagesearch.serving import configure_logging, init_grpc, stop_requested
+from imagesearch_serving.server import configure_logging, init_grpc, stop_requested
 
 from search_service.app import SearchApp
 from search_service.config import SearchSettings

@@ -6,16 +6,12 @@ import asyncio
 import logging
 from typing import Any
 
-from imagesearch.metrics import GrpcMetrics, MetricsEndpoint
-from imagesearch.security import (
-    TokenAuth,
-    channel_credentials,
-    read_tokens,
-    server_credentials,
-)
-from imagesearch.serving import REFLECTION_SERVICE, GrpcServer, host_of
+from imagesearch.security import channel_credentials
 from imagesearch.v1 import search_service_pb2 as pb
 from imagesearch.v1 import search_service_pb2_grpc as pb_grpc
+from imagesearch_serving.auth import TokenAuth, read_tokens, server_credentials
+from imagesearch_serving.metrics import GrpcMetrics, MetricsEndpoint
+from imagesearch_serving.server import REFLECTION_SERVICE, GrpcServer, host_of
 from prometheus_client import CollectorRegistry
 
 from search_service.config import SearchSettings

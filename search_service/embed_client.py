@@ -21,6 +21,7 @@ from imagesearch.security import token_metadata
 from imagesearch.status import field_violations, reason_of, status_from_error
 from imagesearch.v1 import embed_service_pb2 as pb
 from imagesearch.v1 import embed_service_pb2_grpc as pb_grpc
+from imagesearch.wire import REPLICA_HEADER
 
 from search_service.errors import (
     EmbedFailed,
@@ -32,7 +33,6 @@ from search_service.errors import (
 from search_service.stores.base import ModelInfo, Vector
 
 SERVICE = "imagesearch.v1.EmbedService"
-REPLICA_HEADER = "imagesearch-replica"
 # Every address of EMBED_TARGET gets calls in turn, but only while its health says
 # SERVING: a replica that is loading, draining or gone gets none.
 SERVICE_CONFIG = json.dumps(

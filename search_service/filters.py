@@ -32,6 +32,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from imagesearch.wire import DEFAULT_NAMESPACE
+
 from search_service.errors import InvalidFilter, InvalidId, InvalidMetadata, InvalidNamespace
 
 MAX_ID_LENGTH = 512
@@ -39,7 +41,6 @@ MAX_NAMESPACE_LENGTH = 512
 MAX_METADATA_BYTES = 40 * 1024
 # Far above what a person writes, and below what protobuf's decoder takes (~19 levels).
 MAX_FILTER_DEPTH = 10
-DEFAULT_NAMESPACE = "__default__"
 
 Scalar = str | float | bool
 MetadataValue = str | float | bool | list[str]

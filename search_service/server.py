@@ -12,6 +12,7 @@ from google.protobuf import struct_pb2
 from imagesearch.status import grpc_errors, status_for, to_rpc_status
 from imagesearch.v1 import search_service_pb2 as pb
 from imagesearch.v1 import search_service_pb2_grpc as pb_grpc
+from imagesearch.wire import DEFAULT_NAMESPACE
 
 from search_service.errors import (
     EmbedFailed,
@@ -25,7 +26,6 @@ from search_service.errors import (
     Unauthenticated,
     Unavailable,
 )
-from search_service.filters import DEFAULT_NAMESPACE
 from search_service.service import ImageItem, ItemResult, QuerySpec, SearchService, VectorItem
 
 log = logging.getLogger(__name__)

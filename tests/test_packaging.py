@@ -1,7 +1,7 @@
 """What can be checked of the container packaging without a Docker engine, and the probe.
 
 compose.yaml must parse and name only variables the services read; the Dockerfile must
-copy what exists and run modules that exist; `python -m imagesearch.probe` must answer
+copy what exists and run modules that exist; `python -m imagesearch_serving.probe` must answer
 as grpc_health_probe does.
 """
 
@@ -11,6 +11,7 @@ import asyncio
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -22,7 +23,7 @@ from search_service.config import SearchSettings
 from tests.stack import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = {"embed_service", "search_service", "imagesearch.probe"}
+MODULES = {"embed_service", "search_service", "imagesearch_serving.probe"}
 
 
 def variables_read() -> set[str]:
@@ -46,7 +47,7 @@ def test_compose_parses_and_names_only_variables_the_services_read() -> None:
         assert not unknown, f"{name} sets variables no service reads: {unknown}"
         assert service["command"][0] in MODULES
         probe = service["healthcheck"]["test"]
-        assert probe[1:4] == ["python", "-m", "imagesearch.probe"]
+        assert probe[1:4] == ["python", "-m", "imagesearch_serving.probe"]
         for secret in service.get("secrets", []):
             assert secret in compose["secrets"]
     assert "data" in compose["volumes"]
@@ -59,6 +60,12 @@ def test_the_dockerfile_copies_what_exists_and_runs_a_real_module() -> None:
         *sources, _ = line.split()
         for source in sources:
             assert (ROOT / source).exists(), source
+    # Every folder pyproject.toml installs a package from is in the image.
+    copied = {source.split("/")[0] for line in re.findall(r"^COPY (.+)$", text, re.M)
+              for source in line.split()[:-1]}  # fmt: skip
+    mapped = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {path.split("/")[0] for path in mapped["package-dir"].values() if path != "."}
+    assert folders <= copied, folders - copied
     assert 'ENTRYPOINT ["python", "-m"]' in text
     (default,) = re.findall(r'^CMD \["([\w.]+)"\]$', text, flags=re.MULTILINE)
     assert default in MODULES
@@ -71,7 +78,7 @@ def test_the_dockerfile_copies_what_exists_and_runs_a_real_module() -> None:
 async def probe(*args: str) -> subprocess.CompletedProcess[str]:
     return await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "imagesearch.probe", *args],
+        [sys.executable, "-m", "imagesearch_serving.probe", *args],
         capture_output=True,
         text=True,
         timeout=60,

@@ -31,12 +31,6 @@ from imagesearch_client.sources import (
     image_files,
     inside,
 )
-from imagesearch_client.transfer import (
-    ImportInterrupted,
-    export_records,
-    import_records,
-    read_info,
-)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -282,7 +276,19 @@ def _web(args: argparse.Namespace) -> int:
 # --- export, import ------------------------------------------------------------------
 
 
+def _transfer() -> Any:
+    """export/import's module: it needs pyarrow, the client's `transfer` extra."""
+    try:
+        from imagesearch_client import transfer
+    except ImportError as exc:
+        raise ValueError(
+            f"export and import need pyarrow ({exc}): pip install 'imagesearch-client[transfer]'"
+        ) from None
+    return transfer
+
+
 def _export(client: ImageSearchClient, args: argparse.Namespace) -> int:
+    export_records = _transfer().export_records
     out = Path(args.out)
     with tqdm(desc="export", unit="rec", disable=args.quiet, file=sys.stderr) as bar:
 
@@ -303,15 +309,16 @@ def _export(client: ImageSearchClient, args: argparse.Namespace) -> int:
 
 
 def _import(client: ImageSearchClient, args: argparse.Namespace) -> int:
+    transfer = _transfer()
     path = Path(args.file)
-    info = read_info(path)
+    info = transfer.read_info(path)
     with tqdm(
         desc="import", unit="rec", total=info.rows, initial=args.skip, disable=args.quiet,
         file=sys.stderr,
     ) as bar:  # fmt: skip
         try:
-            report = import_records(client, path, skip=args.skip, progress=bar.update)
-        except ImportInterrupted as stopped:
+            report = transfer.import_records(client, path, skip=args.skip, progress=bar.update)
+        except transfer.ImportInterrupted as stopped:
             bar.close()
             print(
                 f"error: {stopped.cause}\nthe import stopped; every row before "

@@ -14,10 +14,9 @@ from google.protobuf import json_format, struct_pb2
 from imagesearch.security import channel_credentials, token_metadata
 from imagesearch.status import code_name, reason_of
 from imagesearch.v1 import search_service_pb2 as pb
+from imagesearch.wire import DEFAULT_NAMESPACE
 
 DEFAULT_TARGET = "127.0.0.1:50052"
-# DescribeStats reports the default namespace ("") under Pinecone's name for it.
-DEFAULT_NAMESPACE = "__default__"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import orjson
+from imagesearch.wire import DEFAULT_NAMESPACE
 from pinecone import PineconeAsyncio, ServerlessSpec
 from pinecone.errors import (
     ApiError,
@@ -53,7 +54,7 @@ from search_service.errors import (
     Unauthenticated,
     Unavailable,
 )
-from search_service.filters import DEFAULT_NAMESPACE, Condition, Metadata, to_filter
+from search_service.filters import Condition, Metadata, to_filter
 from search_service.paging import refused
 from search_service.stores.base import (
     Listed,

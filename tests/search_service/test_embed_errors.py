@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from imagesearch.serving import GrpcServer
 from imagesearch.status import make_status, to_rpc_status
 from imagesearch.v1 import embed_service_pb2 as pb
 from imagesearch.v1 import embed_service_pb2_grpc as pb_grpc
 from imagesearch_client import ImageSearchClient, ImageSearchError, InvalidArgument
+from imagesearch_serving.server import GrpcServer
 
 from tests.search_service.conftest import StartSearch
 from tests.stack import InThread

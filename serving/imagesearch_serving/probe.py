@@ -1,4 +1,4 @@
-"""`python -m imagesearch.probe ADDR`: a grpc_health_probe for container health checks.
+"""`python -m imagesearch_serving.probe ADDR`: a grpc_health_probe for container health checks.
 
 Asks grpc.health.v1 whether ADDR serves (the whole server, or `--service NAME`).
 Exit status: 0 SERVING, 1 answered but not serving, 2 no answer. Health needs no
@@ -14,12 +14,13 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from imagesearch.security import SecurityConfigError, channel_credentials
 
 
 def probe(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m imagesearch.probe", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m imagesearch_serving.probe", description=__doc__
+    )
     parser.add_argument("addr", help="host:port of embed_service or search_service")
     parser.add_argument("--service", default="", help="a service name; default: the server")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait")

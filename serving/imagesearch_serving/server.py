@@ -33,7 +33,6 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-
 from imagesearch.status import make_status, to_rpc_status
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ import grpc
 from google.protobuf import descriptor_pool
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
-from imagesearch.serving import Continuation, behaviour_of, respond
+from imagesearch_serving.server import Continuation, behaviour_of, respond
 
 _KINDS = {
     (False, False): "unary",
