@@ -137,7 +137,10 @@ class SearchSettings(BaseSettings):
     tokens_file: Path | None = Field(default=None, validation_alias=_env("SEARCH_TOKENS_FILE"))
     read_tokens: SecretStr | None = Field(
         default=None, validation_alias=_env("SEARCH_READ_TOKENS"),
-        description="Tokens that may only Query, Fetch and DescribeStats.",
+        description=(
+            "Tokens that may only read: Query, Fetch, ListRecords, DescribeStats and "
+            "server reflection."
+        ),
     )  # fmt: skip
     embed_target_authority: str | None = Field(
         default=None, validation_alias=_env("EMBED_TARGET_AUTHORITY"),

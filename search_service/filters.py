@@ -6,7 +6,7 @@ filter dict into a small tree of `Condition`s (validated, with a precise message
 each mistake); stores translate that tree, and `matches` evaluates it the way
 Pinecone does, as the reference the stores are tested against.
 
-Semantics (from Pinecone's documentation, see shared/reference/pinecone-sdk-10.md):
+Semantics (from Pinecone's documentation of its filter language):
 - `{"k": v}` means `{"k": {"$eq": v}}`; sibling keys and operators are ANDed.
 - Numbers compare as floats; booleans are not numbers.
 - A list-valued field (list of strings) matches `$eq`/`$in` when any element does,

@@ -8,6 +8,7 @@ token, no record id and no metadata value.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import subprocess
@@ -21,6 +22,7 @@ import httpx
 import pytest
 from imagesearch.v1 import search_service_pb2 as pb
 from imagesearch_client import ImageRecord, ImageSearchClient, InvalidArgument, VectorRecord
+from imagesearch_serving.server import configure_logging
 from prometheus_client.parser import text_string_to_metric_families
 
 from embed_service.app import EmbedApp
@@ -231,3 +233,20 @@ def test_a_port_in_use_stops_the_service_with_exit_2_and_no_traceback(
     assert "cannot start" in done.stderr
     assert busy in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_reply_to_a_caller_that_gave_up_is_one_debug_line_not_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    configure_logging("INFO")
+    cygrpc = logging.getLogger("grpc._cython.cygrpc")
+    with caplog.at_level(logging.DEBUG):
+        try:
+            raise RuntimeError("Failed execute_batch")
+        except RuntimeError:
+            cygrpc.exception("ExecuteBatchError raised in core by servicer method [/x.Y/Z]")
+        cygrpc.error("some other failure of the core")
+    messages = [(r.name, r.levelno, r.getMessage()) for r in caplog.records]
+    assert ("grpc._cython.cygrpc", logging.ERROR, "some other failure of the core") in messages
+    assert not [m for m in messages if m[0] == "grpc._cython.cygrpc" and "ExecuteBatch" in m[2]]
+    assert any(m[1] == logging.DEBUG and "caller had already given up" in m[2] for m in messages)

@@ -1,7 +1,8 @@
 """The embedded store: Qdrant Edge (`qdrant-edge-py`) on disk under DATA_DIR.
 
-The only module that imports qdrant_edge; it is beta, so everything it needs
-stays here.
+Qdrant Edge is beta, so only the local store's own modules import qdrant_edge: this one,
+local_filters.py (conditions), local_build.py (the background build) and build_index.py
+(its child).
 
 Layout under `<DATA_DIR>/local/`:
     store.json        which model filled the store and which shard directory is current
