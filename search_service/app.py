@@ -21,8 +21,7 @@ from search_service.metrics import SearchMetrics
 from search_service.server import REPLY_MARGIN_BYTES, SearchServicer
 from search_service.service import SearchService
 from search_service.stores import make_store
-from search_service.stores.base import VectorStore
-from search_service.stores.local import LocalStore
+from search_service.stores.base import BuildsIndexes, VectorStore
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +182,7 @@ class SearchApp:
         while True:
             try:
                 store = self.store
-                if isinstance(store, LocalStore):
+                if isinstance(store, BuildsIndexes):
                     # Its exact count takes the event loop (and the GIL) ~90 ms at 1M
                     # vectors: only when something changed since the last one.
                     changes = store.changes

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -90,6 +90,21 @@ class StoreStats:
     @property
     def total(self) -> int:
         return sum(self.namespaces.values())
+
+
+@runtime_checkable
+class BuildsIndexes(Protocol):
+    """What a store that indexes in the background (the local store) also offers: a change
+    counter, so its exact count is taken only after a change, and its index's progress."""
+
+    changes: int
+
+    def index_status(self) -> tuple[int, int]:
+        """(vectors in the index, vectors stored)."""
+        ...
+
+    @property
+    def building(self) -> bool: ...
 
 
 class VectorStore(Protocol):

@@ -24,7 +24,7 @@ from search_service.errors import ReplyTooLarge
 from search_service.filters import matches, parse_filter
 from search_service.stores import local
 from search_service.stores import local_layout as layout
-from search_service.stores.base import ModelInfo, Record, Vector
+from search_service.stores.base import BuildsIndexes, ModelInfo, Record, Vector
 from search_service.stores.local import LocalStore
 
 MODEL = ModelInfo("test/model", 32, "f1ngerpr1nt")
@@ -634,3 +634,9 @@ async def test_a_store_held_by_another_process_is_named_as_such_not_as_damaged(
     again = LocalStore(tmp_path / "data")
     assert await again.open() == MODEL
     await again.close()
+
+
+def test_the_local_store_offers_what_the_index_metrics_read(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    assert isinstance(store, BuildsIndexes)
+    assert (store.changes, store.index_status(), store.building) == (0, (0, 0), False)
