@@ -21,7 +21,7 @@ import grpc
 from google.protobuf import descriptor_pool
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
-from imagesearch_serving.server import Continuation, behaviour_of, respond
+from imagesearch_serving.server import Continuation, behaviour_of, invoke
 
 _KINDS = {
     (False, False): "unary",
@@ -91,10 +91,7 @@ class GrpcMetrics(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             began = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
-                if handler.response_streaming:
-                    await respond(behaviour(request, context), context)
-                    return None
-                return await behaviour(request, context)
+                return await invoke(handler, behaviour, request, context)
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise

@@ -223,9 +223,6 @@ class Admission(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self.ceiling = 2 * max_rpcs + max_watchers + HEALTH_CHECKS
         self._refused: dict[str, grpc.RpcMethodHandler] = {}
 
-    def running(self, budget: str) -> int:
-        return self._running[budget]
-
     async def intercept_service(
         self, continuation: Continuation, details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
@@ -256,10 +253,7 @@ class Admission(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
-                if name in ("unary_unary", "stream_unary"):
-                    return await inner(request, context)
-                await respond(inner(request, context), context)
-                return None
+                return await invoke(handler, inner, request, context)
             finally:
                 place.release()
 
@@ -388,6 +382,20 @@ def _guard(
         await respond(both(checked(requests, context), context), context)
 
     return handler._replace(request_deserializer=safe_decode, stream_stream=stream_stream)
+
+
+async def invoke(
+    handler: grpc.RpcMethodHandler,
+    behaviour: Callable[..., Any],
+    request: Any,
+    context: grpc.aio.ServicerContext,
+) -> Any:
+    """Runs `behaviour` (one of `handler`'s, or a wrapper of it) to its end: the reply of a
+    unary-response method, None for a streaming one (its replies are written)."""
+    if handler.response_streaming:
+        await respond(behaviour(request, context), context)
+        return None
+    return await behaviour(request, context)
 
 
 async def respond(result: Any, context: grpc.aio.ServicerContext) -> None:
