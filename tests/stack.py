@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf import struct_pb2
 from imagesearch_client import AsyncImageSearchClient
 
 from search_service.app import SearchApp
@@ -116,6 +117,46 @@ def service_process(
             process.wait(10)
         pumping.join(timeout=10)  # its last lines reach the log before it is read
         sink.close()
+
+
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive free loopback ports (EMBED_REPLICAS takes those)."""
+    while True:
+        first = free_port()
+        sockets = []
+        try:
+            for offset in range(count):
+                s = socket.socket()
+                sockets.append(s)
+                s.bind(("127.0.0.1", first + offset))
+            return first
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+
+
+def status_mb(pid: int, key: str) -> int:
+    """A memory figure of /proc/PID/status (VmRSS, VmHWM...), MiB."""
+    found = re.search(rf"{key}:\s+(\d+)", Path(f"/proc/{pid}/status").read_text())
+    assert found, key
+    return int(found.group(1)) // 1024
+
+
+def files_of(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `root`: (size, mtime in ns), by relative path."""
+    return {
+        str(path.relative_to(root)): (path.stat().st_size, path.stat().st_mtime_ns)
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+def struct(values: dict[str, Any]) -> struct_pb2.Struct:
+    built = struct_pb2.Struct()
+    built.update(values)
+    return built
 
 
 def free_port() -> int:

@@ -25,17 +25,11 @@ from imagesearch.v1 import search_service_pb2_grpc as pb_grpc
 
 from embed_service.app import EmbedApp
 from tests.imagegen import encode, picture, png_claiming
-from tests.stack import serving_search
+from tests.stack import serving_search, struct
 
 DIM = 64
 GOOD_IMAGE = encode(picture("green", shape=1), "PNG")
 ODD_KEY = 'a"b\\c.d[0] e ü'
-
-
-def struct(values: dict[str, Any]) -> struct_pb2.Struct:
-    built = struct_pb2.Struct()
-    built.update(values)
-    return built
 
 
 def unit(seed: int) -> list[float]:

@@ -27,7 +27,7 @@ import pytest
 from embed_service.app import EmbedApp
 from tests.cifar import cifar10_archive
 from tests.imagegen import encode, image_folder, picture
-from tests.stack import free_port, service_process
+from tests.stack import free_port, free_ports, service_process
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"<!-- tested: (?P<name>[\w-]+) -->\n```(?:sh|python)\n(?P<body>.*?)```", re.S)
@@ -35,24 +35,6 @@ BLOCK = re.compile(r"<!-- tested: (?P<name>[\w-]+) -->\n```(?:sh|python)\n(?P<bo
 
 def marked_blocks() -> dict[str, str]:
     return {m["name"]: m["body"] for m in BLOCK.finditer((ROOT / "README.md").read_text())}
-
-
-def consecutive_free_ports(count: int) -> int:
-    while True:
-        first = free_port()
-        if all(free_port_is(first + i) for i in range(count)):
-            return first
-
-
-def free_port_is(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def run_block(body: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -77,7 +59,7 @@ def test_the_deployment_recipe_works_as_written(clip_dir: Path, tmp_path: Path) 
     for name in ("Makefile", "scripts", ".venv", "pyproject.toml"):
         (work / name).symlink_to(ROOT / name)
     pictures = image_folder(tmp_path / "Pictures", per_class=1)
-    replicas, embed_metrics = consecutive_free_ports(2), consecutive_free_ports(2)
+    replicas, embed_metrics = free_ports(2), free_ports(2)
     ports = {
         "50061": str(replicas), "50062": str(replicas + 1), "50052": str(free_port()),
         "9464": str(embed_metrics), "9474": str(free_port()),

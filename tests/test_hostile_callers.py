@@ -7,7 +7,6 @@ an authenticated caller is served meanwhile, in about its usual time.
 
 from __future__ import annotations
 
-import re
 import statistics
 import threading
 import time
@@ -19,7 +18,6 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from imagesearch.limits import MAX_TEXT_CHARS
 from imagesearch.status import reason_of, status_from_error
@@ -28,7 +26,7 @@ from imagesearch.v1 import embed_service_pb2_grpc as embed_grpc
 from imagesearch.v1 import search_service_pb2 as search_pb
 from imagesearch.v1 import search_service_pb2_grpc as search_grpc
 
-from tests.stack import service_process
+from tests.stack import files_of, service_process, status_mb, struct
 
 TOKEN = "rw-token-of-the-hostile-suite"
 READ_TOKEN = "ro-token-of-the-hostile-suite"
@@ -222,20 +220,6 @@ def test_texts_past_the_limit_are_refused_cheaply_and_a_maximal_one_costs_a_norm
         assert answer.matches == []
 
 
-def struct(values: dict[str, Any]) -> struct_pb2.Struct:
-    built = struct_pb2.Struct()
-    built.update(values)
-    return built
-
-
-def files_of(root: Path) -> dict[str, tuple[int, int]]:
-    return {
-        str(path.relative_to(root)): (path.stat().st_size, path.stat().st_mtime_ns)
-        for path in sorted(root.rglob("*"))
-        if path.is_file()
-    }
-
-
 def unit_rows(count: int, dimension: int, seed: int) -> list[list[float]]:
     rows = np.random.default_rng(seed).standard_normal((count, dimension))
     unit: list[list[float]] = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).tolist()
@@ -301,12 +285,6 @@ def test_queries_with_a_read_only_token_never_write_nor_hold_up_writers(
         wanted = [f"r{i}" for i in range(written[0])]
         found = stub.Fetch(search_pb.FetchRequest(ids=wanted), metadata=READ_AUTH)
         assert [r.id for r in found.records] == wanted
-
-
-def status_mb(pid: int, key: str) -> int:
-    found = re.search(rf"{key}:\s+(\d+)", Path(f"/proc/{pid}/status").read_text())
-    assert found
-    return int(found.group(1)) // 1024
 
 
 def test_replies_that_cannot_fit_are_refused_before_they_are_built(

@@ -31,7 +31,7 @@ from PIL import Image
 from embed_service.app import EmbedApp
 from tests.conftest import embed_settings
 from tests.imagegen import encode, picture
-from tests.stack import service_process
+from tests.stack import service_process, status_mb
 
 LIMIT = 2
 CALLERS = 12
@@ -55,12 +55,6 @@ def noise_jpeg() -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, "JPEG", quality=95)
     return buffer.getvalue()
-
-
-def status_mb(pid: int, key: str) -> int:
-    found = re.search(rf"{key}:\s+(\d+)", Path(f"/proc/{pid}/status").read_text())
-    assert found, key
-    return int(found.group(1)) // 1024
 
 
 def burst(address: str, call: Callable[[grpc.Channel], object]) -> list[tuple[str, float]]:

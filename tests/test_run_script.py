@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from imagesearch_client import ImageSearchClient
 
 from tests.imagegen import image_folder
-from tests.stack import free_port
+from tests.stack import free_port, free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 GRACE_S = 10.0  # EMBED_GRACE_S and SEARCH_GRACE_S defaults
@@ -58,24 +58,6 @@ def wait_for_page(url: str, timeout_s: float = 60.0) -> str:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
-
-
-def free_ports(count: int) -> int:
-    """The first of `count` consecutive free ports (EMBED_REPLICAS takes consecutive ones)."""
-    while True:
-        first = free_port()
-        sockets = []
-        try:
-            for offset in range(count):
-                s = socket.socket()
-                sockets.append(s)
-                s.bind(("127.0.0.1", first + offset))
-            return first
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
 
 
 @pytest.mark.slow

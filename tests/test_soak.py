@@ -26,14 +26,13 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from google.protobuf import struct_pb2
 from imagesearch.v1 import search_service_pb2 as pb
 from imagesearch.v1 import search_service_pb2_grpc as pb_grpc
 
 from embed_service.app import EmbedApp
 from tests.conftest import embed_settings
 from tests.imagegen import PALETTE, encode, picture
-from tests.stack import service_process
+from tests.stack import service_process, struct
 
 CLIENTS = 32
 SOAK_S = 25.0
@@ -49,12 +48,6 @@ def threads(pid: int) -> int:
     found = re.search(r"Threads:\s+(\d+)", Path(f"/proc/{pid}/status").read_text())
     assert found
     return int(found.group(1))
-
-
-def struct(values: dict[str, Any]) -> struct_pb2.Struct:
-    built = struct_pb2.Struct()
-    built.update(values)
-    return built
 
 
 @dataclass

@@ -26,6 +26,7 @@ from search_service.stores import local
 from search_service.stores import local_layout as layout
 from search_service.stores.base import BuildsIndexes, ModelInfo, Record, Vector
 from search_service.stores.local import LocalStore
+from tests.stack import files_of
 
 MODEL = ModelInfo("test/model", 32, "f1ngerpr1nt")
 
@@ -436,15 +437,6 @@ async def test_a_store_made_with_an_older_config_takes_todays_config_when_opened
         (found,) = await fresh.fetch("", ["a"])
         assert np.allclose(found.values, vectors[0], atol=1e-6)
         await fresh.close()
-
-
-def files_of(root: Path) -> dict[str, tuple[int, int]]:
-    """Every file under `root`: (size, mtime in ns), by relative path."""
-    return {
-        str(path.relative_to(root)): (path.stat().st_size, path.stat().st_mtime_ns)
-        for path in sorted(root.rglob("*"))
-        if path.is_file()
-    }
 
 
 async def test_queries_never_write_whatever_they_filter_on(tmp_path: Path) -> None:
