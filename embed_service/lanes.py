@@ -93,8 +93,8 @@ class Lanes:
             self._waiting -= 1
         # Wide passes always run on lane 0: libgomp keeps a team of threads per thread
         # that ever ran one, and once it manages more threads than there are cores it
-        # stops spinning between parallel regions. One image on 2 threads then took
-        # 43 ms instead of 25 (torch bf16, AMX): every lane wide in turn got there.
+        # stops spinning between parallel regions, which makes a lone image much slower
+        # (docs/performance.md): every lane wide in turn got there.
         lane = 0 if chosen == 1 else self._free[-1]
         self._free.remove(lane)
         job = asyncio.ensure_future(self._switch_and_run(lane, chosen, work))

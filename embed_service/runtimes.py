@@ -90,9 +90,8 @@ class TorchRuntime:
         if precision == "int8":
             clip = quantize_int8(clip)
         elif precision == "bf16" and device.type == "cpu":
-            # Autocast casts every fp32 weight to bf16 again in every forward pass: for one
-            # image that cast was nearly half the pass (ViT-B/32, AMX: 48 ms, 27 ms with
-            # weights kept in bf16; batch 16: 13.0 ms/image, 11.1).
+            # Autocast casts every fp32 weight to bf16 again in every forward pass, nearly
+            # half of a lone image's pass: the weights are kept in bf16 instead.
             clip = copy.deepcopy(clip).to(torch.bfloat16)
             self._pixels_dtype = torch.bfloat16
         # Whatever runs in half precision without a cast copy: fp16 and bf16 on CUDA.

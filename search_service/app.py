@@ -183,8 +183,8 @@ class SearchApp:
             try:
                 store = self.store
                 if isinstance(store, BuildsIndexes):
-                    # Its exact count takes the event loop (and the GIL) ~90 ms at 1M
-                    # vectors: only when something changed since the last one.
+                    # Its exact count holds the event loop (and the GIL) for a while at
+                    # a million vectors: only when something changed since the last one.
                     changes = store.changes
                     if changes != counted:
                         self.metrics.observe_stats(await store.stats())

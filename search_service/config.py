@@ -57,9 +57,8 @@ class SearchSettings(BaseSettings):
         description="Unindexed vectors that start a background HNSW build (local store).",
     )  # fmt: skip
     index_max_unindexed: int = Field(
-        # Every query scans the unindexed tail in float32 (30k vectors: 7.4 ms of store time
-        # on a 2-core Xeon); 15k holds queries during a bulk UpsertVectors near 10 ms.
-        # Ingest through embed_service (under 100 images/s on 2 cores) never reaches it.
+        # Every query scans the unindexed tail in float32: the bound keeps queries fast
+        # during a bulk UpsertVectors (docs/local-store.md); image ingest never reaches it.
         default=15_000, ge=0, validation_alias=_env("SEARCH_INDEX_MAX_UNINDEXED"),
         description=(
             "Local store: while a build runs and this many vectors are unindexed, upserts wait "
@@ -67,10 +66,8 @@ class SearchSettings(BaseSettings):
         ),
     )  # fmt: skip
     vectors_memory: Literal["pinned", "cold", "cached"] = Field(
-        # At 100k vectors over gRPC on a 2-core EPYC whose host pages out idle memory:
-        # query by id p50 2.24 ms cached, 5.28 ms cold (disk reads), pinned: see local_pin.
-        # Cached also reads every vector in again in the index builder and, during a swap,
-        # twice in the service (1M: peak RSS 8.02 GiB against 4.87 cold).
+        # Pinned keeps cold's single copy and cached's speed on hosts that page out idle
+        # memory; cached costs a copy in the builder and two in a swap (docs/local-store.md).
         default="pinned", validation_alias=_env("SEARCH_VECTORS_MEMORY"),
         description=(
             "Local store: the float32 vectors (read to rescore a query's candidates) are "

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -23,6 +22,7 @@ from imagesearch.v1 import embed_service_pb2 as pb
 from imagesearch.v1 import embed_service_pb2_grpc as pb_grpc
 from imagesearch.wire import REPLICA_HEADER
 
+from search_service.domain import Embedded, Embeddings, ModelInfo
 from search_service.errors import (
     EmbedFailed,
     EmbedUnavailable,
@@ -30,7 +30,6 @@ from search_service.errors import (
     Overloaded,
     SearchError,
 )
-from search_service.stores.base import ModelInfo, Vector
 
 SERVICE = "imagesearch.v1.EmbedService"
 # Every address of EMBED_TARGET gets calls in turn, but only while its health says
@@ -53,24 +52,6 @@ SERVICE_CONFIG = json.dumps(
         ],
     }
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Embedded:
-    """One input's vector, or why embed_service refused it (reason, message)."""
-
-    vector: Vector | None
-    reason: str = ""
-    message: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Embeddings:
-    """What one replica answered: its vectors, its model, and its address."""
-
-    items: list[Embedded]
-    fingerprint: str
-    replica: str = ""
 
 
 class EmbedClient:

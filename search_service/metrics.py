@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from search_service.stores.base import StoreStats
+from search_service.domain import StoreStats
 
 
 class SearchMetrics:

@@ -1,31 +1,38 @@
 """What search_service does, free of gRPC: validate, embed, check the model, store, query.
 
-Every request goes through `filters.py` (Pinecone's rules) before a store sees it,
-and every write or query checks that the model embed_service runs is the one the
-store was filled with.
+Every request goes through `filters.py` (Pinecone's rules) before a store sees it, and
+every write or query goes through `model_guard.py`, which keeps vectors of another model
+than the store's out.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from imagesearch.ids import content_id
 from imagesearch.limits import MAX_TEXT_CHARS
 
+from search_service.domain import (
+    Embedded,
+    Embedder,
+    Listed,
+    Record,
+    ScoredRecord,
+    StoreStats,
+    Vector,
+)
 from search_service.errors import (
-    EmbedUnavailable,
     ImageRejected,
     InvalidArgument,
     InvalidVector,
     ModelMismatch,
     NotFound,
     SearchError,
-    StoreMisconfigured,
 )
 from search_service.filters import (
     Metadata,
@@ -35,16 +42,9 @@ from search_service.filters import (
     validate_namespace,
     validate_prefix,
 )
+from search_service.model_guard import ModelGuard
 from search_service.paging import Listing
-from search_service.stores.base import (
-    Listed,
-    ModelInfo,
-    Record,
-    ScoredRecord,
-    StoreStats,
-    Vector,
-    VectorStore,
-)
+from search_service.stores.base import VectorStore
 
 log = logging.getLogger(__name__)
 
@@ -57,26 +57,6 @@ DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 # A float32 vector rounded from a unit one has a norm within ~6e-8 of 1.
 UNIT_TOLERANCE = 1e-6
-STARTUP_MODEL_TIMEOUT_S = 5.0
-
-
-class Embedder(Protocol):
-    """What the service needs from embed_service (see embed_client.EmbedClient)."""
-
-    target: str
-
-    async def model_info(self, timeout_s: float | None = None) -> ModelInfo: ...
-
-    async def wait_until_serving(self) -> None: ...
-
-    async def embed_images(self, images: Sequence[bytes]) -> Any: ...
-
-    async def embed_text(self, text: str) -> Any: ...
-
-
-# Replicas of another model are skipped: the call is made again (round_robin picks the
-# next replica) this many times in all before the call fails.
-REPLICA_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +98,7 @@ class QuerySpec:
 
 
 @dataclass(frozen=True, slots=True)
-class RecordPage:
+class ListingResult:
     """One page of ListRecords; `tokens[i]` continues the listing after `records[i]`."""
 
     records: list[Listed]
@@ -133,24 +113,14 @@ class SearchService:
         self.store = store
         self._embed = embedder
         self._max_reply_bytes = max_reply_bytes
-        # The model embed_service runs, as last seen; None until asked, and again
-        # after embed_service was unreachable (it may come back with another model).
-        self._running: ModelInfo | None = None
+        self._model = ModelGuard(store, embedder)
 
     async def open(self) -> None:
         await self.store.open()
 
     async def connect(self) -> None:
         """Waits until embed_service serves, then checks its model against the store's."""
-        await self._embed.wait_until_serving()
-        self._running = await self._embed.model_info(STARTUP_MODEL_TIMEOUT_S)
-        try:
-            await self.store.bind(self._running)
-        except StoreMisconfigured:
-            raise
-        except SearchError as exc:
-            # Keep serving: reads and deletes work, writes and queries say what is wrong.
-            log.error("%s", exc)
+        await self._model.connect()
 
     # --- writes --------------------------------------------------------------------
 
@@ -176,7 +146,7 @@ class SearchService:
         if not pending:
             return results
         images = [items[i].image for i, _, _ in pending]
-        embedded = await self._consistent(lambda: self._embed.embed_images(images))
+        embedded = await self._model.embed(lambda: self._embed.embed_images(images))
         records: list[tuple[int, Record]] = []
         for (i, record_id, metadata), out in zip(pending, embedded.items, strict=True):
             if out.vector is None:
@@ -192,7 +162,7 @@ class SearchService:
     ) -> list[ItemResult]:
         namespace = validate_namespace(namespace)
         _check_batch(len(items), MAX_VECTORS_PER_BATCH, "records")
-        model = await self._model_for_vectors()
+        model = await self._model.for_vectors()
         if model_fingerprint and model_fingerprint != model.fingerprint:
             raise ModelMismatch(
                 f"these vectors were made by a model of fingerprint {model_fingerprint}, but "
@@ -301,7 +271,7 @@ class SearchService:
         page_token: str = "",
         include_metadata: bool = False,
         include_values: bool = False,
-    ) -> RecordPage:
+    ) -> ListingResult:
         namespace = validate_namespace(namespace)
         prefix = validate_prefix(prefix)
         page_size = page_size or DEFAULT_PAGE_SIZE
@@ -320,7 +290,7 @@ class SearchService:
             include_values=include_values,
             include_metadata=include_metadata,
         )
-        return RecordPage(page.records, [listing.token(c) for c in page.resume])
+        return ListingResult(page.records, [listing.token(c) for c in page.resume])
 
     async def stats(self) -> StoreStats:
         return await self.store.stats()
@@ -330,7 +300,7 @@ class SearchService:
             if not spec.image:
                 raise ImageRejected("the query image is empty", field="image", reason="IMAGE_EMPTY")
             image = spec.image
-            embedded = await self._consistent(
+            embedded = await self._model.embed(
                 lambda: self._embed.embed_images([image]), write=False
             )
             return _vector_or_error(embedded.items[0], "image")
@@ -343,86 +313,19 @@ class SearchService:
                     field="text",
                     reason="TEXT_TOO_LONG",
                 )
-            embedded = await self._consistent(lambda: self._embed.embed_text(text), write=False)
+            embedded = await self._model.embed(lambda: self._embed.embed_text(text), write=False)
             return _vector_or_error(embedded.items[0], "text")
         if spec.id is not None:
             record_id = validate_id(spec.id)
-            await self._model_for_vectors(write=False)
+            await self._model.for_vectors(write=False)
             found = await self.store.fetch(namespace, [record_id])
             if not found:
                 raise NotFound(f"no record with id {record_id!r} in namespace {namespace!r}")
             return found[0].values
         if spec.vector is not None:
-            model = await self._model_for_vectors(write=False)
+            model = await self._model.for_vectors(write=False)
             return _unit_vector(spec.vector, model.dimension, "vector.values")
         raise InvalidArgument("set one of image, text, id or vector", field="query")
-
-    # --- the model check -------------------------------------------------------------
-
-    async def _embed_call(self, call: Any) -> Any:
-        try:
-            return await call
-        except EmbedUnavailable:
-            self._running = None
-            raise
-
-    async def _consistent(self, call: Callable[[], Awaitable[Any]], *, write: bool = True) -> Any:
-        """Embeds with `call`, keeping only an answer from the model the store holds.
-
-        With several replicas behind EMBED_TARGET, one may run another model: its answer
-        is dropped (and its address logged) and the call made again, so its vectors are
-        never stored; REPLICA_ATTEMPTS answers of another model fail the call. A read
-        (`write=False`) of a store that holds no model yet takes the answer as it is: a
-        query must not bind the store to a model (a write), and finds nothing anyway.
-        """
-        for _ in range(REPLICA_ATTEMPTS):
-            embedded = await self._embed_call(call())
-            held = self.store.model
-            if held is None and not write:
-                return embedded
-            if held is None:  # a new store takes the model that answered
-                await self._ready(embedded.fingerprint)
-                held = self.store.model
-            # Decided by the answer's own fingerprint: asking for model info would take
-            # a round_robin turn of its own and could land on another replica.
-            if held is not None and held.fingerprint == embedded.fingerprint:
-                return embedded
-            log.warning(
-                "embed_service replica %s runs a model of fingerprint %s, not the store's %s "
-                "(%s); its answer is dropped",
-                embedded.replica,
-                embedded.fingerprint,
-                held.fingerprint if held else "?",
-                held.model_id if held else "?",
-            )
-        # Every answer came from another model: the store's own check says which.
-        await self._ready(embedded.fingerprint)
-        raise ModelMismatch(
-            f"embed_service answered {REPLICA_ATTEMPTS} times from replicas of another model "
-            f"than the store holds ({held.model_id if held else '?'}); run every replica "
-            "behind EMBED_TARGET with the store's model"
-        )
-
-    async def _ready(self, fingerprint: str) -> ModelInfo:
-        """Checks that the model that made `fingerprint` is the one the store holds."""
-        if self._running is None or self._running.fingerprint != fingerprint:
-            self._running = await self._embed_call(self._embed.model_info())
-        assert self._running is not None
-        await self.store.bind(self._running)
-        return self._running
-
-    async def _model_for_vectors(self, *, write: bool = True) -> ModelInfo:
-        """The model vectors must match; works from the store's record when embed is down."""
-        if self._running is None:
-            try:
-                self._running = await self._embed_call(self._embed.model_info())
-            except EmbedUnavailable:
-                if self.store.model is None:
-                    raise
-                return self.store.model
-        if write or self.store.model is not None:
-            await self.store.bind(self._running)
-        return self._running
 
 
 def _check_batch(size: int, limit: int, field: str) -> None:
@@ -434,7 +337,7 @@ def _record(record_id: str, vector: Vector, metadata: Mapping[str, Any]) -> Reco
     return Record(id=record_id, values=vector, metadata=dict(metadata))
 
 
-def _vector_or_error(out: Any, field: str) -> Vector:
+def _vector_or_error(out: Embedded, field: str) -> Vector:
     if out.vector is None:
         raise ImageRejected(out.message, field=field, reason=out.reason)
     vector: Vector = out.vector

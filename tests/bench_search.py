@@ -48,9 +48,9 @@ from imagesearch_client import ImageSearchClient, VectorRecord
 from embed_service import server
 from embed_service.images import prepare
 from embed_service.model import ClipModel
-from search_service.stores.base import ModelInfo, Record
-from search_service.stores.local import LocalStore
-from search_service.stores.local_build import IDLE_BUILD_MIN, IDLE_BUILD_S
+from search_service.domain import ModelInfo, Record
+from search_service.stores.local.builder import IDLE_BUILD_MIN, IDLE_BUILD_S
+from search_service.stores.local.store import LocalStore
 from tests.bench import CACHE, photos
 from tests.tiny_clip import build_clip
 

@@ -75,6 +75,21 @@ def test_the_dockerfile_copies_what_exists_and_runs_a_real_module() -> None:
         assert variable in variables_read() | {"PYTHONUNBUFFERED"}, variable
 
 
+def test_every_python_package_in_the_tree_is_one_the_distribution_installs() -> None:
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = set()
+    for name, folder in setuptools["package-dir"].items():
+        if name:  # "" maps the top-level packages, which are found below
+            found |= {
+                ".".join([name, *init.parent.relative_to(ROOT / folder).parts])
+                for init in (ROOT / folder).rglob("__init__.py")
+            }
+    for top in ("embed_service", "search_service"):
+        found |= {".".join(init.parent.relative_to(ROOT).parts)
+                  for init in (ROOT / top).rglob("__init__.py")}  # fmt: skip
+    assert found <= set(setuptools["packages"]), found - set(setuptools["packages"])
+
+
 async def probe(*args: str) -> subprocess.CompletedProcess[str]:
     return await asyncio.to_thread(
         subprocess.run,

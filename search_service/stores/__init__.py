@@ -19,7 +19,7 @@ def make_store(
     """The store the settings ask for; each implementation is imported only when chosen."""
     match settings.store_kind:
         case "local":
-            from search_service.stores.local import LocalStore
+            from search_service.stores.local.store import LocalStore
 
             return LocalStore(
                 settings.data_dir,
@@ -30,7 +30,7 @@ def make_store(
                 on_wait=on_index_wait,
             )
         case "pinecone":
-            from search_service.stores.pinecone import PineconeStore
+            from search_service.stores.pinecone.store import PineconeStore
 
             return PineconeStore.from_settings(
                 settings, on_error=on_store_error, on_retry=on_store_retry

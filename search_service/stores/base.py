@@ -1,4 +1,4 @@
-"""The contract every vector store implements, and the records that cross it.
+"""The contract every vector store implements (the records that cross it: `domain.py`).
 
 Stores receive input that `filters.py` has already validated (ids, namespaces,
 metadata, the parsed filter tree) and L2-normalized float32 vectors; they return
@@ -8,88 +8,18 @@ cosine scores, most similar first. Namespace "" is the default namespace.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-import numpy as np
-import numpy.typing as npt
-
-from search_service.errors import ModelMismatch, ReplyTooLarge, SearchError
+from search_service.domain import (
+    ListedPage,
+    ModelInfo,
+    Record,
+    ScoredRecord,
+    StoreStats,
+    Vector,
+)
+from search_service.errors import ReplyTooLarge, SearchError
 from search_service.filters import Condition, Metadata, metadata_bytes
-
-Vector = npt.NDArray[np.float32]
-
-
-@dataclass(frozen=True, slots=True)
-class ModelInfo:
-    """The model whose vectors a store holds."""
-
-    model_id: str
-    dimension: int
-    fingerprint: str
-
-
-def check_same_model(held: ModelInfo, running: ModelInfo, *, store: str, start_over: str) -> None:
-    """Raises ModelMismatch unless `running` is the model whose vectors `store` holds."""
-    if held.fingerprint != running.fingerprint:
-        raise ModelMismatch(
-            f"{store} holds vectors of {held.model_id} (fingerprint {held.fingerprint}), but "
-            f"embed_service now runs {running.model_id} (fingerprint {running.fingerprint}); "
-            f"run embed_service with the model {store} was filled with, or {start_over} and "
-            "index again"
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    id: str
-    values: Vector
-    metadata: Metadata = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class ScoredRecord:
-    id: str
-    score: float
-    values: Vector | None
-    metadata: Metadata | None
-
-
-@dataclass(frozen=True, slots=True)
-class Listed:
-    """A record as a listing returns it: values and metadata only when asked for."""
-
-    id: str
-    values: Vector | None = None
-    metadata: Metadata | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ListedPage:
-    """One page of a listing.
-
-    `resume[i]` is the store's cursor that continues the listing right after
-    `records[i]` ("" when nothing follows), so a caller may hand out fewer records
-    than it was given and still miss none.
-    """
-
-    records: list[Listed]
-    resume: list[str]
-
-    @property
-    def cursor(self) -> str:
-        """The cursor after the whole page; "" at the end."""
-        return self.resume[-1] if self.resume else ""
-
-
-@dataclass(frozen=True, slots=True)
-class StoreStats:
-    namespaces: dict[str, int]
-    model: ModelInfo | None
-
-    @property
-    def total(self) -> int:
-        return sum(self.namespaces.values())
 
 
 @runtime_checkable

@@ -21,9 +21,11 @@ import numpy as np
 import pytest
 import qdrant_edge as qe
 
-from search_service.stores import local, local_build
-from search_service.stores.build_index import read_ahead
-from search_service.stores.local_build import CopyStopped, IndexBuilder, copy_tree
+from search_service.stores.local import sparse_copy
+from search_service.stores.local.build_child import read_ahead
+from search_service.stores.local.builder import BUILDER, IndexBuilder
+from search_service.stores.local.shard_config import shard_config
+from search_service.stores.local.sparse_copy import CopyStopped, copy_tree
 
 DIMENSION = 16
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -49,7 +51,7 @@ class Owner:
         self.write_lock = asyncio.Lock()
         self.shard_name = "shard-000001"
         self.shard: qe.EdgeShard | None = qe.EdgeShard.create(
-            str(root / self.shard_name), local._shard_config(DIMENSION, qe.Memory.Cold)
+            str(root / self.shard_name), shard_config(DIMENSION, qe.Memory.Cold)
         )
         self.meta = self.shard_name
         self.installed: list[str] = []
@@ -173,8 +175,8 @@ async def test_overwriting_indexed_points_starts_a_build(tmp_path: Path) -> None
 
 
 async def test_upserts_not_yet_indexed_are_remembered_across_a_restart(tmp_path: Path) -> None:
-    from search_service.stores.base import ModelInfo, Record
-    from search_service.stores.local import LocalStore
+    from search_service.domain import ModelInfo, Record
+    from search_service.stores.local.store import LocalStore
 
     model = ModelInfo("tests/tiny", DIMENSION, "f" * 32)
 
@@ -234,7 +236,7 @@ def test_a_stopped_copy_ends_before_its_next_file(tmp_path: Path) -> None:
         (source / name).write_bytes(name.encode() * 1000)
     copied: list[str] = []
     stop = threading.Event()
-    copy_sparse = local_build.copy_sparse
+    copy_sparse = sparse_copy.copy_sparse
 
     def copy_then_stop(source_file: str, target_file: str) -> None:
         copied.append(Path(source_file).name)
@@ -242,7 +244,7 @@ def test_a_stopped_copy_ends_before_its_next_file(tmp_path: Path) -> None:
         stop.set()
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(local_build, "copy_sparse", copy_then_stop)
+        patch.setattr(sparse_copy, "copy_sparse", copy_then_stop)
         with pytest.raises(CopyStopped):
             copy_tree(source, tmp_path / "target", stop)
     assert len(copied) == 1
@@ -319,7 +321,7 @@ async def test_the_builder_leaves_its_whole_copy_in_the_page_cache(tmp_path: Pat
     pages = evict(copy)
     assert cached_bytes(copy) < pages // 4
     child = await asyncio.create_subprocess_exec(
-        *local_build.BUILDER, str(copy), str(os.getpid()), stderr=asyncio.subprocess.PIPE
+        *BUILDER, str(copy), str(os.getpid()), stderr=asyncio.subprocess.PIPE
     )
     _, stderr = await child.communicate()
     assert child.returncode == 0, stderr.decode()
@@ -338,10 +340,10 @@ GATED = (
     sys.executable,
     "-c",
     "import pathlib, sys, time\n"
-    "from search_service.stores import build_index\n"
+    "from search_service.stores.local import build_child\n"
     "gate = pathlib.Path(sys.argv[1]).parent / 'gate'\n"
     "while not gate.exists(): time.sleep(0.01)\n"
-    "sys.exit(build_index.main(['build_index', *sys.argv[1:]]))",
+    "sys.exit(build_child.main(['build_child', *sys.argv[1:]]))",
 )
 
 
@@ -392,9 +394,9 @@ def test_the_builder_lowers_its_cpu_priority_before_it_builds(tmp_path: Path) ->
     owner.shard.close()
     probe = (
         "import os, sys\n"
-        "from search_service.stores import build_index\n"
+        "from search_service.stores.local import build_child\n"
         "before = os.nice(0)\n"
-        "code = build_index.main(['build_index', sys.argv[1], str(os.getppid())])\n"
+        "code = build_child.main(['build_child', sys.argv[1], str(os.getppid())])\n"
         "print(before, code, os.nice(0))"
     )
     shard = str(tmp_path / owner.shard_name)
@@ -443,8 +445,8 @@ RECORDING = (
     sys.executable,
     "-c",
     "import pathlib, shutil, sys\n"
-    "from search_service.stores import build_index\n"
-    "code = build_index.main(['build_index', *sys.argv[1:]])\n"
+    "from search_service.stores.local import build_child\n"
+    "code = build_child.main(['build_child', *sys.argv[1:]])\n"
     "shard = pathlib.Path(sys.argv[1])\n"
     "shutil.copy(shard / 'edge_config.json', shard.parent / 'built_config.json')\n"
     "sys.exit(code)",
@@ -460,7 +462,7 @@ async def test_the_builder_leaves_payloads_on_disk_and_the_swap_serves_them_cach
         threshold=100,
         command=RECORDING,
         child_args=lambda: [str(DIMENSION), "cold"],
-        serving_config=lambda: local._shard_config(DIMENSION, qe.Memory.Cold),
+        serving_config=lambda: shard_config(DIMENSION, qe.Memory.Cold),
     )
     owner.write(builder, 150, seed=0)
     builder.maybe_start()

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from search_service.stores.base import ModelInfo, Record
-from search_service.stores.local import LocalStore
-from search_service.stores.local_pin import VECTOR_FILES, PinnedVectors
+from search_service.domain import ModelInfo, Record
+from search_service.stores.local.pin import VECTOR_FILES, PinnedVectors
+from search_service.stores.local.store import LocalStore
 from tests.stores.conftest import unit
 
 MODEL = ModelInfo("test/model", 512, "p1nned")
@@ -176,7 +176,7 @@ REFUSED = """
 import asyncio, logging, re, sys
 from pathlib import Path
 import numpy as np
-from search_service.stores.local import LocalStore
+from search_service.stores.local.store import LocalStore
 
 logging.basicConfig(level=logging.WARNING, format="%(message)s")
 

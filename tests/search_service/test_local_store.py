@@ -20,12 +20,15 @@ import qdrant_edge as qe
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from search_service.domain import ModelInfo, Record, Vector
 from search_service.errors import ReplyTooLarge
 from search_service.filters import matches, parse_filter
-from search_service.stores import local
-from search_service.stores import local_layout as layout
-from search_service.stores.base import BuildsIndexes, ModelInfo, Record, Vector
-from search_service.stores.local import LocalStore
+from search_service.stores.base import BuildsIndexes
+from search_service.stores.local import layout, migrate, points
+from search_service.stores.local import store as store_module
+from search_service.stores.local.root_lock import LOCK_FILE
+from search_service.stores.local.shard_config import shard_config
+from search_service.stores.local.store import LocalStore
 from tests.stack import files_of
 
 MODEL = ModelInfo("test/model", 32, "f1ngerpr1nt")
@@ -101,7 +104,7 @@ async def test_queries_and_writes_stay_correct_while_the_index_builds_in_the_bac
     assert (await reopened.stats()).namespaces == {"": len(stored)}
     await brute_force_check(reopened, stored, {"label": "late"})
     assert sorted(p.name for p in (tmp_path / "local").iterdir()) == [
-        local.LOCK_FILE,
+        LOCK_FILE,
         reopened._shard_name,
         "store.json",
     ]
@@ -182,7 +185,7 @@ def write_layout_1_store(data_dir: Path) -> dict[tuple[str, str], np.ndarray]:
     root = data_dir / "local"
     root.mkdir(parents=True)
     shard = qe.EdgeShard.create(
-        str(root / "shard-000001"), local._shard_config(MODEL.dimension, qe.Memory.Cold)
+        str(root / "shard-000001"), shard_config(MODEL.dimension, qe.Memory.Cold)
     )
     shard.update(qe.UpdateOperation.create_field_index("ns", qe.PayloadSchemaType.Keyword))
     shard.update(qe.UpdateOperation.create_field_index("keys", qe.PayloadSchemaType.Keyword))
@@ -247,7 +250,7 @@ async def test_a_migration_cut_short_resumes_at_the_next_open(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     vectors = write_layout_1_store(tmp_path)
-    monkeypatch.setattr(local, "MIGRATE_PAGE", 7)
+    monkeypatch.setattr(migrate, "PAGE", 7)
     real_payload = layout.payload
     calls = 0
 
@@ -287,7 +290,7 @@ async def test_a_stop_or_error_while_the_old_shard_closes_keeps_every_acknowledg
     assert store.building
     loop = asyncio.get_running_loop()
     releasing = asyncio.Event()
-    real_close = local._flush_and_close
+    real_close = store_module._flush_and_close
     first = True
 
     def slow_close(shard: qe.EdgeShard) -> None:
@@ -301,7 +304,7 @@ async def test_a_stop_or_error_while_the_old_shard_closes_keeps_every_acknowledg
                 raise OSError("closing the old shard failed")
         real_close(shard)
 
-    monkeypatch.setattr(local, "_flush_and_close", slow_close)
+    monkeypatch.setattr(store_module, "_flush_and_close", slow_close)
     await releasing.wait()
     if trouble == "stop":
         await store.close()
@@ -401,7 +404,7 @@ async def test_a_store_made_with_an_older_config_takes_todays_config_when_opened
     )
     shard = qe.EdgeShard.create(str(root / "shard-000001"), older)
     vectors = unit_vectors(3, 8)
-    shard.update(local._upsert_op("", [Record(f"r{i}", vectors[i], {}) for i in range(3)]))
+    shard.update(points.upsert_op("", [Record(f"r{i}", vectors[i], {}) for i in range(3)]))
     shard.flush()
     shard.close()
     assert payload_storage_kinds(root / "shard-000001") == {"mmap"}
@@ -473,22 +476,24 @@ async def test_upserts_index_the_metadata_keys_they_bring_up_to_the_cap(tmp_path
     store = LocalStore(tmp_path, index_threshold=100_000)
     await store.open()
     await store.bind(MODEL)
-    vectors = unit_vectors(local.MAX_INDEXED_KEYS + 10, 6)
-    metadata: dict[str, Any] = {f"key{j}": f"v{j}" for j in range(local.MAX_INDEXED_KEYS + 10)}
+    vectors = unit_vectors(store_module.MAX_INDEXED_KEYS + 10, 6)
+    metadata: dict[str, Any] = {
+        f"key{j}": f"v{j}" for j in range(store_module.MAX_INDEXED_KEYS + 10)
+    }
     await store.upsert("", [Record("a", vectors[0], {"n": 1.5, "flag": True, "tags": ["x"]})])
     await store.upsert("", [Record("b", vectors[1], metadata)])
     assert store.shard is not None
     schema = store.shard.info().payload_schema
     indexed = {layout.key_of_path(path) for path in schema} - {None}
-    assert len(indexed) == local.MAX_INDEXED_KEYS
+    assert len(indexed) == store_module.MAX_INDEXED_KEYS
     for key in ("n", "flag", "tags"):
         assert layout.key_of_path(layout.metadata_path(key)) in indexed
     assert {layout.number_path("n"), layout.bool_path("flag")} <= set(schema)
     # Keys past the cap are filtered all the same, reading each candidate's payload.
-    last = f"key{local.MAX_INDEXED_KEYS + 9}"
+    last = f"key{store_module.MAX_INDEXED_KEYS + 9}"
     assert layout.metadata_path(last) not in schema
     found = await store.query(
-        "", vectors[1], top_k=5, condition=parse_filter({last: f"v{local.MAX_INDEXED_KEYS + 9}"}),
+        "", vectors[1], top_k=5, condition=parse_filter({last: metadata[last]}),
         include_values=False, include_metadata=False,
     )  # fmt: skip
     assert [m.id for m in found] == ["b"]
@@ -584,10 +589,10 @@ async def test_a_reply_that_cannot_fit_is_refused_before_every_record_is_read(
             include_metadata=True, max_bytes=budget,
         )  # fmt: skip
     assert "only 49 of the 2000 matches fit" in str(caught.value)
-    assert counted.retrieved == [local.RECORD_CHUNK]
+    assert counted.retrieved == [points.RECORD_CHUNK]
     with pytest.raises(ReplyTooLarge):
         await store.fetch("", [str(i) for i in range(1000)], max_bytes=budget)
-    assert counted.retrieved[1:] == [local.RECORD_CHUNK]
+    assert counted.retrieved[1:] == [points.RECORD_CHUNK]
     # What fits is answered whole, by the one query or in chunks.
     for top_k in (10, 40):
         found = await store.query(

@@ -18,7 +18,7 @@ from imagesearch_client import FailedPrecondition, ImageSearchClient, Unavailabl
 
 from embed_service.app import EmbedApp
 from search_service.errors import StoreMisconfigured
-from search_service.stores.pinecone import TAG_FINGERPRINT, TAG_MODEL
+from search_service.stores.pinecone.packing import TAG_FINGERPRINT, TAG_MODEL
 from tests.pinecone_standin import PineconeStandIn
 from tests.search_service.conftest import StartSearch, on_pinecone
 from tests.stack import InThread

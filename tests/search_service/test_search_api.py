@@ -17,9 +17,9 @@ from imagesearch_client import (
 )
 
 from search_service.app import SearchApp
+from search_service.domain import ModelInfo
 from search_service.filters import matches, parse_filter
-from search_service.stores.base import ModelInfo
-from search_service.stores.local import LocalStore
+from search_service.stores.local.store import LocalStore
 from tests.imagegen import CLASSES, encode, picture
 from tests.search_service.conftest import StartSearch
 from tests.stack import AnyClient, InThread

@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from search_service.domain import ModelInfo, Record, ScoredRecord, Vector
 from search_service.filters import Condition, matches, parse_filter
-from search_service.stores.base import ModelInfo, Record, ScoredRecord, Vector, VectorStore
-from search_service.stores.local import LocalStore
-from search_service.stores.pinecone import PineconeStore
+from search_service.stores.base import VectorStore
+from search_service.stores.local.store import LocalStore
+from search_service.stores.pinecone.store import PineconeStore
 from tests.pinecone_standin import PineconeStandIn
 
 DIMENSION = 16

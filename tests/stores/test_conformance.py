@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from search_service.domain import Record
 from search_service.filters import Metadata, matches, parse_filter, validate_metadata
-from search_service.stores.base import Record
 from tests.pinecone_standin import evaluate
 from tests.stores.conftest import StoreUnderTest, open_store, unit
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from search_service.domain import Listed, Record
 from search_service.errors import InvalidArgument
-from search_service.stores.base import Listed, Record
-from search_service.stores.local import LocalStore
+from search_service.stores.local.store import LocalStore
 from tests.stores.conftest import MODEL, StoreUnderTest, unit
 
 PAGED = 2500

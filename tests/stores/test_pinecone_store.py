@@ -14,6 +14,7 @@ import pytest
 from pinecone import PineconeAsyncio
 from pinecone.errors import PayloadTooLargeError
 
+from search_service.domain import ModelInfo, Record
 from search_service.errors import (
     InvalidArgument,
     ModelMismatch,
@@ -23,8 +24,8 @@ from search_service.errors import (
     Unavailable,
 )
 from search_service.filters import parse_filter
-from search_service.stores.base import ModelInfo, Record
-from search_service.stores.pinecone import TAG_FINGERPRINT, TAG_MODEL, PineconeStore
+from search_service.stores.pinecone.packing import TAG_FINGERPRINT, TAG_MODEL
+from search_service.stores.pinecone.store import PineconeStore
 from tests.pinecone_standin import MAX_UPSERT_BYTES, PineconeStandIn
 from tests.stores.conftest import MODEL, unit
 

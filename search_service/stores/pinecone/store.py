@@ -1,6 +1,7 @@
 """The Pinecone store: a serverless index through the official SDK's asyncio client.
 
-The only module that imports `pinecone`. The index is created on first use with the
+Only this package imports `pinecone` (errors.py: its errors as ours; packing.py: records
+packed into requests within Pinecone's limits). The index is created on first use with the
 dimension of the model embed_service runs and metric cosine; the model that fills it
 is recorded in the index's tags (`imagesearch-model`, `imagesearch-fingerprint`), so
 a service started later against another model is refused as the local store refuses
@@ -19,44 +20,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-import orjson
 from imagesearch.wire import DEFAULT_NAMESPACE
 from pinecone import PineconeAsyncio, ServerlessSpec
 from pinecone.errors import (
-    ApiError,
     ConflictError,
-    ForbiddenError,
-    NotFoundError,
-    PayloadTooLargeError,
-    PaymentRequiredError,
-    PineconeConnectionError,
     PineconeError,
-    PineconeTimeoutError,
-    PineconeTypeError,
-    PineconeValueError,
-    RateLimitError,
-    ServiceError,
-    UnauthorizedError,
 )
 
-from search_service.errors import (
-    InvalidArgument,
-    ModelMismatch,
-    NotFound,
-    PermissionDenied,
-    SearchError,
-    StoreMisconfigured,
-    Unauthenticated,
-    Unavailable,
-)
-from search_service.filters import Condition, Metadata, to_filter
-from search_service.paging import refused
-from search_service.stores.base import (
+from search_service.domain import (
     Listed,
     ListedPage,
     ModelInfo,
@@ -64,10 +40,18 @@ from search_service.stores.base import (
     ScoredRecord,
     StoreStats,
     Vector,
-    check_reply,
     check_same_model,
-    reply_bytes,
 )
+from search_service.errors import (
+    ModelMismatch,
+    NotFound,
+    SearchError,
+    StoreMisconfigured,
+    Unavailable,
+)
+from search_service.filters import Condition, to_filter
+from search_service.stores.pinecone import packing
+from search_service.stores.pinecone.errors import RetryCounter, domain_error
 
 if TYPE_CHECKING:
     from search_service.config import SearchSettings
@@ -76,16 +60,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-TAG_MODEL = "imagesearch-model"
-TAG_FINGERPRINT = "imagesearch-fingerprint"
 METRIC = "cosine"
-MAX_UPSERT_RECORDS = 1000
-# Pinecone's cap is 2 MB per request; the margin covers the envelope around the records.
-MAX_UPSERT_BYTES = 2_000_000 - 16_000
 UPSERT_CONCURRENCY = 8
-MAX_IDS = 1000
-# ids per fetch are bounded by URL length too: ids may be 512 characters long.
-FETCH_URL_BUDGET = 6_000
 # Query results are capped at 4 MB; above this estimate, values are fetched separately.
 RESULT_VALUES_BUDGET = 3_000_000
 # Pinecone lists at most 100 ids per call; always asking for 100 keeps the pages of
@@ -116,7 +92,7 @@ class PineconeStore:
         """`on_error(kind)` is told of every error Pinecone answers (kind: our class name),
         `on_retry()` of every retry the SDK makes."""
         self._on_error = on_error
-        self._retries = _RetryCounter(on_retry) if on_retry is not None else None
+        self._retries = RetryCounter(on_retry) if on_retry is not None else None
         self._api_key = api_key
         self._index_name = index_name
         self._cloud = cloud
@@ -208,12 +184,12 @@ class PineconeStore:
         if stats.total:
             self._unknown_model = ModelMismatch(
                 f"the Pinecone index {self._index_name!r} holds {stats.total} vectors with no "
-                f"record of the model that made them (no {TAG_FINGERPRINT} tag); set "
+                f"record of the model that made them (no {packing.TAG_FINGERPRINT} tag); set "
                 "PINECONE_INDEX to a new index name, or empty that index"
             )
             return
         client = self._require_client()
-        await self._call(client.configure_index(self._index_name, tags=_tags(model)))
+        await self._call(client.configure_index(self._index_name, tags=packing.tags(model)))
         self._model = model
         log.info("Pinecone index %r adopted for %s", self._index_name, model.model_id)
 
@@ -227,7 +203,7 @@ class PineconeStore:
                 spec=ServerlessSpec(cloud=self._cloud, region=self._region),
                 dimension=model.dimension,
                 metric=METRIC,
-                tags=_tags(model),
+                tags=packing.tags(model),
                 timeout=-1,  # the bounded wait is ours, in _attach
             )
         except ConflictError:
@@ -248,7 +224,7 @@ class PineconeStore:
             )
         described = await self._wait_ready(described)
         self._dimension = int(described.dimension)
-        self._model = _model_from_tags(described.tags, self._dimension)
+        self._model = packing.model_from_tags(described.tags, self._dimension)
         self._index = self._require_client().IndexAsyncio(host=described.host)
 
     async def _wait_ready(self, described: Any) -> Any:
@@ -289,7 +265,7 @@ class PineconeStore:
 
     async def upsert(self, namespace: str, records: Sequence[Record]) -> dict[int, SearchError]:
         index = self._require_index()
-        batches = list(_pack(records))
+        batches = list(packing.pack(records))
         gate = asyncio.Semaphore(UPSERT_CONCURRENCY)
 
         async def send(batch: list[tuple[int, dict[str, Any]]]) -> None:
@@ -313,8 +289,8 @@ class PineconeStore:
 
     async def delete_ids(self, namespace: str, ids: Sequence[str]) -> None:
         if self._index is not None:
-            for start in range(0, len(ids), MAX_IDS):
-                chunk = list(ids[start : start + MAX_IDS])
+            for start in range(0, len(ids), packing.MAX_IDS):
+                chunk = list(ids[start : start + packing.MAX_IDS])
                 await self._delete(ids=chunk, namespace=namespace)
 
     async def delete_where(self, namespace: str, condition: Condition) -> None:
@@ -350,7 +326,7 @@ class PineconeStore:
         found = await self._call(
             self._index.query(
                 top_k=top_k,
-                vector=_floats(vector),
+                vector=packing.floats(vector),
                 namespace=namespace,
                 filter=to_filter(condition) if condition is not None else None,
                 include_values=include_values and not values_after,
@@ -362,12 +338,12 @@ class PineconeStore:
                 id=m.id,
                 score=float(m.score),
                 values=np.asarray(m.values, dtype=np.float32) if include_values else None,
-                metadata=_metadata(m.metadata) if include_metadata else None,
+                metadata=packing.metadata(m.metadata) if include_metadata else None,
             )
             for m in found.matches
         ]
         # Pinecone caps a query's answer itself (4 MB); only the check is left to do here.
-        _check_size(matches, max_bytes, what="matches")
+        packing.check_size(matches, max_bytes, what="matches")
         if values_after:
             ids = [m.id for m in matches]
             stored = {r.id: r.values for r in await self.fetch(namespace, ids, max_bytes=max_bytes)}
@@ -388,7 +364,7 @@ class PineconeStore:
         answers = await asyncio.gather(
             *(
                 self._call(index.fetch(ids=chunk, namespace=namespace))
-                for chunk in _fetch_chunks(wanted)
+                for chunk in packing.fetch_chunks(wanted)
             )
         )
         found = {key: v for answer in answers for key, v in answer.vectors.items()}
@@ -396,12 +372,12 @@ class PineconeStore:
             Record(
                 id=i,
                 values=np.asarray(found[i].values, dtype=np.float32),
-                metadata=_metadata(found[i].metadata),
+                metadata=packing.metadata(found[i].metadata),
             )
             for i in wanted
             if i in found
         ]
-        _check_size(records, max_bytes, what="records")
+        packing.check_size(records, max_bytes, what="records")
         return records
 
     async def list_page(
@@ -420,7 +396,7 @@ class PineconeStore:
         # that skips exactly what was taken, even after inserts pushed it to a later page.
         if self._index is None:
             return ListedPage([], [])
-        token, after = _list_cursor(cursor) if cursor else (None, "")
+        token, after = packing.list_cursor(cursor) if cursor else (None, "")
         index = self._index
         ids: list[str] = []
         resume: list[str] = []
@@ -485,41 +461,10 @@ class PineconeStore:
             raise self._translate(exc) from None
 
     def _translate(self, exc: PineconeError) -> SearchError:
-        error = self._domain_error(exc)
+        error = domain_error(exc, index=self._index_name, redact=self._redact)
         if self._on_error is not None:
             self._on_error(type(error).__name__)
         return error
-
-    def _domain_error(self, exc: PineconeError) -> SearchError:
-        status = getattr(exc, "status_code", None)
-        detail = self._redact(str(getattr(exc, "message", None) or exc) or type(exc).__name__)
-        where = f"Pinecone index {self._index_name!r}"
-        if isinstance(exc, UnauthorizedError):
-            return Unauthenticated(
-                f"Pinecone refused the API key in PINECONE_API_KEY ({status}: {detail}); "
-                "set it to a current key of the project that holds the index"
-            )
-        if isinstance(exc, ForbiddenError | PaymentRequiredError):
-            return PermissionDenied(
-                f"the API key in PINECONE_API_KEY may not do this on the {where} "
-                f"({status}: {detail})"
-            )
-        if isinstance(exc, NotFoundError):
-            return NotFound(f"{where}: {detail}")
-        if isinstance(exc, PayloadTooLargeError):
-            return InvalidArgument(f"Pinecone refused a request as too large: {detail}",
-                                   field="records")  # fmt: skip
-        if isinstance(exc, RateLimitError | ServiceError):
-            return Unavailable(
-                f"Pinecone answered {status} after retries with backoff ({detail}); try again later"
-            )
-        if isinstance(exc, PineconeConnectionError | PineconeTimeoutError):
-            return Unavailable(f"Pinecone cannot be reached after retries: {detail}")
-        if isinstance(exc, PineconeValueError | PineconeTypeError) or (
-            isinstance(exc, ApiError) and status in (400, 409, 422)
-        ):
-            return InvalidArgument(f"Pinecone refused the request: {detail}", field="request")
-        return SearchError(f"Pinecone failed: {detail}")
 
     def _redact(self, text: str) -> str:
         return text.replace(self._api_key, "<PINECONE_API_KEY>") if self._api_key else text
@@ -533,121 +478,3 @@ class PineconeStore:
         if self._index is None:
             raise RuntimeError("the Pinecone index is not bound to a model yet")
         return self._index
-
-
-def _tags(model: ModelInfo) -> dict[str, str]:
-    # Tag values are at most 120 printable ASCII characters; the fingerprint decides.
-    shown = "".join(c if c.isascii() and c.isprintable() else "?" for c in model.model_id)
-    return {TAG_MODEL: shown[-120:], TAG_FINGERPRINT: model.fingerprint}
-
-
-def _model_from_tags(tags: Mapping[str, str] | None, dimension: int) -> ModelInfo | None:
-    if not tags or not tags.get(TAG_FINGERPRINT):
-        return None
-    return ModelInfo(
-        model_id=tags.get(TAG_MODEL, "an unknown model"),
-        dimension=dimension,
-        fingerprint=tags[TAG_FINGERPRINT],
-    )
-
-
-def _floats(vector: Vector) -> list[float]:
-    # orjson writes each float32 in its shortest form, which parses back to the same
-    # float32: about half the bytes of float64 reprs, so twice the records per request.
-    floats: list[float] = orjson.loads(
-        orjson.dumps(np.ascontiguousarray(vector, dtype=np.float32),
-                     option=orjson.OPT_SERIALIZE_NUMPY)
-    )  # fmt: skip
-    return floats
-
-
-def _pack(records: Sequence[Record]) -> Iterator[list[tuple[int, dict[str, Any]]]]:
-    """Requests of at most MAX_UPSERT_RECORDS records and MAX_UPSERT_BYTES of JSON."""
-    batch: list[tuple[int, dict[str, Any]]] = []
-    size = 0
-    for position, record in enumerate(records):
-        body: dict[str, Any] = {"id": record.id, "values": _floats(record.values)}
-        if record.metadata:
-            body["metadata"] = record.metadata
-        record_size = len(orjson.dumps(body)) + 1
-        if batch and (len(batch) == MAX_UPSERT_RECORDS or size + record_size > MAX_UPSERT_BYTES):
-            yield batch
-            batch, size = [], 0
-        batch.append((position, body))
-        size += record_size
-    if batch:
-        yield batch
-
-
-def _fetch_chunks(ids: Sequence[str]) -> Iterator[list[str]]:
-    chunk: list[str] = []
-    length = 0
-    for record_id in ids:
-        cost = len(record_id) * 3 + 5  # percent-encoded worst case, plus "&ids="
-        if chunk and (len(chunk) == MAX_IDS or length + cost > FETCH_URL_BUDGET):
-            yield chunk
-            chunk, length = [], 0
-        chunk.append(record_id)
-        length += cost
-    if chunk:
-        yield chunk
-
-
-def _list_cursor(cursor: str) -> tuple[str | None, str]:
-    try:
-        token, after = json.loads(cursor)
-        if (token is None or isinstance(token, str)) and isinstance(after, str):
-            return token, after
-    except (ValueError, TypeError):
-        pass
-    raise refused("does not continue a listing of this store")
-
-
-def _metadata(raw: Mapping[str, Any] | None) -> Metadata:
-    # JSON may bring a whole number back as an int; metadata numbers are floats.
-    return {
-        key: float(value) if isinstance(value, int) and not isinstance(value, bool) else value
-        for key, value in (raw or {}).items()
-    }
-
-
-__all__ = ["PineconeStore"]
-
-
-class _RetryCounter(logging.Filter):
-    """Counts the SDK's retries from the debug line it logs for each (pinecone 10.2.0 has
-    no retry hook), and keeps its debug lines out of the log unless it is at DEBUG."""
-
-    SDK_LOGGER = "pinecone._internal.http_client"
-
-    def __init__(self, on_retry: Callable[[], None]) -> None:
-        super().__init__()
-        self._on_retry = on_retry
-        self._logger = logging.getLogger(self.SDK_LOGGER)
-        self._level = self._logger.level
-
-    def install(self) -> None:
-        self._keep_debug = logging.getLogger().isEnabledFor(logging.DEBUG)
-        self._logger.setLevel(logging.DEBUG)
-        self._logger.addFilter(self)
-
-    def remove(self) -> None:
-        self._logger.removeFilter(self)
-        self._logger.setLevel(self._level)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.WARNING:
-            return True
-        message = str(record.msg)
-        if "retrying" in message or message.startswith("Throttled response"):
-            self._on_retry()
-        return self._keep_debug
-
-
-def _check_size(
-    records: Sequence[Record | ScoredRecord], max_bytes: int | None, *, what: str
-) -> None:
-    size = 0
-    for sent, record in enumerate(records):
-        size += reply_bytes(record.id, record.values, record.metadata)
-        check_reply(size, max_bytes, sent=sent, asked=len(records), what=what)

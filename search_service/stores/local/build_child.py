@@ -1,9 +1,9 @@
-"""`python -m search_service.stores.build_index SHARD_DIR PARENT_PID [DIMENSION VECTORS_MEMORY]`:
-builds HNSW for a shard copy.
+"""Builds HNSW for a shard copy:
+`python -m search_service.stores.local.build_child SHARD_DIR PARENT_PID [DIMENSION MEMORY]`.
 
 Run by the local store in a child process, because Qdrant Edge's `optimize()` holds
 the GIL for its whole run and would stall the serving process. With DIMENSION and
-VECTORS_MEMORY (cold or cached) it opens the copy with `local.build_config`, which
+VECTORS_MEMORY (cold or cached) it opens the copy with `shard_config.build_config`, which
 leaves the payload on disk; without, with the config the copy has. Exits 0 once the
 optimized shard is flushed to disk and read into the page cache.
 """
@@ -19,7 +19,8 @@ from pathlib import Path
 
 import qdrant_edge as qe
 
-from search_service.stores.local_pin import physical_memory
+from search_service.stores.local.memory import physical_memory
+from search_service.stores.local.shard_config import build_config
 
 PR_SET_PDEATHSIG = 1
 # The lowest CPU priority: the build takes only the cycles the service leaves, so on a
@@ -80,7 +81,7 @@ def read_ahead(directory: Path, most: int) -> int:
 def main(argv: list[str]) -> int:
     if len(argv) not in (3, 5):
         print(
-            "usage: python -m search_service.stores.build_index SHARD_DIR PARENT_PID "
+            "usage: python -m search_service.stores.local.build_child SHARD_DIR PARENT_PID "
             "[DIMENSION VECTORS_MEMORY]",
             file=sys.stderr,
         )
@@ -89,8 +90,6 @@ def main(argv: list[str]) -> int:
     die_with_parent(int(argv[2]))
     started = time.perf_counter()
     if len(argv) == 5:
-        from search_service.stores.local import build_config
-
         shard = qe.EdgeShard.load(argv[1], build_config(int(argv[3]), argv[4]))
     else:
         shard = qe.EdgeShard.load(argv[1])
@@ -102,10 +101,10 @@ def main(argv: list[str]) -> int:
     try:
         read = read_ahead(Path(argv[1]), int(physical_memory() * READ_AHEAD_SHARE))
     except OSError as exc:  # only saves time: the service reads what it needs regardless
-        print(f"build_index: the copy was not read ahead: {exc}", file=sys.stderr)
+        print(f"build_child: the copy was not read ahead: {exc}", file=sys.stderr)
         read = 0
     print(
-        f"build_index: {info.indexed_vectors_count}/{info.points_count} vectors indexed "
+        f"build_child: {info.indexed_vectors_count}/{info.points_count} vectors indexed "
         f"in {built - started:.1f} s; {read / 2**30:.2f} GiB read ahead in "
         f"{time.perf_counter() - built:.1f} s",
         file=sys.stderr,

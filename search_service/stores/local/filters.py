@@ -1,6 +1,6 @@
 """Pinecone filters over the local store's points: the validated filter tree of
 `search_service.filters` as Qdrant Edge conditions with the same meaning, and the payload
-indexes a record's metadata wants. Pure functions over `local_layout`'s payload; no I/O.
+indexes a record's metadata wants. Pure functions over `layout.py`'s payload; no I/O.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 import qdrant_edge as qe
 
 from search_service.filters import And, Condition, Metadata, Or
-from search_service.stores import local_layout as layout
+from search_service.stores.local import layout
 
 
 def namespace_filter(namespace: str, condition: Condition | None) -> qe.Filter:

@@ -3,7 +3,7 @@
 Qdrant Edge's `optimize()` holds the GIL for its whole run (minutes at 100k vectors), so
 it never runs in the serving process. When enough unindexed points pile up, the live
 shard is flushed and copied (writes wait for the copy, queries do not), a child process
-(`build_index.py`) optimizes the copy, and every write made meanwhile is applied to the
+(`build_child.py`) optimizes the copy, and every write made meanwhile is applied to the
 live shard and kept in a replay log. When the child is done (it reads the copy into the
 page cache last), the copy is loaded, the log replayed into it and the owner installs it
 (store.json names it, atomically), all while writes wait; then the old shard is closed
@@ -15,25 +15,26 @@ one behind.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
 import shutil
 import sys
 import threading
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import qdrant_edge as qe
 
+from search_service.stores.local.sparse_copy import CopyStopped, copy_tree
+from search_service.stores.local.tasks import uncancellable
+
 log = logging.getLogger(__name__)
 
-BUILDER = (sys.executable, "-m", "search_service.stores.build_index")
-CHUNK = 1 << 24
-# When writes stop, the tail they leave under the threshold would be scanned by every
-# query for good (a 7k tail is ~2 ms of a 5.6 ms query at 300k on a 2-core EPYC): once
-# no write has come for IDLE_BUILD_S, a build indexes a tail of IDLE_BUILD_MIN or more.
+BUILDER = (sys.executable, "-m", "search_service.stores.local.build_child")
+# When writes stop, the tail they leave under the threshold would be scanned exactly by
+# every query for good: once no write has come for IDLE_BUILD_S, a build indexes a tail
+# of IDLE_BUILD_MIN or more.
 IDLE_BUILD_S = 30.0
 IDLE_BUILD_MIN = 1000
 
@@ -282,69 +283,6 @@ class IndexBuilder:
         await self._owner.retire(old_name, old)
 
 
-class CopyStopped(Exception):
-    """copy_tree was told to stop, and did, between two files."""
-
-
-def copy_tree(source: Path, target: Path, stop: threading.Event | None = None) -> None:
-    """shutil.copytree, keeping holes: Qdrant preallocates its WAL and storage pages as
-    sparse files (a new shard: 99 MB apparent, 80 KB on disk), which a plain copy fills in.
-    Once `stop` is set, it raises CopyStopped before the next file."""
-
-    def copy(source_file: str, target_file: str) -> None:
-        if stop is not None and stop.is_set():
-            raise CopyStopped(target)
-        copy_sparse(source_file, target_file)
-
-    shutil.copytree(source, target, copy_function=copy)
-
-
-def copy_sparse(source: str, target: str) -> None:
-    """Copies the data regions of `source` (found with SEEK_DATA / SEEK_HOLE) to the same
-    offsets of `target`, which keeps the holes between them."""
-    with open(source, "rb", buffering=0) as src_file, open(target, "wb", buffering=0) as dst_file:
-        src, dst = src_file.fileno(), dst_file.fileno()
-        size = os.fstat(src).st_size
-        offset = 0
-        while offset < size:
-            try:
-                start = os.lseek(src, offset, os.SEEK_DATA)
-            except OSError as exc:  # ENXIO: only a hole is left
-                if exc.errno == errno.ENXIO:
-                    break
-                raise
-            end = os.lseek(src, start, os.SEEK_HOLE)
-            _copy_range(src, dst, start, end)
-            offset = end
-        os.ftruncate(dst, size)
-    shutil.copystat(source, target)
-
-
-def _copy_range(src: int, dst: int, start: int, end: int) -> None:
-    """Bytes [start, end) of `src` to the same offsets of `dst`: in the kernel where it
-    can (copy_file_range), so the page cache is not copied through this process."""
-    in_kernel = sys.platform.startswith("linux")
-    while start < end:
-        done = 0
-        if in_kernel:
-            try:
-                done = os.copy_file_range(src, dst, min(end - start, CHUNK), start, start)
-            except OSError as exc:  # a file system or kernel without it
-                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                    raise
-                in_kernel = False
-        if not in_kernel:
-            done = _copy_by_hand(src, dst, start, end)
-        if not done:  # the file shrank under us
-            return
-        start += done
-
-
-def _copy_by_hand(src: int, dst: int, start: int, end: int) -> int:
-    chunk = os.pread(src, min(end - start, CHUNK), start)
-    return os.pwrite(dst, chunk, start) if chunk else 0
-
-
 def _next_name(name: str) -> str:
     number = int(name.rsplit("-", 1)[1]) + 1
     return f"shard-{number:06d}"
@@ -354,25 +292,3 @@ def _require(shard: qe.EdgeShard | None) -> qe.EdgeShard:
     if shard is None:
         raise RuntimeError("the local store is not open")
     return shard
-
-
-async def uncancellable(
-    work: Coroutine[Any, Any, None], on_cancel: Callable[[], object] = lambda: None
-) -> None:
-    """Runs `work` to its end even if the caller is cancelled meanwhile (calling `on_cancel`
-    then, so that the work may end sooner), then re-raises."""
-    task = asyncio.ensure_future(work)
-    cancelled = False
-    while True:
-        try:
-            await asyncio.shield(task)
-            break
-        except asyncio.CancelledError:
-            if task.done():
-                break
-            if not cancelled:
-                on_cancel()
-            cancelled = True
-    task.result()
-    if cancelled:
-        raise asyncio.CancelledError

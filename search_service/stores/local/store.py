@@ -1,48 +1,25 @@
-"""The embedded store: Qdrant Edge (`qdrant-edge-py`) on disk under DATA_DIR.
+"""LocalStore: the VectorStore on one Qdrant Edge shard under `DATA_DIR/local/`.
 
-Qdrant Edge is beta, so only the local store's own modules import qdrant_edge: this one,
-local_filters.py (conditions), local_build.py (the background build) and build_index.py
-(its child).
-
-Layout under `<DATA_DIR>/local/`:
-    store.json        which model filled the store and which shard directory is current
-    shard-NNNNNN/     the Qdrant Edge shard (segments + write-ahead log)
-    lock              held (flock, with its pid) by the one process that has the store open
-
-How records become points is `local_layout.py`; how filters become Qdrant conditions,
-`local_filters.py`.
-A store of an older layout is migrated in place when it is opened (see `_migrate`).
-
-Index building: new points are searched exactly until a background build
-(`local_build.py`: copy, HNSW in a child process, replay, swap) has indexed them.
+Its lifecycle (open, bind, close), writes and reads; the rest of the package holds the
+parts (see `__init__.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import json
 import logging
-import os
 import shutil
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
 import numpy as np
 import qdrant_edge as qe
 
-from search_service.errors import SearchError, StoreMisconfigured
-from search_service.filters import MAX_ID_LENGTH, MAX_METADATA_BYTES, Condition, Metadata
-from search_service.paging import refused
-from search_service.stores import local_filters as filters
-from search_service.stores import local_layout as layout
-from search_service.stores.base import (
+from search_service.domain import (
     Listed,
     ListedPage,
     ModelInfo,
@@ -50,38 +27,38 @@ from search_service.stores.base import (
     ScoredRecord,
     StoreStats,
     Vector,
-    check_reply,
     check_same_model,
-    reply_bytes,
 )
-from search_service.stores.local_build import IndexBuilder, uncancellable
-from search_service.stores.local_pin import PinnedVectors
+from search_service.errors import SearchError, StoreMisconfigured
+from search_service.filters import MAX_ID_LENGTH, MAX_METADATA_BYTES, Condition
+from search_service.stores.base import reply_bytes
+from search_service.stores.local import filters, layout, manifest
+from search_service.stores.local.builder import IndexBuilder
+from search_service.stores.local.migrate import migrate
+from search_service.stores.local.pin import PinnedVectors
+from search_service.stores.local.points import (
+    point_cursor,
+    read_records,
+    upsert_parts,
+    vector_of,
+)
+from search_service.stores.local.root_lock import RootLock
+from search_service.stores.local.shard_config import (
+    BASE_INDEXES,
+    OVERSAMPLING,
+    index_base_fields,
+    memory_of,
+    search_ef,
+    shard_config,
+)
+from search_service.stores.local.tasks import uncancellable
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-FORMAT = layout.LAYOUT
-# Search: HNSW over int8 scalar-quantized vectors (a quarter of the memory traffic), then
-# the best OVERSAMPLING x top_k rescored with the float32 originals, so scores are exact.
-# Measured at 100k 512-d: ef 64 + rescore gives recall@10 0.999 in ~0.3 ms, where float32
-# at ef 128 took ~1 ms. Stores created before quantization keep float32 (ef 64: 0.996).
-# Past LARGE_STORE points ef 64 loses recall (1M: 0.986); 128 keeps it (0.998, 0.8 ms).
-HNSW_EF = 64
-HNSW_EF_LARGE = 128
-LARGE_STORE = 250_000
-OVERSAMPLING = 2.0
 # Qdrant Edge counts facets up to a limit; namespaces past it would go unreported.
 MAX_NAMESPACES = 1_000_000
-MIGRATE_PAGE = 1000
-# Records read from the shard at a time where the reply size must be watched.
-RECORD_CHUNK = 128
-RECOVER = "restore DATA_DIR from a backup, or point DATA_DIR at a new directory"
-# Held (flock) by the one process that has the store open.
-LOCK_FILE = "lock"
-# Payload fields every store has indexed: namespace and key filters, and id prefixes
-# for listings.
-BASE_INDEXES = ("ns", "keys", "id")
 # Metadata keys indexed as upserts first bring them; past this many, filters on further
 # keys read the payload of each candidate instead (exact, slower). A query never indexes:
 # a read must not write, and a hostile filter must not grow the store.
@@ -122,10 +99,10 @@ class LocalStore:
             serving_config=self._serving_config,
         )
         self._max_unindexed = max_unindexed
-        self._vectors_memory = qe.Memory.Cached if vectors_memory == "cached" else qe.Memory.Cold
+        self._vectors_memory = memory_of(vectors_memory)
         self._pinned = PinnedVectors() if vectors_memory == "pinned" else None
         self._on_wait = on_wait
-        self._lock_fd: int | None = None
+        self._lock = RootLock(self._root)
         # Bumped by every write and index swap: what is counted need not be counted again.
         self.changes = 0
 
@@ -154,11 +131,11 @@ class LocalStore:
         return self._shard_name
 
     def named_in_meta(self) -> str | None:
-        meta = self._read_meta()
-        return meta[1] if meta is not None else None
+        found = manifest.read(self._root)
+        return found.shard if found is not None else None
 
     def _builder_args(self) -> list[str]:
-        """The builder child's DIMENSION and VECTORS_MEMORY (see build_index.py)."""
+        """The build child's DIMENSION and VECTORS_MEMORY (see build_child.py)."""
         if self._model is None:
             return []
         memory = "cached" if self._vectors_memory == qe.Memory.Cached else "cold"
@@ -168,11 +145,11 @@ class LocalStore:
         """What a built copy is loaded with: the builder left its payload on disk."""
         if self._model is None:
             return None
-        return _shard_config(self._model.dimension, self._vectors_memory)
+        return shard_config(self._model.dimension, self._vectors_memory)
 
     async def install(self, name: str, shard: qe.EdgeShard) -> qe.EdgeShard | None:
         assert self._model is not None
-        await asyncio.to_thread(self._write_meta, self._model, name)
+        await asyncio.to_thread(manifest.write, self._root, self._model, name)
         old = self._shard
         self._shard, self._shard_name = shard, name
         self.changes += 1
@@ -181,8 +158,8 @@ class LocalStore:
         return old
 
     async def retire(self, name: str, shard: qe.EdgeShard | None) -> None:
-        # Closing a shard and removing its files take 0.5-0.6 s at 300k vectors (a script
-        # on the AMX Xeon): writers go on meanwhile, into the shard that replaced it.
+        # Closing a shard and removing its files take a while: writers go on meanwhile,
+        # into the shard that replaced it.
         if shard is not None:
             await self._release(shard)
         await asyncio.to_thread(shutil.rmtree, self._root / name, True)
@@ -190,50 +167,25 @@ class LocalStore:
     async def open(self) -> ModelInfo | None:
         """Opens the store; StoreMisconfigured (naming the path) if it cannot be read, or
         if another process has it open."""
-        self._lock_root()
-        meta = self._read_meta()
-        if meta is None:
+        self._lock.acquire()
+        found = manifest.read(self._root)
+        if found is None:
             return None
-        model, name, version = meta
+        model, name, version = found.model, found.shard, found.layout
         shard = await asyncio.to_thread(self._load_shard, name, model.dimension)
         self._model, self._shard_name, self._shard = model, name, shard
         await asyncio.to_thread(self._remove_leftovers)
-        if version < FORMAT:
+        if version < layout.LAYOUT:
             await asyncio.to_thread(self._migrate, shard, version)
-        await asyncio.to_thread(_index_base_fields, shard)
+        await asyncio.to_thread(index_base_fields, shard)
         self._indexed_fields = set(shard.info().payload_schema)
-        self._builder.pending = self._read_pending()
+        self._builder.pending = manifest.read_pending(self._root)
         await asyncio.to_thread(self._pin_live)
         log.info(
             "local store at %s: %d vectors of %s", self._root, self._points(), self._model.model_id
         )
         self._builder.maybe_start()
         return self._model
-
-    def _lock_root(self) -> None:
-        """Holds LOCK_FILE (an exclusive flock, with this pid in it) while the store is open:
-        a second service on the same DATA_DIR is told who has it, where Qdrant would only
-        fail to open its write-ahead log."""
-        self._root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self._root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip()
-            os.close(fd)
-            raise StoreMisconfigured(
-                f"the local store in {self._root} is in use by another process"
-                f"{f' (pid {holder})' if holder.isdigit() else ''}: stop it first, or point "
-                "DATA_DIR at another directory. Nothing is wrong with the store itself"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._lock_fd = fd
-
-    def _unlock_root(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing the descriptor lets the flock go
-            self._lock_fd = None
 
     async def bind(self, model: ModelInfo) -> None:
         if self._model is not None:
@@ -253,16 +205,16 @@ class LocalStore:
         if not path.is_dir():
             raise StoreMisconfigured(
                 f"cannot open the local store: {self._root / 'store.json'} names the shard "
-                f"{path}, which does not exist; {RECOVER}"
+                f"{path}, which does not exist; {manifest.RECOVER}"
             )
         try:
             # With today's config, which Qdrant checks against the segments and writes back:
             # a store made by an older version builds its new segments the current way.
-            return qe.EdgeShard.load(str(path), _shard_config(dimension, self._vectors_memory))
+            return qe.EdgeShard.load(str(path), shard_config(dimension, self._vectors_memory))
         except Exception as exc:
             raise StoreMisconfigured(
                 f"cannot open the local store: the shard {path} could not be loaded "
-                f"({exc}); {RECOVER}"
+                f"({exc}); {manifest.RECOVER}"
             ) from exc
 
     def _pin_live(self) -> None:
@@ -280,62 +232,26 @@ class LocalStore:
             )
 
     def _migrate(self, shard: qe.EdgeShard, version: int) -> None:
-        """Rewrites every point of layout `version` into the current layout, in place.
-
-        Runs before the store serves. Idempotent: points already in the current layout
-        are left alone, so a migration cut short by a crash resumes at the next open.
-        """
         assert self._model is not None
-        assert version == 1
         log.info(
-            "migrating the local store in %s from layout %d to %d", self._root, version, FORMAT
+            "migrating the local store in %s from layout %d to %d",
+            self._root,
+            version,
+            layout.LAYOUT,
         )
-        offset: qe.PointId | None = None
-        moved = 0
-        while True:
-            page, offset = shard.scroll(
-                qe.ScrollRequest(
-                    offset=offset, limit=MIGRATE_PAGE, with_payload=True, with_vector=True
-                )
-            )
-            fresh, stale = [], []
-            for point in page:
-                stored = point.payload or {}
-                namespace, record_id = stored["ns"], stored["id"]
-                current = layout.point_id(namespace, record_id)
-                if str(point.id) == current:
-                    continue
-                metadata = layout.metadata_of_v1(stored)
-                fresh.append(
-                    qe.Point(
-                        current,
-                        _vector(point.vector).tolist(),
-                        layout.payload(namespace, record_id, metadata),
-                    )
-                )
-                stale.append(point.id)
-            if fresh:
-                shard.update(qe.UpdateOperation.upsert_points(fresh))
-                shard.update(qe.UpdateOperation.delete_points(stale))
-                moved += len(fresh)
-            if offset is None:
-                break
-        for key in shard.info().payload_schema:
-            if key not in BASE_INDEXES:  # layout 1's metadata paths address nothing now
-                shard.update(qe.UpdateOperation.delete_field_index(key))
-        shard.flush()
-        self._write_meta(self._model, self._shard_name)
-        log.info("migrated %d records to layout %d", moved, FORMAT)
+        moved = migrate(shard, version)
+        manifest.write(self._root, self._model, self._shard_name)
+        log.info("migrated %d records to layout %d", moved, layout.LAYOUT)
 
     def _create(self, model: ModelInfo) -> None:
         self._root.mkdir(parents=True, exist_ok=True)
         name = "shard-000001"
         shutil.rmtree(self._root / name, ignore_errors=True)
         shard = qe.EdgeShard.create(
-            str(self._root / name), _shard_config(model.dimension, self._vectors_memory)
+            str(self._root / name), shard_config(model.dimension, self._vectors_memory)
         )
-        _index_base_fields(shard)
-        self._write_meta(model, name)
+        index_base_fields(shard)
+        manifest.write(self._root, model, name)
         self._shard, self._shard_name, self._model = shard, name, model
         self._indexed_fields = set(BASE_INDEXES)
         log.info("created a local store in %s for %s", self._root, model.model_id)
@@ -352,19 +268,22 @@ class LocalStore:
                 if self._model is not None and self._builder.pending:
                     # Kept across a restart; a crash loses it (the next writes count anew).
                     await asyncio.to_thread(
-                        self._write_meta, self._model, self._shard_name, self._builder.pending
+                        manifest.write,
+                        self._root,
+                        self._model,
+                        self._shard_name,
+                        self._builder.pending,
                     )
-            self._unlock_root()
+            self._lock.release()
 
     # --- writes --------------------------------------------------------------------
 
     async def upsert(self, namespace: str, records: Sequence[Record]) -> dict[int, SearchError]:
         if not records:
             return {}
-        # Off the event loop: building 1,000 points takes ~60 ms of Python, and a worker
-        # thread yields the GIL to queries every switch interval (5 ms) where the loop
-        # would make them wait for all of it.
-        op, fields = await asyncio.to_thread(_upsert_parts, namespace, records)
+        # Off the event loop: building the points is pure Python, and a worker thread
+        # yields the GIL to queries every switch interval where the loop would not.
+        op, fields = await asyncio.to_thread(upsert_parts, namespace, records)
         waited = await self._builder.room(self._max_unindexed)
         if waited and self._on_wait is not None:
             self._on_wait(waited)
@@ -453,14 +372,14 @@ class LocalStore:
                     ScoredRecord(
                         id=payload["id"],
                         score=float(point.score),
-                        values=_vector(point.vector) if include_values else None,
+                        values=vector_of(point.vector) if include_values else None,
                         metadata=layout.metadata_of(payload) if include_metadata else None,
                     )
                 )
             return found
         wanted = [str(point.id) for point in points]
         details = await self._read(
-            lambda shard: _records(
+            lambda shard: read_records(
                 shard, wanted, values=include_values, metadata=include_metadata,
                 max_bytes=max_bytes, what="matches",
             )
@@ -479,9 +398,7 @@ class LocalStore:
         )
 
     def _ef(self) -> int:
-        shard = self._shard
-        large = shard is not None and shard.info().points_count > LARGE_STORE  # ~10 us
-        return HNSW_EF_LARGE if large else HNSW_EF
+        return search_ef(self._points())  # shard.info() is cheap: microseconds
 
     async def fetch(
         self, namespace: str, ids: Sequence[str], *, max_bytes: int | None = None
@@ -490,7 +407,7 @@ class LocalStore:
             return []
         wanted = [layout.point_id(namespace, i) for i in dict.fromkeys(ids)]
         found = await self._read(
-            lambda shard: _records(
+            lambda shard: read_records(
                 shard, wanted, values=True, metadata=True, max_bytes=max_bytes, what="records"
             )
         )
@@ -511,7 +428,7 @@ class LocalStore:
         # so a cursor (the next point id) stays meaningful across writes and index swaps.
         if self._shard is None:
             return ListedPage([], [])
-        offset = _point_cursor(cursor) if cursor else None
+        offset = point_cursor(cursor) if cursor else None
         request = qe.ScrollRequest(
             offset=offset,
             limit=limit,
@@ -526,7 +443,7 @@ class LocalStore:
             records.append(
                 Listed(
                     id=payload["id"],
-                    values=_vector(point.vector) if include_values else None,
+                    values=vector_of(point.vector) if include_values else None,
                     metadata=layout.metadata_of(payload) if include_metadata else None,
                 )
             )
@@ -547,10 +464,8 @@ class LocalStore:
     async def _read(self, call: Callable[[qe.EdgeShard], T]) -> T:
         shard = self._require_shard()
         with self._reading(shard):
-            # On the event loop itself: qdrant-edge-py holds the GIL for the whole call
-            # (two threads querying get 0.94x the throughput of one), so a worker thread
-            # would block the loop all the same and only add two hand-offs (~0.3 ms of a
-            # 1.5 ms query by id).
+            # On the event loop itself: qdrant-edge-py holds the GIL for the whole call, so
+            # a worker thread would block the loop all the same and only add two hand-offs.
             return call(shard)
 
     @contextmanager
@@ -616,176 +531,12 @@ class LocalStore:
                 log.info("removing %s, left over from an interrupted index build", path)
                 shutil.rmtree(path, ignore_errors=True)
 
-    # --- store.json --------------------------------------------------------------------
-
-    def _read_meta(self) -> tuple[ModelInfo, str, int] | None:
-        """(model, current shard, layout version) from store.json; None for a new store."""
-        path = self._root / "store.json"
-        if not path.exists():
-            return None
-        try:
-            meta = json.loads(path.read_text())
-            version, shard = meta["format"], meta["shard"]
-            model = ModelInfo(**meta["model"])
-            if not isinstance(version, int) or not isinstance(shard, str) or not shard:
-                raise ValueError("format must be a number and shard a directory name")
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise StoreMisconfigured(
-                f"cannot open the local store: {path} is unreadable or corrupt ({exc}); {RECOVER}"
-            ) from exc
-        if not 1 <= version <= FORMAT:
-            raise StoreMisconfigured(
-                f"cannot open the local store: {path} has layout {version}, and this version "
-                f"of search_service reads layouts 1-{FORMAT}; upgrade search_service"
-            )
-        return model, shard, version
-
-    def _read_pending(self) -> int:
-        """Upserts not yet in any build when the store was last closed (0 if unknown)."""
-        try:
-            pending = json.loads((self._root / "store.json").read_text()).get("pending", 0)
-        except (OSError, ValueError):
-            return 0
-        return pending if isinstance(pending, int) and pending > 0 else 0
-
-    def _write_meta(self, model: ModelInfo, shard: str, pending: int = 0) -> None:
-        path = self._root / "store.json"
-        tmp = path.with_suffix(".tmp")
-        meta = {"format": FORMAT, "model": asdict(model), "shard": shard}
-        if pending:
-            meta["pending"] = pending
-        with tmp.open("w") as f:
-            json.dump(meta, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        directory = os.open(self._root, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-
     def _require_shard(self) -> qe.EdgeShard:
         if self._shard is None:
             raise RuntimeError("the local store is not open")
         return self._shard
 
 
-def build_config(dimension: int, vectors_memory: str) -> qe.EdgeConfig:
-    """What the index builder opens its copy with: the serving config with the payload
-    left on disk. A build reads a payload only to carry it into a merged segment, where
-    Cached reads all of them in at load: 0.19 GiB of the builder's 2.35 GiB peak RSS at
-    300k vectors (bench-search), 0.006 GiB with Cold."""
-    memory = qe.Memory.Cached if vectors_memory == "cached" else qe.Memory.Cold
-    return _shard_config(dimension, memory, payload_memory=qe.Memory.Cold)
-
-
-def _shard_config(
-    dimension: int, vectors_memory: qe.Memory, *, payload_memory: qe.Memory = qe.Memory.Cached
-) -> qe.EdgeConfig:
-    return qe.EdgeConfig(
-        # The float32 originals are only read to rescore a query's candidates and to
-        # return values; the search itself runs on the int8 copy, held in RAM. Cached
-        # reads the whole file in at every load: 1.9 GiB at 1M vectors, in the service,
-        # again in the index builder's copy, and twice in the service while a swap holds
-        # two shards. Cold maps it, and pinned (the default) then locks the live shard's
-        # pages in the service alone (local_pin).
-        vectors=qe.EdgeVectorParams(
-            size=dimension, distance=qe.Distance.Cosine, memory=vectors_memory
-        ),
-        hnsw_config=qe.HnswIndexConfig(m=16, ef_construct=128, full_scan_threshold=10_000),
-        # The builder indexes whatever it is given; the threshold that matters is ours.
-        optimizers=qe.EdgeOptimizersConfig(indexing_threshold=1),
-        quantization_config=qe.ScalarQuantizationConfig(
-            type=qe.ScalarType.Int8, quantile=0.99, always_ram=True
-        ),
-        # Every query reads the payload of its matches (at least their ids). Cold, the
-        # default, reads each from disk on first touch: at 100k on a 2-core EPYC, query
-        # p50 0.89-1.13 ms and a fetch 117-131 us, against 0.44-0.45 ms and 38-41 us
-        # mapped and cached.
-        payload_memory=payload_memory,
-    )
-
-
-def _upsert_parts(
-    namespace: str, records: Sequence[Record]
-) -> tuple[qe.UpdateOperation, set[tuple[str, qe.PayloadSchemaType]]]:
-    """The write of `records`, and the payload paths (with index types) their metadata has."""
-    fields = {field for record in records for field in filters.stored_fields(record.metadata)}
-    return _upsert_op(namespace, records), fields
-
-
-def _upsert_op(namespace: str, records: Sequence[Record]) -> qe.UpdateOperation:
-    return qe.UpdateOperation.upsert_points(
-        [
-            qe.Point(
-                layout.point_id(namespace, r.id),
-                r.values.astype(np.float32).tolist(),
-                layout.payload(namespace, r.id, r.metadata),
-            )
-            for r in records
-        ]
-    )
-
-
-def _index_base_fields(shard: qe.EdgeShard) -> None:
-    """Creates the payload indexes every store has, where missing (older stores)."""
-    present = shard.info().payload_schema
-    for key in BASE_INDEXES:
-        if key not in present:
-            shard.update(qe.UpdateOperation.create_field_index(key, qe.PayloadSchemaType.Keyword))
-    shard.flush()
-
-
-def _records(
-    shard: qe.EdgeShard,
-    point_ids: Sequence[str],
-    *,
-    values: bool,
-    metadata: bool,
-    max_bytes: int | None,
-    what: str,
-) -> dict[str, Record]:
-    """The records of `point_ids` that exist, by point id, read RECORD_CHUNK at a time;
-    ReplyTooLarge at the first that takes them past `max_bytes`."""
-    found: dict[str, Record] = {}
-    size = 0
-    for start in range(0, len(point_ids), RECORD_CHUNK):
-        chunk: list[qe.PointId] = list(point_ids[start : start + RECORD_CHUNK])
-        for point in shard.retrieve(
-            chunk, with_payload=True if metadata else ["id"], with_vector=values
-        ):
-            payload = point.payload or {}
-            record = Record(
-                id=payload["id"],
-                values=_vector(point.vector) if values else np.zeros(0, np.float32),
-                metadata=layout.metadata_of(payload) if metadata else {},
-            )
-            size += reply_bytes(
-                record.id, record.values if values else None, record.metadata if metadata else None
-            )
-            check_reply(size, max_bytes, sent=len(found), asked=len(point_ids), what=what)
-            found[str(point.id)] = record
-    return found
-
-
-def _point_cursor(cursor: str) -> str:
-    """A listing cursor of this store is a point id (a UUID); anything else is refused."""
-    try:
-        return str(uuid.UUID(cursor))
-    except ValueError:
-        raise refused("does not continue a listing of this store") from None
-
-
 def _flush_and_close(shard: qe.EdgeShard) -> None:
     shard.flush()
     shard.close()
-
-
-def _vector(raw: Any) -> Vector:
-    if isinstance(raw, dict):  # named vectors; ours is the unnamed default ""
-        raw = raw[""]
-    return np.asarray(raw, dtype=np.float32)
-
-
-__all__ = ["LocalStore", "Metadata"]

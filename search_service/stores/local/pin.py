@@ -3,8 +3,8 @@
 Cold vectors are memory-mapped, and the kernel drops mapped file pages nobody touched
 lately: under memory pressure anywhere, and on hosts that reclaim idle memory on their
 own (DAMON pageout: this project's 2-core VMs page out whatever went untouched for a
-minute). Every query then reads its candidates from disk: at 100k vectors on a 2-core EPYC,
-query by id p50 5.28 ms over gRPC against 2.24 ms with the vectors in memory. Locking the
+minute). Every query then reads its candidates from disk, several times slower
+(docs/local-store.md has the figures). Locking the
 pages of each indexed segment's vector file (mlock on a read-only shared mapping) keeps
 them in the page cache Qdrant's own mapping reads: the same pages, so no second copy, and
 only in the serving process, never in the index builder. Where Qdrant has already mapped
@@ -23,6 +23,8 @@ import os
 import re
 import resource
 from pathlib import Path
+
+from search_service.stores.local.memory import physical_memory
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +45,6 @@ _MAP_FAILED = ctypes.c_void_p(-1).value
 # Locked pages cannot be reclaimed: a store larger than this share of the machine's memory
 # is left unlocked (as cold) rather than starving everything else, the OOM killer included.
 MAX_LOCKED_SHARE = 0.5
-
-
-def physical_memory() -> int:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 class PinnedVectors:
@@ -105,8 +103,7 @@ class PinnedVectors:
         self._mappings.append((address, size, ours))
         # Locking faults every page in, and through Qdrant's random-access mapping (no
         # readahead) a file not cached yet, like a build's fresh copy, would be read 4 KiB
-        # at a time: 512 MiB in 11 s, against 0.3 s with readahead. Normal advice while
-        # locking, then Qdrant's again.
+        # at a time, dozens of times slower. Normal advice while locking, then Qdrant's.
         if not ours:
             _libc.madvise(address, size, mmap.MADV_NORMAL)
         if lock and self._lock(address, size):

@@ -1,0 +1,1 @@
+"""The Pinecone store (store.py), its error translation and its request packing."""
