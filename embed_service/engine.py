@@ -45,7 +45,7 @@ class EmbeddingResult:
 
 
 @dataclass(frozen=True, slots=True)
-class ModelInfo:
+class ModelDescription:
     model_id: str
     dimension: int
     fingerprint: str
@@ -129,13 +129,9 @@ class EmbedEngine:
     def image_batches(self) -> BatchStats:
         return self._images.stats
 
-    @property
-    def text_batches(self) -> BatchStats:
-        return self._texts.stats
-
-    def info(self) -> ModelInfo:
+    def info(self) -> ModelDescription:
         m = self._model
-        return ModelInfo(
+        return ModelDescription(
             model_id=m.model_id,
             dimension=m.dimension,
             fingerprint=m.fingerprint,

@@ -2,7 +2,7 @@
 
 Loading always goes through transformers' `from_pretrained`, from a hub id or a local
 directory; the fingerprint is taken from those weights. The forward passes then run
-on the runtime EMBED_BACKEND and EMBED_PRECISION resolve to (runtime_choice.py):
+on the runtime EMBED_BACKEND and EMBED_PRECISION resolve to (race.py):
 torch itself, or ONNX Runtime on towers exported from that same model.
 """
 
@@ -20,13 +20,16 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from embed_service import hub, onnx_cache, runtime_choice
-from embed_service.config import Precision
+from embed_service import hub
+from embed_service.config import Backend, Precision
 from embed_service.cpu import cpu_flags, has_native_bf16, has_vnni
 from embed_service.errors import ModelLoadError
 from embed_service.images import Preprocessing
-from embed_service.runtime_choice import Backend, Option, Timing
-from embed_service.runtimes import Ids, OnnxRuntime, Runtime, TorchRuntime, onnx_providers
+from embed_service.runtimes import onnx_export, race
+from embed_service.runtimes.base import Ids, Runtime
+from embed_service.runtimes.onnx_runtime import OnnxRuntime, onnx_providers
+from embed_service.runtimes.race import Option, Timing
+from embed_service.runtimes.torch_runtime import TorchRuntime
 
 log = logging.getLogger(__name__)
 
@@ -159,12 +162,12 @@ class ClipModel:
         fingerprint = fingerprint_of(clip)
         clip = clip.to(torch_device)
         max_tokens = int(clip.config.text_config.max_position_embeddings)
-        root = cache_dir or onnx_cache.default_cache_dir()
+        root = cache_dir or onnx_export.default_cache_dir()
         flags = cpu_flags()
         threads_used = threads or torch.get_num_threads()
         needs_onnx = backend != "torch"
         providers = onnx_providers() if needs_onnx else []
-        candidates = runtime_choice.options(
+        candidates = race.options(
             backend,
             precision,
             device=torch_device,
@@ -175,7 +178,7 @@ class ClipModel:
         def build(option: Option) -> Runtime:
             if option.runtime == "torch":
                 return TorchRuntime(clip, torch_device, option.precision, threads_used)
-            towers = onnx_cache.exported(
+            towers = onnx_export.exported(
                 clip,
                 cache_dir=root,
                 fingerprint=fingerprint,
@@ -196,7 +199,7 @@ class ClipModel:
             "candidates": [str(c) for c in candidates],
             "probe_batch": probe_batch,
         }
-        runtime, timings = runtime_choice.choose(
+        runtime, timings = race.choose(
             candidates,
             build,
             image_size=int(clip.config.vision_config.image_size),

@@ -44,8 +44,8 @@ from embed_service.cpu import cpu_flags, has_native_bf16
 from embed_service.errors import ModelLoadError
 from embed_service.images import prepare
 from embed_service.model import ClipModel
-from embed_service.runtime_choice import options
-from embed_service.runtimes import onnx_providers
+from embed_service.runtimes.onnx_runtime import onnx_providers
+from embed_service.runtimes.race import options
 from tests.tiny_clip import build_clip
 
 CACHE = Path(os.environ.get("BENCH_DIR", ".bench"))

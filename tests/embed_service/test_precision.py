@@ -19,8 +19,8 @@ from imagesearch.v1 import embed_service_pb2_grpc as pb_grpc
 from PIL import Image
 
 from embed_service.app import EmbedApp
-from embed_service.cpu import has_native_bf16
-from embed_service.runtime_choice import resolve_precision
+from embed_service.cpu import cpu_flags, has_native_bf16
+from embed_service.runtimes.race import options
 from tests.conftest import embed_settings
 from tests.imagegen import PALETTE, encode, picture
 
@@ -102,10 +102,18 @@ async def test_each_precision_stays_within_its_tolerance_of_fp32(
     assert float(upright @ rotated) >= tolerance
 
 
+def torch_auto(flags: frozenset[str]) -> str:
+    """What EMBED_BACKEND=torch EMBED_PRECISION=auto runs on a CPU with these flags."""
+    native = has_native_bf16(flags)
+    found = options("torch", "auto", device=torch.device("cpu"), native_bf16=native,
+                    onnx_providers=[])  # fmt: skip
+    return found[0].precision
+
+
 def test_auto_picks_bf16_exactly_where_the_cpu_has_it_natively() -> None:
     flags = machine_flags()
     native = "avx512_bf16" in flags or "amx_bf16" in flags
-    assert resolve_precision("auto", torch.device("cpu")) == ("bf16" if native else "fp32")
+    assert torch_auto(cpu_flags()) == ("bf16" if native else "fp32")
 
 
 @pytest.mark.parametrize(
@@ -119,7 +127,7 @@ def test_auto_picks_bf16_exactly_where_the_cpu_has_it_natively() -> None:
 )
 def test_auto_follows_the_flags_of_each_kind_of_cpu(flags: set[str], expected: str) -> None:
     assert has_native_bf16(frozenset(flags)) is (expected == "bf16")
-    assert resolve_precision("auto", torch.device("cpu"), frozenset(flags)) == expected
+    assert torch_auto(frozenset(flags)) == expected
 
 
 async def test_a_service_on_auto_reports_what_auto_picked_on_this_machine(clip_dir: Path) -> None:

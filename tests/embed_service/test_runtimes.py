@@ -18,13 +18,14 @@ from imagesearch.v1 import embed_service_pb2 as pb
 from imagesearch.v1 import embed_service_pb2_grpc as pb_grpc
 from transformers import CLIPModel
 
-from embed_service import onnx_cache, runtime_choice
 from embed_service.app import EmbedApp
 from embed_service.errors import ModelLoadError
 from embed_service.images import prepare
 from embed_service.model import ClipModel, fingerprint_of
-from embed_service.runtime_choice import Option
-from embed_service.runtimes import Runtime, TorchRuntime
+from embed_service.runtimes import onnx_export, race
+from embed_service.runtimes.base import Runtime
+from embed_service.runtimes.race import Option
+from embed_service.runtimes.torch_runtime import TorchRuntime
 from tests.conftest import embed_settings
 from tests.imagegen import PALETTE, encode, picture
 from tests.tiny_clip import build_clip
@@ -99,16 +100,16 @@ def test_the_export_is_cached_reused_and_keyed_by_the_weights(
     clip = CLIPModel.from_pretrained(clip_dir).eval()
     fingerprint = fingerprint_of(clip)
     args = {"cache_dir": tmp_path, "precision": "fp32", "device": torch.device("cpu")}
-    first = onnx_cache.exported(clip, fingerprint=fingerprint, **args)  # type: ignore[arg-type]
+    first = onnx_export.exported(clip, fingerprint=fingerprint, **args)  # type: ignore[arg-type]
     stamp = first.vision.stat().st_mtime_ns
-    again = onnx_cache.exported(clip, fingerprint=fingerprint, **args)  # type: ignore[arg-type]
+    again = onnx_export.exported(clip, fingerprint=fingerprint, **args)  # type: ignore[arg-type]
     assert (first.reused, again.reused) == (False, True)
     assert again.vision == first.vision
     assert again.vision.stat().st_mtime_ns == stamp
 
     other = CLIPModel.from_pretrained(build_clip(tmp_path / "other-clip", seed=1)).eval()
     assert fingerprint_of(other) != fingerprint
-    theirs = onnx_cache.exported(other, fingerprint=fingerprint_of(other), **args)  # type: ignore[arg-type]
+    theirs = onnx_export.exported(other, fingerprint=fingerprint_of(other), **args)  # type: ignore[arg-type]
     assert not theirs.reused
     assert theirs.vision.parent != first.vision.parent
     assert first.vision.exists()  # the first model's entry is untouched
@@ -135,7 +136,7 @@ def test_a_damaged_cache_entry_is_exported_again_not_trusted(
         vision.write_bytes(bytes(data))
     else:
         (entry / "manifest.json").write_text("{not json")
-    with caplog.at_level(logging.WARNING, logger="embed_service.onnx_cache"):
+    with caplog.at_level(logging.WARNING, logger="embed_service.runtimes.onnx_export"):
         again = load(clip_dir, tmp_path, "onnx", "fp32")
     assert "exporting again" in caplog.text
     assert vision.stat().st_size == size
@@ -164,7 +165,7 @@ def test_auto_races_the_runtimes_once_and_keeps_its_verdict(
     def no_race(*args: object) -> None:
         raise AssertionError("raced again although a verdict was cached")
 
-    monkeypatch.setattr(runtime_choice, "_race", no_race)
+    monkeypatch.setattr(race, "_race", no_race)
     again = load(clip_dir, tmp_path, "auto", "auto")
     assert (again.runtime_name, again.precision) == (model.runtime_name, model.precision)
     assert again.timings == model.timings
@@ -224,7 +225,7 @@ def test_the_race_never_picks_a_runtime_whose_vectors_drift(clip_dir: Path) -> N
         return t.input_ids, t.attention_mask
 
     options = [Option("torch", "fp32"), Option("torch", "bf16")]
-    runtime, timings = runtime_choice.choose(options, build, image_size=model.image_size,
+    runtime, timings = race.choose(options, build, image_size=model.image_size,
         probe_batch=4, tokenize=tokens, verdicts=None, key={})  # fmt: skip
     assert (runtime.name, runtime.precision) == ("torch", "fp32")
     assert [t.option for t in timings] == ["torch fp32", "torch bf16"]
@@ -232,7 +233,7 @@ def test_the_race_never_picks_a_runtime_whose_vectors_drift(clip_dir: Path) -> N
     assert timings[1].cosine < 0.9
 
     with pytest.raises(ModelLoadError, match="EMBED_BACKEND"):
-        runtime_choice.choose(options[1:] * 2, build, image_size=model.image_size,
+        race.choose(options[1:] * 2, build, image_size=model.image_size,
             probe_batch=4, tokenize=tokens, verdicts=None, key={})  # fmt: skip
 
 
@@ -258,7 +259,7 @@ def test_what_each_backend_and_precision_may_run(
     expected: list[str],
 ) -> None:  # fmt: skip
     device = torch.device("cuda" if cuda else "cpu")
-    found = runtime_choice.options(backend, precision, device=device, native_bf16=bf16,  # type: ignore[arg-type]
+    found = race.options(backend, precision, device=device, native_bf16=bf16,  # type: ignore[arg-type]
                                    onnx_providers=providers)  # fmt: skip
     assert [str(o) for o in found] == expected
 
@@ -278,7 +279,7 @@ def test_a_combination_that_cannot_run_says_why(
 ) -> None:
     device = torch.device("cuda" if cuda else "cpu")
     with pytest.raises(ModelLoadError, match=message):
-        runtime_choice.options(backend, precision, device=device, native_bf16=True,  # type: ignore[arg-type]
+        race.options(backend, precision, device=device, native_bf16=True,  # type: ignore[arg-type]
                                onnx_providers=[])  # fmt: skip
 
 
@@ -316,7 +317,7 @@ def test_auto_leaves_out_a_runtime_that_cannot_be_prepared(
     def no_space(*args: object, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(onnx_cache, "_export_into", no_space)
+    monkeypatch.setattr(onnx_export, "_export_into", no_space)
     with pytest.raises(ModelLoadError, match="EMBED_BACKEND=torch"):
         load(clip_dir, tmp_path, "onnx", "fp32")
     model = load(clip_dir, tmp_path, "auto", "fp32")

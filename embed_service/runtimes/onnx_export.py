@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from embed_service.errors import ModelLoadError
-from embed_service.runtimes import TextTower, VisionTower
+from embed_service.runtimes.towers import TextTower, VisionTower
 
 log = logging.getLogger(__name__)
 

@@ -18,19 +18,18 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
-from embed_service.cpu import cpu_flags, has_native_bf16
+from embed_service.config import Backend
 from embed_service.errors import ModelLoadError
-from embed_service.onnx_cache import digest, locked
-from embed_service.runtimes import Ids, Runtime, RuntimeName
+from embed_service.runtimes.base import Ids, Runtime, RuntimeName
+from embed_service.runtimes.onnx_export import digest, locked
 
 log = logging.getLogger(__name__)
 
-Backend = Literal["auto", "torch", "onnx"]
 MIN_COSINE = 0.999
 # int8 is asked for by name, accepting that it moves vectors; this only rejects a broken one.
 MIN_COSINE_INT8 = 0.99
@@ -81,17 +80,6 @@ def options(
     if not found:
         _named(precision, torch_ok, cuda, native_bf16, "torch")  # raises with the reason
     return found
-
-
-def resolve_precision(
-    requested: str, device: torch.device, flags: frozenset[str] | None = None
-) -> str:
-    """What torch runs for EMBED_PRECISION on this device: `auto` is fp16 on CUDA, bf16
-    where the CPU has it natively, fp32 otherwise. `flags` defaults to this machine's."""
-    native = has_native_bf16(cpu_flags() if flags is None else flags)
-    return options("torch", requested, device=device, native_bf16=native, onnx_providers=[])[
-        0
-    ].precision
 
 
 def _torch_precisions(cuda: bool) -> set[str]:
@@ -220,10 +208,6 @@ def _race(
         )
     log.info("runtime: %s %s (fastest of the race)", best[1].name, best[1].precision)
     return best[1], timings
-
-
-def _cosine(ours: np.ndarray, reference: np.ndarray) -> float:
-    return float((ours * reference).sum(axis=1).min())
 
 
 def _reference(build: Callable[[Option], Runtime], pixels: np.ndarray, ids: Ids,
