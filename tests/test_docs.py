@@ -79,7 +79,7 @@ def test_the_deployment_recipe_works_as_written(clip_dir: Path, tmp_path: Path) 
         "WEB_ADDR": f"127.0.0.1:{free_port()}",
         "DATA_DIR": str(tmp_path / "data"),
         # The scratch checkout shares the repository's installed .venv: never reinstall there.
-        "MAKEFLAGS": "--old-file=.venv/.installed",
+        "MAKEFLAGS": "-o .venv/.installed",
     }
     made = run_block(blocks["deploy-pki"], work, env)
     assert made.returncode == 0, made.stderr
@@ -207,7 +207,7 @@ def test_each_way_to_start_the_gallery_serves_it(clip_dir: Path, tmp_path: Path)
             **os.environ, "HOME": str(home), "WEB_ADDR": web_addr,
             "EMBED_MODEL": str(clip_dir), "EMBED_ADDR": f"127.0.0.1:{free_port()}",
             "SEARCH_ADDR": f"127.0.0.1:{free_port()}", "DATA_DIR": str(tmp_path / f"data{n}"),
-            "MAKEFLAGS": "--old-file=.venv/.installed",
+            "MAKEFLAGS": "-o .venv/.installed",
         }  # fmt: skip
         log = tmp_path / f"gallery{n}.log"
         with log.open("w") as sink:

@@ -20,7 +20,7 @@ from imagesearch.security import SecurityConfigError
 from tqdm import tqdm
 
 from imagesearch_client.client import ImageRecord, ImageSearchClient, Match
-from imagesearch_client.contact_sheet import Tile, contact_sheet
+from imagesearch_client.contact_sheet import SheetTile, contact_sheet
 from imagesearch_client.errors import ImageSearchError, Unavailable
 from imagesearch_client.indexing import BATCH, Dedup, IndexReport, records, under
 from imagesearch_client.sources import (
@@ -195,10 +195,10 @@ def _write_grid(
     if image is None and args.id:
         found = client.fetch([args.id], namespace=args.namespace)
         image = _file_of(root, found[0].metadata) if found else None
-    tiles = [Tile(image, query_lines)]
+    tiles = [SheetTile(image, query_lines)]
     for m in matches:
         label = str(m.metadata.get("label") or m.metadata.get("path") or _short(m.id))
-        tiles.append(Tile(_file_of(root, m.metadata), (f"{m.score:.3f}", label)))
+        tiles.append(SheetTile(_file_of(root, m.metadata), (f"{m.score:.3f}", label)))
     out = contact_sheet(tiles, Path(args.grid))
     print(f"wrote {out}", file=sys.stderr)
 

@@ -9,23 +9,30 @@ Every call has a deadline; failures raise `ImageSearchError` subclasses that car
 the gRPC code and the server's reason. TLS (`tls_ca`, and `tls_cert`/`tls_key` for
 mutual TLS) and a bearer `token` default to IMAGESEARCH_TLS_CA, IMAGESEARCH_TLS_CERT,
 IMAGESEARCH_TLS_KEY and IMAGESEARCH_TOKEN. `AsyncImageSearchClient` (imagesearch_client.aio)
-has the same methods, as coroutines.
+has the same methods, as coroutines: both take their options from `base.py` and build
+requests and read replies with `messages.py`, so they only differ in how they send.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Unpack
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from imagesearch.v1 import search_service_pb2 as pb
-from imagesearch.v1 import search_service_pb2_grpc as pb_grpc
 
 from imagesearch_client import messages as m
+from imagesearch_client.base import (
+    ClientBase,
+    DeleteOptions,
+    ListOptions,
+    PageOptions,
+    QueryOptions,
+)
 from imagesearch_client.errors import Unavailable, from_rpc_error
 from imagesearch_client.messages import (
     DEFAULT_TARGET,
@@ -39,7 +46,7 @@ from imagesearch_client.messages import (
 )
 
 
-class ImageSearchClient:
+class ImageSearchClient(ClientBase[grpc.Channel]):
     """A synchronous client; use it as a context manager, or call `close()`."""
 
     def __init__(
@@ -53,25 +60,15 @@ class ImageSearchClient:
         token: str | None = None,
     ) -> None:
         """Raises SecurityConfigError when a TLS file cannot be used."""
-        connection = m.connection(target, tls_ca, tls_cert, tls_key, token)
-        self.target = connection.target
-        self.timeout_s = timeout_s
-        self._metadata = connection.metadata
-        self._channel = (
-            grpc.secure_channel(self.target, connection.credentials, options=m.CHANNEL_OPTIONS)
-            if connection.credentials is not None
-            else grpc.insecure_channel(self.target, options=m.CHANNEL_OPTIONS)
-        )
-        self._stub = pb_grpc.SearchServiceStub(self._channel)
+        super().__init__(target, timeout_s=timeout_s, tls_ca=tls_ca, tls_cert=tls_cert,
+                         tls_key=tls_key, token=token, secure=grpc.secure_channel,
+                         insecure=grpc.insecure_channel)  # fmt: skip
 
     def __enter__(self) -> ImageSearchClient:
         return self
 
     def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
 
@@ -93,8 +90,6 @@ class ImageSearchClient:
                 raise from_rpc_error(error, self.target) from None
         raise Unavailable(m.not_ready(self.target, timeout_s), code="UNAVAILABLE")
 
-    # --- writes --------------------------------------------------------------------
-
     def upsert_images(
         self, records: Sequence[ImageRecord], *, namespace: str = ""
     ) -> list[Outcome]:
@@ -102,26 +97,28 @@ class ImageSearchClient:
         return m.outcomes(self._call(self._stub.UpsertImages, request).results)
 
     def ingest(
-        self,
-        batches: Iterable[Sequence[ImageRecord]],
-        *,
-        namespace: str = "",
-        window: int = 4,
-    ) -> Iterator[list[Outcome]]:
-        """Streams batches; yields each batch's outcomes, in order, once it is stored.
-
-        At most `window` batches are in flight, so memory stays bounded however many
-        images the iterable produces. Each batch holds at most 64 images.
-        """
+        self, batches: Iterable[Sequence[ImageRecord]], *, namespace: str = "", window: int = 4
+    ) -> Generator[list[Outcome], None, None]:
+        """Streams batches (at most 64 images each); yields each batch's outcomes, in order,
+        once it is stored. At most `window` batches are in flight, so memory stays bounded
+        however many the iterable produces. Once the caller stops reading or the call
+        ends, no further batch is taken, and a generator of batches is closed."""
         slots = threading.Semaphore(window)
         done = threading.Event()
 
         def requests() -> Iterator[pb.IngestImagesRequest]:
-            for batch in batches:
-                while not slots.acquire(timeout=0.1):
+            source = iter(batches)
+            try:
+                for batch in source:
+                    # gRPC reads this on a thread of its own: it must notice the end.
+                    while not slots.acquire(timeout=0.1):
+                        if done.is_set():
+                            return
                     if done.is_set():
                         return
-                yield pb.IngestImagesRequest(namespace=namespace, records=m.images(batch))
+                    yield pb.IngestImagesRequest(namespace=namespace, records=m.images(batch))
+            finally:
+                m.close_source(source)
 
         # No overall deadline: a bulk ingest runs as long as it has images.
         call = self._stub.IngestImages(requests(), metadata=self._metadata)
@@ -136,108 +133,36 @@ class ImageSearchClient:
             call.cancel()
 
     def upsert_vectors(
-        self,
-        records: Sequence[VectorRecord],
-        *,
-        namespace: str = "",
-        model_fingerprint: str = "",
+        self, records: Sequence[VectorRecord], *, namespace: str = "", model_fingerprint: str = ""
     ) -> list[Outcome]:
         """Stores vectors; with `model_fingerprint`, only if the service runs that model
         (FailedPrecondition otherwise, and nothing is stored)."""
         request = m.upsert_vectors_request(records, namespace, model_fingerprint)
         return m.outcomes(self._call(self._stub.UpsertVectors, request).results)
 
-    def delete(
-        self,
-        *,
-        ids: Sequence[str] | None = None,
-        filter: Mapping[str, Any] | None = None,
-        delete_all: bool = False,
-        namespace: str = "",
-    ) -> None:
+    def delete(self, **options: Unpack[DeleteOptions]) -> None:
         """Deletes by ids, by metadata filter, or everything in the namespace."""
-        self._call(self._stub.Delete, m.delete_request(ids, filter, delete_all, namespace))
+        self._call(self._stub.Delete, m.delete_request(**options))
 
-    # --- reads ---------------------------------------------------------------------
-
-    def query(
-        self,
-        *,
-        image: bytes | None = None,
-        text: str | None = None,
-        id: str | None = None,
-        vector: Sequence[float] | None = None,
-        top_k: int = 10,
-        filter: Mapping[str, Any] | None = None,
-        namespace: str = "",
-        include_metadata: bool = True,
-        include_values: bool = False,
-        min_score: float | None = None,
-    ) -> list[Match]:
+    def query(self, **options: Unpack[QueryOptions]) -> list[Match]:
         """The most similar stored records to exactly one of image, text, id or vector."""
-        request = m.query_request(
-            image=image,
-            text=text,
-            id=id,
-            vector=vector,
-            top_k=top_k,
-            filter=filter,
-            namespace=namespace,
-            include_metadata=include_metadata,
-            include_values=include_values,
-            min_score=min_score,
-        )
-        return m.matches(self._call(self._stub.Query, request))
+        return m.matches(self._call(self._stub.Query, m.query_request(**options)))
 
     def fetch(self, ids: Sequence[str], *, namespace: str = "") -> list[FetchedRecord]:
         """The stored records among `ids`, in that order; missing ids are left out."""
         reply = self._call(self._stub.Fetch, pb.FetchRequest(ids=ids, namespace=namespace))
         return m.fetched(reply.records)
 
-    def list_records(
-        self,
-        *,
-        namespace: str = "",
-        prefix: str = "",
-        page_size: int = 100,
-        page_token: str = "",
-        include_metadata: bool = False,
-        include_values: bool = False,
-    ) -> RecordPage:
+    def list_records(self, **options: Unpack[PageOptions]) -> RecordPage:
         """One page of the records of `namespace` whose id starts with `prefix`."""
-        request = m.list_request(
-            namespace=namespace,
-            prefix=prefix,
-            page_size=page_size,
-            page_token=page_token,
-            include_metadata=include_metadata,
-            include_values=include_values,
-        )
-        return m.record_page(self._call(self._stub.ListRecords, request))
+        return m.record_page(self._call(self._stub.ListRecords, m.list_request(**options)))
 
-    def iter_pages(
-        self,
-        *,
-        namespace: str = "",
-        prefix: str = "",
-        page_size: int = 100,
-        include_metadata: bool = False,
-        include_values: bool = False,
-    ) -> Iterator[RecordPage]:
+    def iter_pages(self, **options: Unpack[ListOptions]) -> Iterator[RecordPage]:
         """Every page of one listing, following the page tokens to the end."""
         token = ""
-        while True:
-            page = self.list_records(
-                namespace=namespace,
-                prefix=prefix,
-                page_size=page_size,
-                page_token=token,
-                include_metadata=include_metadata,
-                include_values=include_values,
-            )
+        while page := self.list_records(**options, page_token=token):
             yield page
-            token = page.next_page_token
-            if not token:
+            if not (token := page.next_page_token):
                 return
 
     def stats(self) -> Stats:

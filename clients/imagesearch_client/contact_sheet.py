@@ -16,7 +16,7 @@ COLUMNS = 6
 
 
 @dataclass(frozen=True, slots=True)
-class Tile:
+class SheetTile:
     image: bytes | None  # None: drawn as a grey placeholder (e.g. a record with no file)
     lines: tuple[str, ...]
 
@@ -33,7 +33,7 @@ def tile_origin(n: int, tiles: int) -> tuple[int, int]:
     return GAP + (n % columns) * (TILE + GAP), GAP + (n // columns) * (TILE + CAPTION + GAP)
 
 
-def contact_sheet(tiles: Sequence[Tile], out: Path) -> Path:
+def contact_sheet(tiles: Sequence[SheetTile], out: Path) -> Path:
     width, height = sheet_size(len(tiles))
     sheet = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(sheet)

@@ -4,7 +4,7 @@ replies turned back into them. The sync and async clients only add the calls."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,7 +135,11 @@ def upsert_vectors_request(
 
 
 def delete_request(
-    ids: Sequence[str] | None, filter: Mapping[str, Any] | None, delete_all: bool, namespace: str
+    *,
+    ids: Sequence[str] | None = None,
+    filter: Mapping[str, Any] | None = None,
+    delete_all: bool = False,
+    namespace: str = "",
 ) -> pb.DeleteRequest:
     if sum((ids is not None, filter is not None, delete_all)) != 1:
         raise ValueError("give exactly one of ids, filter or delete_all=True")
@@ -151,16 +155,16 @@ def delete_request(
 
 def query_request(
     *,
-    image: bytes | None,
-    text: str | None,
-    id: str | None,
-    vector: Sequence[float] | None,
-    top_k: int,
-    filter: Mapping[str, Any] | None,
-    namespace: str,
-    include_metadata: bool,
-    include_values: bool,
-    min_score: float | None,
+    image: bytes | None = None,
+    text: str | None = None,
+    id: str | None = None,
+    vector: Sequence[float] | None = None,
+    top_k: int = 10,
+    filter: Mapping[str, Any] | None = None,
+    namespace: str = "",
+    include_metadata: bool = True,
+    include_values: bool = False,
+    min_score: float | None = None,
 ) -> pb.QueryRequest:
     given = [x for x in (image, text, id, vector) if x is not None]
     if len(given) != 1:
@@ -189,12 +193,12 @@ def query_request(
 
 def list_request(
     *,
-    namespace: str,
-    prefix: str,
-    page_size: int,
-    page_token: str,
-    include_metadata: bool,
-    include_values: bool,
+    namespace: str = "",
+    prefix: str = "",
+    page_size: int = 100,
+    page_token: str = "",
+    include_metadata: bool = False,
+    include_values: bool = False,
 ) -> pb.ListRecordsRequest:
     return pb.ListRecordsRequest(
         namespace=namespace,
@@ -256,6 +260,12 @@ def listed_name(reported: str) -> str:
 def reported_name(namespace: str) -> str:
     """The name DescribeStats reports `namespace` under."""
     return namespace or DEFAULT_NAMESPACE
+
+
+def close_source(source: Iterator[Any]) -> None:
+    """Closes a generator the caller handed over once nothing more is taken from it."""
+    if isinstance(source, Generator):
+        source.close()
 
 
 def not_ready(target: str, timeout_s: float) -> str:

@@ -3,11 +3,15 @@ real servers, tiny CLIP, temp DATA_DIR."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from imagesearch_client import (
+    AsyncImageSearchClient,
     FailedPrecondition,
     ImageRecord,
     ImageSearchClient,
@@ -245,3 +249,40 @@ async def test_a_store_filled_by_another_model_refuses_writes_and_queries(
         with pytest.raises(FailedPrecondition):
             await c.query(vector=[1.0] * 64)
         assert (await c.stats()).model_id == "someone/else"
+
+
+class Endless:
+    """Batches without end, counting those taken, and telling when it is closed."""
+
+    def __init__(self, batch: list[ImageRecord]) -> None:
+        self.batch, self.taken, self.closed = batch, 0, threading.Event()
+
+    def __iter__(self) -> Iterator[list[ImageRecord]]:
+        try:
+            while True:
+                self.taken += 1
+                yield self.batch
+        finally:
+            self.closed.set()
+
+
+async def test_ingest_takes_no_batch_once_the_caller_stops_reading_on_both_clients(
+    search_app: SearchApp,
+) -> None:
+    batch = labelled_images(per_class=1)[:2]
+    for kind in ("sync", "async"):
+        source = Endless(batch)
+        if kind == "sync":
+            with ImageSearchClient(search_app.address) as sync_client:
+                stream = sync_client.ingest(iter(source), namespace=kind, window=2)
+                first = await asyncio.to_thread(next, stream)
+                await asyncio.to_thread(stream.close)
+        else:
+            async with AsyncImageSearchClient(search_app.address) as async_client:
+                astream = async_client.ingest(iter(source), namespace=kind, window=2)
+                first = await anext(astream)
+                await astream.aclose()
+        assert [o.ok for o in first] == [True, True]
+        # Closed, so it can give no more: the answered batch and a window's worth at most.
+        assert await asyncio.to_thread(source.closed.wait, 10), kind
+        assert source.taken <= 1 + 2 + 1, (kind, source.taken)

@@ -45,7 +45,7 @@ from imagesearch_client.web.config import WebConfigError, WebSettings
 from imagesearch_client.web.files import CifarImages, Thumbnails
 from imagesearch_client.web.guard import Guard, bounded_protocol
 from imagesearch_client.web.jobs import IndexJob
-from imagesearch_client.web.pages import Page, Tile, View, name_of, render, tile_json
+from imagesearch_client.web.pages import GalleryTile, Page, View, name_of, render, tile_json
 
 log = logging.getLogger("imagesearch_client.web")
 
@@ -101,7 +101,7 @@ class Gallery:
             elif view.similar:
                 found = await self.client.fetch([view.similar], namespace=view.namespace)
                 if found:
-                    page.query = Tile(view.similar, found[0].metadata)
+                    page.query = GalleryTile(view.similar, found[0].metadata)
                     page.heading = f"Most similar to {name_of(view.similar, found[0].metadata)}"
                 page.tiles = await self._query(view, id=view.similar)
             elif view.label:
@@ -121,7 +121,7 @@ class Gallery:
                     if listing.records
                     else "Nothing is stored yet: press Index"
                 )
-                page.tiles = [Tile(r.id, r.metadata) for r in listing.records]
+                page.tiles = [GalleryTile(r.id, r.metadata) for r in listing.records]
                 if listing.next_page_token:
                     page.next_link = view.link(page_token=listing.next_page_token)
             if view.searching and not page.tiles:
@@ -134,7 +134,7 @@ class Gallery:
             page.message = f"search_service refused this: {exc.message}"
         return HTMLResponse(render(page), status_code=200)
 
-    async def _query(self, view: View, **what: Any) -> list[Tile]:
+    async def _query(self, view: View, **what: Any) -> list[GalleryTile]:
         matches = await self.client.query(
             top_k=view.k,
             namespace=view.namespace,
@@ -143,12 +143,12 @@ class Gallery:
             include_metadata=True,
             **what,
         )
-        return [Tile(m.id, m.metadata, m.score) for m in matches]
+        return [GalleryTile(m.id, m.metadata, m.score) for m in matches]
 
-    async def _labelled(self, view: View) -> tuple[list[Tile], int, bool]:
+    async def _labelled(self, view: View) -> tuple[list[GalleryTile], int, bool]:
         """Browsing with a label: the first BROWSE_PAGE records that carry it, found among
         at most LABEL_SCAN (ListRecords has no filter); (tiles, scanned, scanned all)."""
-        tiles: list[Tile] = []
+        tiles: list[GalleryTile] = []
         scanned = 0
         async for page in self.client.iter_pages(
             namespace=view.namespace, page_size=1000, include_metadata=True
@@ -156,7 +156,7 @@ class Gallery:
             for record in page.records:
                 label = record.metadata.get("label")
                 if label == view.label or (isinstance(label, list) and view.label in label):
-                    tiles.append(Tile(record.id, record.metadata))
+                    tiles.append(GalleryTile(record.id, record.metadata))
             scanned += len(page.records)
             if len(tiles) >= BROWSE_PAGE or scanned >= LABEL_SCAN:
                 return tiles[:BROWSE_PAGE], scanned, False

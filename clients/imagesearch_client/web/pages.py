@@ -22,7 +22,7 @@ PLACEHOLDER = "/static/placeholder.svg"
 
 
 @dataclass(frozen=True, slots=True)
-class Tile:
+class GalleryTile:
     id: str
     metadata: Mapping[str, Any]
     score: float | None = None
@@ -67,7 +67,7 @@ class Page:
     title: str
     root: str
     heading: str = ""
-    tiles: Sequence[Tile] = ()
+    tiles: Sequence[GalleryTile] = ()
     next_link: str = ""
     namespaces: Sequence[str] = ()
     labels: Sequence[str] = ()
@@ -75,7 +75,7 @@ class Page:
     down: str = ""
     index_status: Mapping[str, Any] = field(default_factory=dict)
     max_upload_mb: int = 20
-    query: Tile | None = None  # the stored image a ?similar= search started from
+    query: GalleryTile | None = None  # the stored image a ?similar= search started from
 
 
 def thumb_url(record_id: str, metadata: Mapping[str, Any]) -> str:
@@ -87,7 +87,7 @@ def thumb_url(record_id: str, metadata: Mapping[str, Any]) -> str:
     return PLACEHOLDER
 
 
-def tile_json(tile: Tile, view: View) -> dict[str, Any]:
+def tile_json(tile: GalleryTile, view: View) -> dict[str, Any]:
     """A tile as gallery.js draws it (uploads are answered in JSON)."""
     return {
         "id": tile.id,
@@ -198,7 +198,7 @@ def name_of(record_id: str, metadata: Mapping[str, Any]) -> str:
     )
 
 
-def _tile(tile: Tile, view: View) -> str:
+def _tile(tile: GalleryTile, view: View) -> str:
     data = tile_json(tile, view)
     hover = " · ".join(x for x in (data["label"], data["path"]) if x) or tile.id
     score = f'<span class="score">{tile.score:.3f}</span>' if tile.score is not None else ""
@@ -212,7 +212,7 @@ def _tile(tile: Tile, view: View) -> str:
     )
 
 
-def _query(tile: Tile | None) -> str:
+def _query(tile: GalleryTile | None) -> str:
     if tile is None:
         return ""
     return (
