@@ -42,16 +42,16 @@ test-fast: install
 	$(PY) -m pytest -q -m 'not slow'
 
 bench: install
-	$(PY) -m tests.bench $(ARGS)
+	$(PY) -m tests.benchmarks.embed $(ARGS)
 
 bench-search: install
-	$(PY) -m tests.bench_search $(if $(N),--vectors $(N) --ingest) $(ARGS)
+	$(PY) -m tests.benchmarks.search $(if $(N),--vectors $(N) --ingest) $(ARGS)
 
 bench-tls: install
-	$(PY) -m tests.bench_security $(ARGS)
+	$(PY) -m tests.benchmarks.security $(ARGS)
 
 bench-web: install
-	$(PY) -m tests.bench_web $(ARGS)
+	$(PY) -m tests.benchmarks.web $(ARGS)
 
 # npm ci installs exactly the committed lock and never rewrites it.
 $(BUF): package.json package-lock.json

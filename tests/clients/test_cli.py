@@ -13,8 +13,8 @@ from imagesearch_client.contact_sheet import TILE, sheet_size, tile_origin
 from PIL import Image
 
 from search_service.app import SearchApp
-from tests.cifar import CIFAR10_CLASSES, cifar10_archive, cifar100_archive
-from tests.imagegen import image_folder
+from tests.support.cifar import CIFAR10_CLASSES, cifar10_archive, cifar100_archive
+from tests.support.imagegen import image_folder
 
 
 async def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

@@ -16,9 +16,9 @@ from imagesearch_client.cli import run
 from imagesearch_client.transfer import META_KEY, read_info
 
 from search_service.app import SearchApp
-from tests.imagegen import encode, picture
-from tests.pinecone_standin import PineconeStandIn
-from tests.search_service.conftest import StartSearch, on_pinecone
+from tests.support.fixtures import StartSearch, on_pinecone
+from tests.support.imagegen import encode, picture
+from tests.support.pinecone_standin import PineconeStandIn
 
 Snapshot = dict[tuple[str, str], tuple[bytes, dict[str, object]]]
 

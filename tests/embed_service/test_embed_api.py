@@ -17,8 +17,8 @@ from PIL import Image
 from transformers import CLIPImageProcessorPil
 
 from embed_service.app import EmbedApp
-from tests.conftest import embed_settings
-from tests.imagegen import encode, picture, png_claiming
+from tests.support.imagegen import encode, picture, png_claiming
+from tests.support.stack import embed_settings, serving_embed
 
 Stub = pb_grpc.EmbedServiceStub
 
@@ -197,10 +197,7 @@ async def test_jpeg_draft_decoding_stays_close_to_a_full_decode(clip_dir: Path) 
 
 
 async def test_concurrent_callers_are_batched_together(clip_dir: Path) -> None:
-    app = EmbedApp(embed_settings(clip_dir, batch_wait_ms=200, model_batch_size=16))
-    await app.start()
-    await app.load()
-    try:
+    async with serving_embed(clip_dir, batch_wait_ms=200, model_batch_size=16) as app:
         assert app.engine is not None
         before = app.engine.image_batches.items
         async with grpc.aio.insecure_channel(app.address) as channel:
@@ -213,17 +210,12 @@ async def test_concurrent_callers_are_batched_together(clip_dir: Path) -> None:
         stats = app.engine.image_batches
         assert stats.items - before == 12
         assert max(stats.sizes) >= 4, stats.sizes  # 12 callers, far fewer forward passes
-    finally:
-        await app.stop(0)
 
 
 async def test_a_full_queue_answers_resource_exhausted_at_once_and_recovers(
     clip_dir: Path,
 ) -> None:
-    app = EmbedApp(embed_settings(clip_dir, queue_size=4, max_batch_size=4, batch_wait_ms=50))
-    await app.start()
-    await app.load()
-    try:
+    async with serving_embed(clip_dir, queue_size=4, max_batch_size=4, batch_wait_ms=50) as app:
         data = encode(picture("red", size=(400, 300)))
         async with grpc.aio.insecure_channel(app.address) as channel:
             stub = Stub(channel)
@@ -239,8 +231,6 @@ async def test_a_full_queue_answers_resource_exhausted_at_once_and_recovers(
             assert "busy" in (rejected[0].details() or "")
             after = await stub.EmbedImages(pb.EmbedImagesRequest(images=[data]))
             assert len(after.embeddings[0].values) == 64
-    finally:
-        await app.stop(0)
 
 
 async def test_health_is_not_serving_until_the_model_is_loaded(clip_dir: Path) -> None:

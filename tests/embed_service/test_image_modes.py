@@ -19,7 +19,7 @@ from imagesearch.v1 import embed_service_pb2_grpc as pb_grpc
 from PIL import Image
 
 from embed_service.images import BACKGROUND
-from tests.imagegen import encode, picture
+from tests.support.imagegen import encode, picture
 
 Stub = pb_grpc.EmbedServiceStub
 SAME_PICTURE = 0.999

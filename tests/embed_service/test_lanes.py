@@ -12,10 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embed_service.app import EmbedApp
 from embed_service.lanes import Lanes
-from tests.conftest import embed_settings
-from tests.imagegen import encode, picture
+from tests.support.imagegen import encode, picture
+from tests.support.stack import embed_settings, serving_embed
 
 
 class Recorder:
@@ -175,10 +174,7 @@ async def test_a_backlog_on_narrow_lanes_gives_each_image_its_own_vector(
 ) -> None:
     import torch
 
-    app = EmbedApp(embed_settings(clip_dir, backend=backend, lanes=2, model_batch_size=4))
-    await app.start()
-    await app.load()
-    try:
+    async with serving_embed(clip_dir, backend=backend, lanes=2, model_batch_size=4) as app:
         engine = app.engine
         assert engine is not None
         lanes = engine.lanes
@@ -217,8 +213,6 @@ async def test_a_backlog_on_narrow_lanes_gives_each_image_its_own_vector(
         assert first is not None
         assert np.allclose(again, first, atol=1e-5)
         assert lanes.shape == 1
-    finally:
-        await app.stop(0)
 
 
 def test_embed_lanes_defaults_to_one_per_thread_on_cpu_and_one_on_cuda(clip_dir: Path) -> None:

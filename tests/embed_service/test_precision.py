@@ -18,11 +18,10 @@ from imagesearch.v1 import embed_service_pb2 as pb
 from imagesearch.v1 import embed_service_pb2_grpc as pb_grpc
 from PIL import Image
 
-from embed_service.app import EmbedApp
 from embed_service.cpu import cpu_flags, has_native_bf16
 from embed_service.runtimes.race import options
-from tests.conftest import embed_settings
-from tests.imagegen import PALETTE, encode, picture
+from tests.support.imagegen import PALETTE, encode, picture
+from tests.support.stack import serving_embed
 
 # Cosine to fp32 that each precision must keep, with margin over what the tiny model
 # gives (bf16 >= 0.99998, int8 >= 0.9997 for images and 0.9989 for texts, measured).
@@ -73,14 +72,11 @@ async def text_vectors(stub: pb_grpc.EmbedServiceStub) -> np.ndarray:
 async def precise_stub(
     request: pytest.FixtureRequest, clip_dir: Path
 ) -> AsyncIterator[tuple[str, pb_grpc.EmbedServiceStub]]:
-    app = EmbedApp(embed_settings(clip_dir, precision=request.param))
-    await app.start()
-    await app.load()
-    try:
-        async with grpc.aio.insecure_channel(app.address) as channel:
-            yield request.param, pb_grpc.EmbedServiceStub(channel)
-    finally:
-        await app.stop(0)
+    async with (
+        serving_embed(clip_dir, precision=request.param) as app,
+        grpc.aio.insecure_channel(app.address) as channel,
+    ):
+        yield request.param, pb_grpc.EmbedServiceStub(channel)
 
 
 async def test_each_precision_stays_within_its_tolerance_of_fp32(
@@ -135,12 +131,7 @@ async def test_a_service_on_auto_reports_what_auto_picked_on_this_machine(clip_d
     expected = (
         pb.PRECISION_BFLOAT16 if {"avx512_bf16", "amx_bf16"} & flags else pb.PRECISION_FLOAT32
     )
-    app = EmbedApp(embed_settings(clip_dir, precision="auto"))
-    await app.start()
-    await app.load()
-    try:
+    async with serving_embed(clip_dir, precision="auto") as app:
         async with grpc.aio.insecure_channel(app.address) as channel:
             info = await pb_grpc.EmbedServiceStub(channel).GetModelInfo(pb.GetModelInfoRequest())
         assert info.precision == expected
-    finally:
-        await app.stop(0)

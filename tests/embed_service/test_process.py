@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack import free_port
+from tests.support.stack import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

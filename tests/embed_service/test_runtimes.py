@@ -18,7 +18,6 @@ from imagesearch.v1 import embed_service_pb2 as pb
 from imagesearch.v1 import embed_service_pb2_grpc as pb_grpc
 from transformers import CLIPModel
 
-from embed_service.app import EmbedApp
 from embed_service.errors import ModelLoadError
 from embed_service.images import prepare
 from embed_service.model import ClipModel, fingerprint_of
@@ -26,9 +25,9 @@ from embed_service.runtimes import onnx_export, race
 from embed_service.runtimes.base import Runtime
 from embed_service.runtimes.race import Option
 from embed_service.runtimes.torch_runtime import TorchRuntime
-from tests.conftest import embed_settings
-from tests.imagegen import PALETTE, encode, picture
-from tests.tiny_clip import build_clip
+from tests.support.imagegen import PALETTE, encode, picture
+from tests.support.stack import serving_embed
+from tests.support.tiny_clip import build_clip
 
 TEXTS = ["a red square", "a photo of a cat on a mat", "word " * 100, "x"]
 # Cosine to torch fp32 each kind must keep on the tiny model, with margin (measured,
@@ -284,10 +283,7 @@ def test_a_combination_that_cannot_run_says_why(
 
 
 async def test_get_model_info_reports_the_runtime(clip_dir: Path, tmp_path: Path) -> None:
-    app = EmbedApp(embed_settings(clip_dir, backend="onnx", cache_dir=tmp_path))
-    await app.start()
-    await app.load()
-    try:
+    async with serving_embed(clip_dir, backend="onnx", cache_dir=tmp_path) as app:
         async with grpc.aio.insecure_channel(app.address) as channel:
             stub = pb_grpc.EmbedServiceStub(channel)
             info = await stub.GetModelInfo(pb.GetModelInfoRequest())
@@ -297,8 +293,6 @@ async def test_get_model_info_reports_the_runtime(clip_dir: Path, tmp_path: Path
         expected = torch_model.embed_tokens(torch_model.tokenize(["a red square"]))[0]
         assert info.fingerprint == torch_model.fingerprint  # same weights, same fingerprint
         assert float(np.asarray(reply.embeddings[0].values) @ expected) >= 0.99999
-    finally:
-        await app.stop(0)
 
 
 @pytest.mark.parametrize("backend", ["onnx", "auto"])

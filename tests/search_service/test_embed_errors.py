@@ -16,8 +16,8 @@ from imagesearch.v1 import embed_service_pb2_grpc as pb_grpc
 from imagesearch_client import ImageSearchClient, ImageSearchError, InvalidArgument
 from imagesearch_serving.server import GrpcServer
 
-from tests.search_service.conftest import StartSearch
-from tests.stack import InThread
+from tests.support.fixtures import StartSearch
+from tests.support.stack import InThread
 
 
 class FailingEmbed(pb_grpc.EmbedServiceServicer):

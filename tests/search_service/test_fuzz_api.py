@@ -28,7 +28,7 @@ from imagesearch.v1 import search_service_pb2_grpc as pb_grpc
 from embed_service.app import EmbedApp
 from search_service.errors import InvalidArgument
 from search_service.filters import matches, parse_filter, validate_metadata
-from tests.stack import serving_search
+from tests.support.stack import serving_search
 
 T = TypeVar("T")
 DIM = 64

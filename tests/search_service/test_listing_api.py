@@ -16,8 +16,8 @@ from imagesearch_client import (
 )
 
 from search_service.app import SearchApp
-from tests.search_service.conftest import StartSearch
-from tests.stack import AnyClient, InThread
+from tests.support.fixtures import StartSearch
+from tests.support.stack import AnyClient, InThread
 
 
 async def every_page(client: AnyClient, **options: Any) -> list[RecordPage]:

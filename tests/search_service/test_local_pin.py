@@ -17,7 +17,7 @@ import pytest
 from search_service.domain import ModelInfo, Record
 from search_service.stores.local.pin import VECTOR_FILES, PinnedVectors
 from search_service.stores.local.store import LocalStore
-from tests.stores.conftest import unit
+from tests.support.stores import unit
 
 MODEL = ModelInfo("test/model", 512, "p1nned")
 

@@ -29,7 +29,7 @@ from search_service.stores.local import store as store_module
 from search_service.stores.local.root_lock import LOCK_FILE
 from search_service.stores.local.shard_config import shard_config
 from search_service.stores.local.store import LocalStore
-from tests.stack import files_of
+from tests.support.stack import files_of
 
 MODEL = ModelInfo("test/model", 32, "f1ngerpr1nt")
 

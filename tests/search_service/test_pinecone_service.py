@@ -19,9 +19,9 @@ from imagesearch_client import FailedPrecondition, ImageSearchClient, Unavailabl
 from embed_service.app import EmbedApp
 from search_service.errors import StoreMisconfigured
 from search_service.stores.pinecone.packing import TAG_FINGERPRINT, TAG_MODEL
-from tests.pinecone_standin import PineconeStandIn
-from tests.search_service.conftest import StartSearch, on_pinecone
-from tests.stack import InThread
+from tests.support.fixtures import StartSearch, on_pinecone
+from tests.support.pinecone_standin import PineconeStandIn
+from tests.support.stack import InThread
 
 
 async def test_an_index_filled_by_another_model_refuses_writes_and_queries(

@@ -11,10 +11,9 @@ import pytest
 from imagesearch_client import ImageRecord, ImageSearchClient, Unavailable
 
 from embed_service.app import EmbedApp
-from tests.conftest import embed_settings
-from tests.imagegen import PALETTE, encode, picture
-from tests.search_service.conftest import StartSearch
-from tests.stack import InThread, service_process
+from tests.support.fixtures import StartSearch
+from tests.support.imagegen import PALETTE, encode, picture
+from tests.support.stack import InThread, embed_settings, service_process, serving_embed
 
 
 def search_env(data_dir: Path, embed_target: str) -> dict[str, str]:
@@ -105,14 +104,9 @@ async def test_embed_service_down_gives_unavailable_then_search_recovers_by_itse
         assert caught.value.reason == "EMBED_UNAVAILABLE"
         assert "EMBED_TARGET" in caught.value.message
 
-        embed = EmbedApp(embed_settings(clip_dir, addr=f"127.0.0.1:{port}"))
-        await embed.start()
-        await embed.load()
-        try:
+        async with serving_embed(clip_dir, addr=f"127.0.0.1:{port}") as embed:
             outcomes = await client.upsert_images(
                 [ImageRecord(image=encode(picture("blue"), "PNG"), id="after")]
             )
             assert [o.ok for o in outcomes] == [True]
             assert [m.id for m in await client.query(text="anything", top_k=1)] == ["after"]
-        finally:
-            await embed.stop(0)

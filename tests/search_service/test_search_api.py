@@ -24,9 +24,9 @@ from search_service.app import SearchApp
 from search_service.domain import ModelInfo
 from search_service.filters import matches, parse_filter
 from search_service.stores.local.store import LocalStore
-from tests.imagegen import CLASSES, encode, picture
-from tests.search_service.conftest import StartSearch
-from tests.stack import AnyClient, InThread
+from tests.support.fixtures import StartSearch
+from tests.support.imagegen import CLASSES, encode, picture
+from tests.support.stack import AnyClient, InThread
 
 
 def labelled_images(per_class: int = 4) -> list[ImageRecord]:

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from search_service.domain import Record
 from search_service.filters import Metadata, matches, parse_filter, validate_metadata
-from tests.pinecone_standin import evaluate
-from tests.stores.conftest import StoreUnderTest, open_store, unit
+from tests.support.pinecone_standin import evaluate
+from tests.support.stores import StoreUnderTest, open_store, unit
 
 # Every metadata type and the shapes filters must tell apart: a list (and an empty
 # one), missing fields, whole and fractional numbers, a string that looks like one.

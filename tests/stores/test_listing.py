@@ -12,7 +12,7 @@ import pytest
 from search_service.domain import Listed, Record
 from search_service.errors import InvalidArgument
 from search_service.stores.local.store import LocalStore
-from tests.stores.conftest import MODEL, StoreUnderTest, unit
+from tests.support.stores import MODEL, StoreUnderTest, unit
 
 PAGED = 2500
 

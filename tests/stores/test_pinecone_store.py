@@ -26,8 +26,8 @@ from search_service.errors import (
 from search_service.filters import parse_filter
 from search_service.stores.pinecone.packing import TAG_FINGERPRINT, TAG_MODEL
 from search_service.stores.pinecone.store import PineconeStore
-from tests.pinecone_standin import MAX_UPSERT_BYTES, PineconeStandIn
-from tests.stores.conftest import MODEL, unit
+from tests.support.pinecone_standin import MAX_UPSERT_BYTES, PineconeStandIn
+from tests.support.stores import MODEL, unit
 
 WIDE = ModelInfo(model_id="openai/clip-vit-base-patch32", dimension=512, fingerprint="c" * 32)
 

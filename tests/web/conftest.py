@@ -16,9 +16,7 @@ from imagesearch_client import AsyncImageSearchClient
 from imagesearch_client.web import WebApp, WebSettings
 
 from search_service.app import SearchApp
-from tests.search_service.conftest import StartSearch, start_search_app
-
-__all__ = ["start_search_app"]
+from tests.support.fixtures import StartSearch
 
 CHROMIUM = Path(os.environ.get("IMAGESEARCH_CHROMIUM", "/usr/bin/chromium"))
 HEADLESS_FLAGS = [
@@ -65,7 +63,7 @@ async def page(browser: object) -> AsyncIterator[object]:
 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
-    from tests.imagegen import image_folder
+    from tests.support.imagegen import image_folder
 
     folder = image_folder(tmp_path / "photos")
     (folder / "red" / "broken.jpg").write_bytes(b"this is not a JPEG")

@@ -16,9 +16,9 @@ from imagesearch_client.web import WebApp, WebSettings
 from imagesearch_client.web.config import WebConfigError
 from playwright.async_api import Page, expect
 
-from tests.imagegen import encode, picture
-from tests.search_service.conftest import StartSearch
-from tests.stack import free_port
+from tests.support.fixtures import StartSearch
+from tests.support.imagegen import encode, picture
+from tests.support.stack import free_port
 from tests.web.conftest import StartWeb, screenshot_path
 
 WAIT_MS = 60_000
@@ -206,7 +206,7 @@ async def test_thumbnails_are_upright_cifar_comes_from_the_archive_else_a_placeh
 ) -> None:
     from PIL import Image
 
-    from tests.cifar import cifar10_archive
+    from tests.support.cifar import cifar10_archive
 
     rotated = picture("green", size=(200, 100))
     exif = Image.Exif()

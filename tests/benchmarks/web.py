@@ -9,7 +9,7 @@ page showing its k=12 results with every thumbnail loaded (first thumbnails are 
 then, so this includes making them). Also the server's own render time of the same
 page (GET over HTTP, no browser), for where the time goes.
 
-    python -m tests.bench_web [--images 10000] [--clicks 20]
+    python -m tests.benchmarks.web [--images 10000] [--clicks 20]
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ import numpy as np
 from imagesearch_client import ImageSearchClient
 from PIL import Image, ImageDraw
 
-from tests.bench import CACHE
-from tests.bench_search import cli, start
-from tests.tiny_clip import build_clip
+from tests.benchmarks.embed import CACHE
+from tests.benchmarks.search import cli, start
+from tests.support.tiny_clip import build_clip
 from tests.web.conftest import CHROMIUM, HEADLESS_FLAGS
 
 LOADED = """() => {

@@ -20,9 +20,9 @@ from pydantic import AliasChoices
 from embed_service.app import EmbedApp
 from embed_service.config import EmbedSettings
 from search_service.config import SearchSettings
-from tests.stack import free_port
+from tests.support.stack import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODULES = {"embed_service", "search_service", "imagesearch_serving.probe"}
 
 

@@ -24,8 +24,8 @@ from imagesearch.v1 import search_service_pb2 as pb
 from imagesearch.v1 import search_service_pb2_grpc as pb_grpc
 
 from embed_service.app import EmbedApp
-from tests.imagegen import encode, picture, png_claiming
-from tests.stack import serving_search, struct
+from tests.support.imagegen import encode, picture, png_claiming
+from tests.support.stack import serving_search, struct
 
 DIM = 64
 GOOD_IMAGE = encode(picture("green", shape=1), "PNG")

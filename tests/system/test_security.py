@@ -24,9 +24,8 @@ from imagesearch_client import ImageSearchClient, ImageSearchError, Unavailable,
 
 from embed_service.app import EmbedApp
 from search_service.app import SearchApp
-from tests.certs import Pki, make_pki
-from tests.conftest import embed_settings
-from tests.stack import InThread, search_settings, service_process
+from tests.support.certs import Pki, make_pki
+from tests.support.stack import InThread, search_settings, service_process, serving_embed
 
 TOKEN = "s3cret-read-write-token"
 READ_TOKEN = "r3ad-only-token"
@@ -55,37 +54,28 @@ async def secured(
     """embed_service with mTLS + a token, and search_service calling it with both, itself
     serving mTLS with read-write and read-only tokens."""
     caplog.set_level(logging.DEBUG)
-    embed = EmbedApp(
-        embed_settings(
-            clip_dir,
-            tls_cert=pki.server.cert,
-            tls_key=pki.server.key,
-            tls_client_ca=pki.ca,
-            tokens=EMBED_TOKEN,
+    embed_options = {"tls_cert": pki.server.cert, "tls_key": pki.server.key,
+                     "tls_client_ca": pki.ca, "tokens": EMBED_TOKEN}  # fmt: skip
+    async with serving_embed(clip_dir, **embed_options) as embed:
+        search = SearchApp(
+            search_settings(
+                tmp_path / "data",
+                embed.address,
+                tls_cert=pki.server.cert,
+                tls_key=pki.server.key,
+                tls_client_ca=pki.ca,
+                tokens=TOKEN,
+                read_tokens=READ_TOKEN,
+                embed_target_ca=pki.ca,
+                embed_target_cert=pki.client.cert,
+                embed_target_key=pki.client.key,
+                embed_token=EMBED_TOKEN,
+            )
         )
-    )
-    await embed.start()
-    await embed.load()
-    search = SearchApp(
-        search_settings(
-            tmp_path / "data",
-            embed.address,
-            tls_cert=pki.server.cert,
-            tls_key=pki.server.key,
-            tls_client_ca=pki.ca,
-            tokens=TOKEN,
-            read_tokens=READ_TOKEN,
-            embed_target_ca=pki.ca,
-            embed_target_cert=pki.client.cert,
-            embed_target_key=pki.client.key,
-            embed_token=EMBED_TOKEN,
-        )
-    )
-    await search.start()
-    await search.wait_serving()
-    yield embed, search
-    await search.stop(0)
-    await embed.stop(0)
+        await search.start()
+        await search.wait_serving()
+        yield embed, search
+        await search.stop(0)
     for secret in SECRETS:
         assert secret not in caplog.text, "a token reached the log"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.imagegen import PALETTE
+from tests.support.imagegen import PALETTE
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck"]  # fmt: skip

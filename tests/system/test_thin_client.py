@@ -10,14 +10,12 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
 from embed_service.app import EmbedApp
-from tests.certs import make_pki
-from tests.imagegen import image_folder
-from tests.stack import service_process
+from tests.support.certs import make_pki
+from tests.support.imagegen import image_folder
+from tests.support.stack import service_process
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "thin-client-token"
 
 USE_BOTH_CLIENTS = """
@@ -53,7 +51,6 @@ def install_the_client_alone(venv: Path) -> None:
     assert installed.returncode == 0, installed.stderr
 
 
-@pytest.mark.slow
 async def test_the_client_installs_alone_without_torch_and_works_with_tls_and_a_token(
     embed_app: EmbedApp, tmp_path: Path
 ) -> None:

@@ -22,14 +22,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pytest
-
 from embed_service.app import EmbedApp
-from tests.cifar import cifar10_archive
-from tests.imagegen import encode, image_folder, picture
-from tests.stack import free_port, free_ports, service_process
+from tests.support.cifar import cifar10_archive
+from tests.support.imagegen import encode, image_folder, picture
+from tests.support.stack import free_port, free_ports, service_process
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BLOCK = re.compile(r"<!-- tested: (?P<name>[\w-]+) -->\n```(?:sh|python)\n(?P<body>.*?)```", re.S)
 
 
@@ -51,7 +49,6 @@ def test_the_readme_marks_the_deployment_recipe_for_this_test() -> None:
     }  # fmt: skip
 
 
-@pytest.mark.slow
 def test_the_deployment_recipe_works_as_written(clip_dir: Path, tmp_path: Path) -> None:
     blocks = marked_blocks()
     work = tmp_path / "checkout"
@@ -189,7 +186,6 @@ def wait_for_page(url: str, process: subprocess.Popen[bytes], log: Path) -> str:
             time.sleep(0.2)
 
 
-@pytest.mark.slow
 def test_each_way_to_start_the_gallery_serves_it(clip_dir: Path, tmp_path: Path) -> None:
     """Each line of the gallery's block is one way to start it: each must serve the page."""
     home = tmp_path / "home"

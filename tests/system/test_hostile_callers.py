@@ -26,7 +26,7 @@ from imagesearch.v1 import embed_service_pb2_grpc as embed_grpc
 from imagesearch.v1 import search_service_pb2 as search_pb
 from imagesearch.v1 import search_service_pb2_grpc as search_grpc
 
-from tests.stack import files_of, service_process, status_mb, struct
+from tests.support.stack import files_of, service_process, status_mb, struct
 
 TOKEN = "rw-token-of-the-hostile-suite"
 READ_TOKEN = "ro-token-of-the-hostile-suite"

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import pytest
 from imagesearch.v1 import embed_service_pb2 as embed_pb
 from imagesearch.v1 import embed_service_pb2_grpc as embed_grpc
 from imagesearch.v1 import search_service_pb2 as search_pb
@@ -29,9 +28,8 @@ from imagesearch.v1 import search_service_pb2_grpc as search_grpc
 from PIL import Image
 
 from embed_service.app import EmbedApp
-from tests.conftest import embed_settings
-from tests.imagegen import encode, picture
-from tests.stack import service_process, status_mb
+from tests.support.imagegen import encode, picture
+from tests.support.stack import embed_settings, service_process, status_mb
 
 LIMIT = 2
 CALLERS = 12
@@ -88,7 +86,6 @@ def check(outcomes: list[tuple[str, float]], served: str) -> None:
     assert last_refused < first_served, outcomes  # refused up front, not after waiting
 
 
-@pytest.mark.slow
 def test_embed_service_refuses_calls_past_its_limit_and_stays_within_its_memory_budget(
     clip_dir: Path,
 ) -> None:
@@ -117,7 +114,6 @@ def test_embed_service_refuses_calls_past_its_limit_and_stays_within_its_memory_
         assert len(reply.embeddings[0].values) == 64
 
 
-@pytest.mark.slow
 async def test_search_service_refuses_calls_past_its_limit_and_stays_within_its_memory_budget(
     clip_dir: Path, tmp_path: Path
 ) -> None:

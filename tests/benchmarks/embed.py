@@ -13,7 +13,7 @@ and the same 640x480 JPEGs, in one process, one run:
   service / bare.
 Ratios are what carry across machines; the absolute numbers are this machine's.
 
-    python -m tests.bench [--images 192] [--clients 8] [--only torch:fp32 onnx:int8]
+    python -m tests.benchmarks.embed [--images 192] [--clients 8] [--only torch:fp32 onnx:int8]
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from embed_service.images import prepare
 from embed_service.model import ClipModel
 from embed_service.runtimes.onnx_runtime import onnx_providers
 from embed_service.runtimes.race import options
-from tests.tiny_clip import build_clip
+from tests.support.tiny_clip import build_clip
 
 CACHE = Path(os.environ.get("BENCH_DIR", ".bench"))
 

@@ -25,14 +25,12 @@ from typing import Any
 
 import grpc
 import numpy as np
-import pytest
 from imagesearch.v1 import search_service_pb2 as pb
 from imagesearch.v1 import search_service_pb2_grpc as pb_grpc
 
 from embed_service.app import EmbedApp
-from tests.conftest import embed_settings
-from tests.imagegen import PALETTE, encode, picture
-from tests.stack import service_process, struct
+from tests.support.imagegen import PALETTE, encode, picture
+from tests.support.stack import embed_settings, service_process, struct
 
 CLIENTS = 32
 SOAK_S = 25.0
@@ -222,7 +220,6 @@ async def check_everything_stored(clients: list[Client]) -> None:
     assert stats.total_vector_count == sum(len(c.stored) for c in clients)
 
 
-@pytest.mark.slow
 async def test_32_clients_mixing_every_call_during_index_builds_lose_nothing_and_leak_nothing(
     clip_dir: Path, tmp_path: Path
 ) -> None:

@@ -27,11 +27,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from embed_service.app import EmbedApp
 from search_service.app import SearchApp
-from tests.conftest import embed_settings
-from tests.imagegen import encode, picture
-from tests.pinecone_standin import PineconeStandIn
-from tests.search_service.conftest import on_pinecone
-from tests.stack import InThread, search_settings
+from tests.support.fixtures import on_pinecone
+from tests.support.imagegen import encode, picture
+from tests.support.pinecone_standin import PineconeStandIn
+from tests.support.stack import InThread, search_settings, serving_embed
 
 TOKEN = "metrics-test-token"
 SEARCH = "imagesearch.v1.SearchService"
@@ -63,17 +62,13 @@ def handled(samples: Samples, service: str, method: str, code: str) -> float:
 
 @pytest.fixture
 async def watched(clip_dir: Path, tmp_path: Path) -> AsyncIterator[tuple[EmbedApp, SearchApp]]:
-    embed = EmbedApp(embed_settings(clip_dir, metrics_addr="127.0.0.1:0"))
-    await embed.start()
-    await embed.load()
-    search = SearchApp(
-        search_settings(tmp_path / "data", embed.address, metrics_addr="127.0.0.1:0", tokens=TOKEN)
-    )
-    await search.start()
-    await search.wait_serving()
-    yield embed, search
-    await search.stop(0)
-    await embed.stop(0)
+    async with serving_embed(clip_dir, metrics_addr="127.0.0.1:0") as embed:
+        search = SearchApp(search_settings(tmp_path / "data", embed.address,
+                                           metrics_addr="127.0.0.1:0", tokens=TOKEN))  # fmt: skip
+        await search.start()
+        await search.wait_serving()
+        yield embed, search
+        await search.stop(0)
 
 
 async def test_counters_rise_by_exactly_the_calls_made_with_their_codes(

@@ -16,7 +16,7 @@ search_service on the local store, measured over gRPC from the Python client.
    query latency during ingest, the time from the last upsert until everything is
    indexed, peak RSS of search_service and its index builder, then step 1 on that store.
 
-    python -m tests.bench_search [--vectors 100000] [--queries 500] [--images 96] [--ingest]
+    python -m tests.benchmarks.search [--vectors 100000] [--queries 500] [--images 96] [--ingest]
         [--keep]
 """
 
@@ -51,8 +51,8 @@ from embed_service.model import ClipModel
 from search_service.domain import ModelInfo, Record
 from search_service.stores.local.builder import IDLE_BUILD_MIN, IDLE_BUILD_S
 from search_service.stores.local.store import LocalStore
-from tests.bench import CACHE, photos
-from tests.tiny_clip import build_clip
+from tests.benchmarks.embed import CACHE, photos
+from tests.support.tiny_clip import build_clip
 
 
 def start(

@@ -7,7 +7,7 @@ Python client in this process, after a warm-up, in two passes (forward, then rev
 order) so drift of the machine cancels out. No index build runs meanwhile: 10k vectors
 are searched exactly, and a build's child would compete for the cores.
 
-    python -m tests.bench_security [--vectors 10000] [--queries 1000]
+    python -m tests.benchmarks.security [--vectors 10000] [--queries 1000]
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from pathlib import Path
 
 from imagesearch_client import ImageSearchClient, VectorRecord
 
-from tests.certs import make_pki
-from tests.stack import service_process
-from tests.tiny_clip import build_clip
+from tests.support.certs import make_pki
+from tests.support.stack import service_process
+from tests.support.tiny_clip import build_clip
 
 TOKEN = "bench-token"
 

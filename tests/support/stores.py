@@ -24,7 +24,7 @@ from search_service.filters import Condition, matches, parse_filter
 from search_service.stores.base import VectorStore
 from search_service.stores.local.store import LocalStore
 from search_service.stores.pinecone.store import PineconeStore
-from tests.pinecone_standin import PineconeStandIn
+from tests.support.pinecone_standin import PineconeStandIn
 
 DIMENSION = 16
 MODEL = ModelInfo(model_id="tests/tiny", dimension=DIMENSION, fingerprint="f" * 32)

@@ -1,17 +1,23 @@
-"""search_service on the session loop, beside the session embed_service."""
+"""The fixtures every test may ask for (registered in tests/conftest.py): a tiny CLIP on
+disk, embed_service and search_service on the session loop, the Pinecone stand-in, and each
+client on each store."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
+from imagesearch.v1 import embed_service_pb2_grpc
 from imagesearch_client import AsyncImageSearchClient, ImageSearchClient
+from pinecone._internal import http_client
 
 from embed_service.app import EmbedApp
 from search_service.app import SearchApp
-from tests.pinecone_standin import PineconeStandIn
-from tests.stack import AnyClient, InThread, search_settings
+from tests.support.pinecone_standin import PineconeStandIn
+from tests.support.stack import AnyClient, InThread, search_settings, serving_embed
+from tests.support.tiny_clip import build_clip
 
 StartSearch = Callable[..., Awaitable[SearchApp]]
 
@@ -66,3 +72,41 @@ async def client(request: pytest.FixtureRequest, search_app: SearchApp) -> Async
     else:
         async with AsyncImageSearchClient(search_app.address, timeout_s=30) as aio:
             yield aio
+
+
+@pytest.fixture(scope="session")
+def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_clip(tmp_path_factory.mktemp("clip") / "tiny-clip")
+
+
+@pytest.fixture(scope="session")
+async def embed_app(clip_dir: Path) -> AsyncIterator[EmbedApp]:
+    async with serving_embed(clip_dir) as app:
+        yield app
+
+
+@pytest.fixture(scope="session")
+async def embed_stub(embed_app: EmbedApp) -> AsyncIterator[embed_service_pb2_grpc.EmbedServiceStub]:
+    async with grpc.aio.insecure_channel(embed_app.address) as channel:
+        yield embed_service_pb2_grpc.EmbedServiceStub(channel)
+
+
+@pytest.fixture
+def backoff(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The Pinecone SDK's retry delays, recorded instead of slept (its documented seam)."""
+    delays: list[float] = []
+
+    async def record(delay: float) -> None:
+        delays.append(delay)
+
+    monkeypatch.setattr(http_client, "_async_retry_sleep", record)
+    # The SDK stops retrying a host after many failures; every test starts afresh.
+    http_client.get_budget_registry()._reset()
+    return delays
+
+
+@pytest.fixture
+def standin() -> Iterator[PineconeStandIn]:
+    """A local Pinecone REST API (control and data plane) on free ports."""
+    with PineconeStandIn() as server:
+        yield server

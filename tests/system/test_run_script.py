@@ -22,10 +22,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from imagesearch_client import ImageSearchClient
 
-from tests.imagegen import image_folder
-from tests.stack import free_port, free_ports
+from tests.support.imagegen import image_folder
+from tests.support.stack import free_port, free_ports
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GRACE_S = 10.0  # EMBED_GRACE_S and SEARCH_GRACE_S defaults
 PROMPT_S = 5.0  # a stop with nothing in flight takes a second or two
 
@@ -60,7 +60,6 @@ def wait_for_page(url: str, timeout_s: float = 60.0) -> str:
             time.sleep(0.2)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("replicas", [1, 2])
 def test_ctrl_c_stops_both_services_within_the_grace_period_without_a_traceback(
     clip_dir: Path, tmp_path: Path, replicas: int
@@ -140,7 +139,6 @@ def test_ctrl_c_stops_both_services_within_the_grace_period_without_a_traceback(
         assert f"embed_service at ipv4:{target}" in text, text
 
 
-@pytest.mark.slow
 def test_sigint_while_the_model_loads_stops_embed_service_even_with_sigint_inherited_ignored(
     clip_dir: Path, tmp_path: Path
 ) -> None:

@@ -23,11 +23,10 @@ from imagesearch_client import ImageRecord, ImageSearchClient
 from embed_service.app import EmbedApp
 from search_service.app import SearchApp
 from search_service.embed_client import channel_authority
-from tests.certs import Pki, make_pki
-from tests.conftest import embed_settings
-from tests.imagegen import PALETTE, encode, picture
-from tests.stack import InThread, search_settings, service_process
-from tests.tiny_clip import build_clip
+from tests.support.certs import Pki, make_pki
+from tests.support.imagegen import PALETTE, encode, picture
+from tests.support.stack import InThread, embed_settings, search_settings, service_process
+from tests.support.tiny_clip import build_clip
 
 HANDLED = "grpc_server_handled_total"
 
@@ -47,7 +46,6 @@ def folder_of(root: Path, count: int) -> Path:
     return root
 
 
-@pytest.mark.slow
 async def test_a_replica_killed_mid_index_loses_nothing_and_the_survivor_takes_the_rest(
     clip_dir: Path, tmp_path: Path
 ) -> None:
@@ -154,7 +152,6 @@ def tls_search_env(target: str, data: Path, pki: Pki, ca: Path) -> dict[str, str
     }  # fmt: skip
 
 
-@pytest.mark.slow
 def test_two_tls_replicas_behind_one_ipv4_target_serve_and_survive_a_kill(
     clip_dir: Path, tmp_path: Path
 ) -> None:
@@ -186,7 +183,6 @@ def test_two_tls_replicas_behind_one_ipv4_target_serve_and_survive_a_kill(
             assert [m.id for m in client.query(text="a red square", top_k=1)] == ["red"]
 
 
-@pytest.mark.slow
 def test_a_replica_whose_certificate_does_not_verify_is_named_in_the_log_within_seconds(
     clip_dir: Path, tmp_path: Path
 ) -> None:

@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ import grpc
 from google.protobuf import struct_pb2
 from imagesearch_client import AsyncImageSearchClient
 
+from embed_service.app import EmbedApp
+from embed_service.config import EmbedSettings
 from search_service.app import SearchApp
 from search_service.config import SearchSettings
 
@@ -196,3 +199,33 @@ class InThread:
 
 # What the behaviour tests drive: the sync client through InThread, or the async one.
 AnyClient = InThread | AsyncImageSearchClient
+
+
+def embed_settings(clip_dir: Path, **overrides: object) -> EmbedSettings:
+    values: dict[str, object] = {
+        "model": str(clip_dir),
+        "addr": "127.0.0.1:0",
+        "device": "cpu",
+        # Exact comparisons need one precision on every machine; `auto` has its own tests.
+        "precision": "fp32",
+        "backend": "torch",
+        "cache_dir": os.environ["EMBED_CACHE_DIR"],
+        "threads": 2,
+        "grace_s": 1.0,
+    }
+    values.update(overrides)
+    # model_validate skips the environment and .env: tests see only what they set.
+    return EmbedSettings.model_validate(values)
+
+
+@asynccontextmanager
+async def serving_embed(model_dir: Path, **overrides: object) -> AsyncIterator[EmbedApp]:
+    """embed_service on this loop with the model loaded (`embed_settings` plus overrides),
+    stopped at the end of the block."""
+    app = EmbedApp(embed_settings(model_dir, **overrides))
+    await app.start()
+    try:
+        await app.load()
+        yield app
+    finally:
+        await app.stop(0)
