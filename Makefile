@@ -8,7 +8,7 @@ DIR ?=
 ARGS ?=
 N ?=
 
-.PHONY: install proto run run-embed run-search run-web test test-fast bench bench-search bench-tls bench-web lint index query clean
+.PHONY: install proto docs run run-embed run-search run-web test test-fast bench bench-search bench-tls bench-web lint index query clean
 
 install: $(STAMP)
 
@@ -21,6 +21,9 @@ $(STAMP): pyproject.toml
 
 proto: install
 	$(PY) protos/generate.py
+
+docs: install
+	$(PY) docs/generate.py
 
 run: install
 	PY=$(PY) DIR="$(DIR)" scripts/run.sh
@@ -62,6 +65,7 @@ lint: install $(BUF)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
+	$(PY) -m mypy docs/generate.py
 	@mkdir -p build/buf-deps/google/rpc
 	@cp "$$($(PY) -c 'import google.rpc.status_pb2 as s, pathlib; print(pathlib.Path(s.__file__).parent / "status.proto")')" build/buf-deps/google/rpc/status.proto
 	$(BUF) lint

@@ -96,7 +96,7 @@ class EmbedSettings(BaseSettings):
         ),
     )
     grace_s: float = Field(default=10.0, ge=0, description="Shutdown grace for in-flight calls.")
-    log_level: str = Field(default="INFO")
+    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
     metrics_addr: str | None = Field(
         default=None, description="host:port to serve Prometheus metrics at /metrics."
     )

@@ -78,11 +78,21 @@ class SearchSettings(BaseSettings):
         ),
     )  # fmt: skip
     pinecone_api_key: SecretStr | None = Field(
-        default=None, validation_alias=_env("PINECONE_API_KEY")
-    )
-    pinecone_index: str = Field(default="image-search", validation_alias=_env("PINECONE_INDEX"))
-    pinecone_cloud: str = Field(default="aws", validation_alias=_env("PINECONE_CLOUD"))
-    pinecone_region: str = Field(default="us-east-1", validation_alias=_env("PINECONE_REGION"))
+        default=None, validation_alias=_env("PINECONE_API_KEY"),
+        description="Your Pinecone project's API key; setting it selects Pinecone.",
+    )  # fmt: skip
+    pinecone_index: str = Field(
+        default="image-search", validation_alias=_env("PINECONE_INDEX"),
+        description="The Pinecone index; created (serverless, cosine) if missing.",
+    )  # fmt: skip
+    pinecone_cloud: str = Field(
+        default="aws", validation_alias=_env("PINECONE_CLOUD"),
+        description="The cloud a new Pinecone index is created in.",
+    )  # fmt: skip
+    pinecone_region: str = Field(
+        default="us-east-1", validation_alias=_env("PINECONE_REGION"),
+        description="The region a new Pinecone index is created in.",
+    )  # fmt: skip
     pinecone_host: str | None = Field(
         default=None, validation_alias=_env("PINECONE_HOST"),
         description="Control-plane URL; unset means Pinecone's own.",
@@ -121,17 +131,38 @@ class SearchSettings(BaseSettings):
         default=10.0, ge=0, validation_alias=_env("SEARCH_GRACE_S"),
         description="Shutdown grace for in-flight calls.",
     )  # fmt: skip
-    log_level: str = Field(default="INFO", validation_alias=_env("SEARCH_LOG_LEVEL"))
+    log_level: str = Field(
+        default="INFO", validation_alias=_env("SEARCH_LOG_LEVEL"),
+        description="DEBUG, INFO, WARNING or ERROR.",
+    )  # fmt: skip
     metrics_addr: str | None = Field(
         default=None, validation_alias=_env("SEARCH_METRICS_ADDR"),
         description="host:port to serve Prometheus metrics at /metrics.",
     )  # fmt: skip
     # TLS and tokens of search_service's own port, and of its channel to embed_service.
-    tls_cert: Path | None = Field(default=None, validation_alias=_env("SEARCH_TLS_CERT"))
-    tls_key: Path | None = Field(default=None, validation_alias=_env("SEARCH_TLS_KEY"))
-    tls_client_ca: Path | None = Field(default=None, validation_alias=_env("SEARCH_TLS_CLIENT_CA"))
-    tokens: SecretStr | None = Field(default=None, validation_alias=_env("SEARCH_TOKENS"))
-    tokens_file: Path | None = Field(default=None, validation_alias=_env("SEARCH_TOKENS_FILE"))
+    tls_cert: Path | None = Field(
+        default=None, validation_alias=_env("SEARCH_TLS_CERT"),
+        description="PEM certificate: serve TLS only.",
+    )  # fmt: skip
+    tls_key: Path | None = Field(
+        default=None, validation_alias=_env("SEARCH_TLS_KEY"),
+        description="PEM private key of SEARCH_TLS_CERT.",
+    )  # fmt: skip
+    tls_client_ca: Path | None = Field(
+        default=None, validation_alias=_env("SEARCH_TLS_CLIENT_CA"),
+        description="PEM CA bundle: also require client certificates it signed (mutual TLS).",
+    )  # fmt: skip
+    tokens: SecretStr | None = Field(
+        default=None, validation_alias=_env("SEARCH_TOKENS"),
+        description=(
+            "Comma-separated bearer tokens; set, every RPC but health needs one. Set but "
+            "holding none: the service stops (exit 2), it never means no auth."
+        ),
+    )  # fmt: skip
+    tokens_file: Path | None = Field(
+        default=None, validation_alias=_env("SEARCH_TOKENS_FILE"),
+        description="Bearer tokens, one per line (as SEARCH_TOKENS).",
+    )  # fmt: skip
     read_tokens: SecretStr | None = Field(
         default=None, validation_alias=_env("SEARCH_READ_TOKENS"),
         description=(
@@ -147,10 +178,22 @@ class SearchSettings(BaseSettings):
             "on one host; set it where the addresses differ (a DNS name behind several IPs)."
         ),
     )  # fmt: skip
-    embed_target_ca: Path | None = Field(default=None, validation_alias=_env("EMBED_TARGET_CA"))
-    embed_target_cert: Path | None = Field(default=None, validation_alias=_env("EMBED_TARGET_CERT"))
-    embed_target_key: Path | None = Field(default=None, validation_alias=_env("EMBED_TARGET_KEY"))
-    embed_token: SecretStr | None = Field(default=None, validation_alias=_env("EMBED_TOKEN"))
+    embed_target_ca: Path | None = Field(
+        default=None, validation_alias=_env("EMBED_TARGET_CA"),
+        description="Dial embed_service over TLS, verifying it with this PEM CA.",
+    )  # fmt: skip
+    embed_target_cert: Path | None = Field(
+        default=None, validation_alias=_env("EMBED_TARGET_CERT"),
+        description="The client certificate search_service presents to embed_service (mTLS).",
+    )  # fmt: skip
+    embed_target_key: Path | None = Field(
+        default=None, validation_alias=_env("EMBED_TARGET_KEY"),
+        description="The private key of EMBED_TARGET_CERT.",
+    )  # fmt: skip
+    embed_token: SecretStr | None = Field(
+        default=None, validation_alias=_env("EMBED_TOKEN"),
+        description="The bearer token search_service sends to embed_service.",
+    )  # fmt: skip
 
     @property
     def store_kind(self) -> StoreKind:

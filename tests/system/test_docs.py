@@ -1,4 +1,5 @@
-"""The README's recipes, run as written: its blocks marked `<!-- tested: NAME -->`.
+"""The documentation's recipes, run as written: the blocks of README.md and docs/*.md marked
+`<!-- tested: NAME -->`; and docs/configuration.md, which must be what the settings say.
 
 The Python examples run as scripts against a search_service process.
 
@@ -31,8 +32,31 @@ ROOT = Path(__file__).resolve().parents[2]
 BLOCK = re.compile(r"<!-- tested: (?P<name>[\w-]+) -->\n```(?:sh|python)\n(?P<body>.*?)```", re.S)
 
 
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+LINK = re.compile(r"\]\((?!https?://|#)(?P<target>[^)#\s]+)")
+
+
 def marked_blocks() -> dict[str, str]:
-    return {m["name"]: m["body"] for m in BLOCK.finditer((ROOT / "README.md").read_text())}
+    blocks: dict[str, str] = {}
+    for doc in DOCS:
+        for m in BLOCK.finditer(doc.read_text()):
+            assert m["name"] not in blocks, f"{m['name']} is marked twice"
+            blocks[m["name"]] = m["body"]
+    return blocks
+
+
+def test_the_configuration_doc_is_what_the_settings_say() -> None:
+    checked = subprocess.run(
+        [sys.executable, str(ROOT / "docs" / "generate.py"), "--check"],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_every_link_between_the_docs_leads_to_a_file() -> None:
+    for doc in DOCS:
+        for link in LINK.finditer(doc.read_text()):
+            assert (doc.parent / link["target"]).exists(), (doc.name, link["target"])
 
 
 def run_block(body: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -42,10 +66,10 @@ def run_block(body: str, cwd: Path, env: dict[str, str]) -> subprocess.Completed
     )  # fmt: skip
 
 
-def test_the_readme_marks_the_deployment_recipe_for_this_test() -> None:
+def test_the_docs_mark_every_recipe_these_tests_run() -> None:
     assert set(marked_blocks()) == {
         "cli-examples", "deploy-pki", "deploy-run", "deploy-check", "gallery-commands",
-        "python-sync", "python-async",
+        "python-sync", "python-async", "python-readme",
     }  # fmt: skip
 
 
@@ -122,7 +146,7 @@ async def test_the_python_examples_run_as_written(embed_app: EmbedApp, tmp_path:
 
     def run() -> None:  # off the loop that serves embed_service
         with service_process("search_service", env, ready="search_service ready") as (_, at):
-            for name in ("python-sync", "python-async"):
+            for name in ("python-sync", "python-async", "python-readme"):
                 done = subprocess.run(
                     [sys.executable, "-c", blocks[name].replace("127.0.0.1:50052", at)],
                     cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
@@ -136,6 +160,9 @@ async def test_the_python_examples_run_as_written(embed_app: EmbedApp, tmp_path:
     assert ast.literal_eval(match.split(" ", 2)[2]) == {"label": "cat", "path": "cat.jpg"}
     assert page == f"[{match.split()[0]!r}]"
     assert match.split()[0] in said["python-async"]
+    first = said["python-readme"].splitlines()[0]
+    assert first.split()[0] == match.split()[0]  # the same picture, hence the same id
+    assert ast.literal_eval(first.split(" ", 2)[2]) == {"label": "cat"}
 
 
 async def test_the_quick_start_cli_examples_run_as_written(

@@ -17,18 +17,33 @@ class WebConfigError(Exception):
     """Settings the gallery cannot start with; the message says what to change."""
 
 
+def _variable(name: str, doc: str) -> dict[str, str]:
+    """A field's environment variable and its meaning (docs/configuration.md shows them)."""
+    return {"variable": name, "doc": doc}
+
+
 @dataclass(frozen=True)
 class WebSettings:
     root: Path
-    addr: str = DEFAULT_ADDR
+    addr: str = field(default=DEFAULT_ADDR, metadata=_variable(
+        "WEB_ADDR", "Where the gallery listens (host:port)."))  # fmt: skip
     cifar: tuple[Path, ...] = ()
-    password: str | None = field(default=None, repr=False)
-    max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB
+    password: str | None = field(default=None, repr=False, metadata=_variable(
+        "WEB_PASSWORD", "Required for a non-loopback WEB_ADDR: the page asks for it (HTTP "
+        "basic auth, any user name)."))  # fmt: skip
+    max_upload_mb: int = field(default=DEFAULT_MAX_UPLOAD_MB, metadata=_variable(
+        "WEB_MAX_UPLOAD_MB", "Largest image a visitor may search with."))  # fmt: skip
     target: str | None = None
     title: str = "imagesearch"
-    allowed_hosts: frozenset[str] = frozenset()
-    max_connections: int = DEFAULT_MAX_CONNECTIONS
-    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
+    allowed_hosts: frozenset[str] = field(default=frozenset(), metadata=_variable(
+        "WEB_ALLOWED_HOSTS", "More host names the gallery answers to, comma-separated "
+        "(behind a proxy or a DNS name); other Host headers get 421."))  # fmt: skip
+    max_connections: int = field(default=DEFAULT_MAX_CONNECTIONS, metadata=_variable(
+        "WEB_MAX_CONNECTIONS", "Connections held at once; more are closed on arrival."
+    ))  # fmt: skip
+    header_timeout_s: float = field(default=DEFAULT_HEADER_TIMEOUT_S, metadata=_variable(
+        "WEB_HEADER_TIMEOUT_S", "A request's headers must arrive within this many seconds."
+    ))  # fmt: skip
 
     @classmethod
     def from_env(
