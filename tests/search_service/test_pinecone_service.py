@@ -14,7 +14,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from imagesearch_client import FailedPrecondition, ImageSearchClient, Unavailable, VectorRecord
+from imagesearch_client import (
+    FailedPrecondition,
+    ImageSearchClient,
+    NotFound,
+    Unavailable,
+    VectorRecord,
+)
 
 from embed_service.app import EmbedApp
 from search_service.errors import StoreMisconfigured
@@ -104,3 +110,25 @@ async def test_the_process_refuses_to_start_with_a_clear_message(
     assert narrow.returncode == 2
     assert "index 'narrow' has dimension 3" in narrow.stderr
     assert "Traceback" not in narrow.stderr
+
+
+async def test_queries_never_create_the_index_only_a_write_does(
+    start_search_app: StartSearch, standin: PineconeStandIn, backoff: list[float]
+) -> None:
+    standin.fail("/indexes", 503, times=1000)  # the bind at start gives up after its retries
+    app = await start_search_app(**on_pinecone(standin))
+    assert standin.indexes == {}
+    tried = standin.count("POST", "/indexes")
+    standin.heal()
+    with ImageSearchClient(app.address, timeout_s=30) as sync:
+        client = InThread(sync)
+        dimension = 64  # the tiny model's
+        assert await client.query(text="a cat") == []
+        assert await client.query(vector=[1.0] * dimension) == []
+        with pytest.raises(NotFound):
+            await client.query(id="nothing")
+        assert standin.indexes == {}
+        assert standin.count("POST", "/indexes") == tried
+        outcomes = await client.upsert_vectors([VectorRecord(id="a", values=[1.0] * dimension)])
+        assert [o.ok for o in outcomes] == [True]
+        assert list(standin.indexes) == ["image-search"]
