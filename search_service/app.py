@@ -36,7 +36,8 @@ VECTOR_COUNT_EVERY_S = 5.0
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SearchService"].full_name
 # Reading the schema through server reflection is a read too: a read-only token may.
 READ_METHODS = frozenset(
-    f"/{SERVICE_NAME}/{m}" for m in ("Query", "Fetch", "ListRecords", "DescribeStats")
+    f"/{SERVICE_NAME}/{m}"
+    for m in ("Query", "Fetch", "ListRecords", "DescribeStats", "FindDuplicates")
 ) | frozenset({f"/{REFLECTION_SERVICE}/ServerReflectionInfo"})
 
 

@@ -166,8 +166,8 @@ class SearchSettings(BaseSettings):
     read_tokens: SecretStr | None = Field(
         default=None, validation_alias=_env("SEARCH_READ_TOKENS"),
         description=(
-            "Tokens that may only read: Query, Fetch, ListRecords, DescribeStats and "
-            "server reflection."
+            "Tokens that may only read: Query, Fetch, ListRecords, DescribeStats, "
+            "FindDuplicates and server reflection."
         ),
     )  # fmt: skip
     embed_target_authority: str | None = Field(

@@ -49,6 +49,8 @@ class ScoredRecord:
     score: float
     values: Vector | None
     metadata: Metadata | None
+    # With collapse_above: the ids left out as near-duplicates of this one.
+    collapsed_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

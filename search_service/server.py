@@ -14,6 +14,7 @@ from imagesearch.v1 import search_service_pb2 as pb
 from imagesearch.v1 import search_service_pb2_grpc as pb_grpc
 from imagesearch.wire import DEFAULT_NAMESPACE
 
+from search_service.domain import ScoredRecord
 from search_service.errors import (
     EmbedFailed,
     InvalidArgument,
@@ -26,7 +27,8 @@ from search_service.errors import (
     Unauthenticated,
     Unavailable,
 )
-from search_service.service import ImageItem, ItemResult, QuerySpec, SearchService, VectorItem
+from search_service.query import Example, QuerySpec
+from search_service.service import ImageItem, ItemResult, SearchService, VectorItem
 
 log = logging.getLogger(__name__)
 
@@ -117,20 +119,40 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             include_metadata=request.include_metadata,
             include_values=request.include_values,
             min_score=request.min_score if request.HasField("min_score") else None,
+            examples=[_example(e) for e in request.examples],
+            diversity=request.diversity,
+            collapse_above=request.collapse_above,
+            autocut=request.autocut,
         )
         matches = await self._service.query(spec)
-        return pb.QueryResponse(
-            namespace=request.namespace,
-            matches=[
-                pb.Match(
-                    id=m.id,
-                    score=m.score,
-                    values=m.values.tolist() if m.values is not None else [],
-                    metadata=_struct(m.metadata) if m.metadata is not None else None,
-                )
-                for m in matches
-            ],
-        )
+        return pb.QueryResponse(namespace=request.namespace, matches=[_match(m) for m in matches])
+
+    async def FindDuplicates(
+        self, request: pb.FindDuplicatesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.FindDuplicatesResponse]:
+        try:
+            found = self._service.find_duplicates(
+                request.namespace,
+                request.min_score,
+                _dict(request.filter) if request.HasField("filter") else None,
+            )
+            async for progress in found:
+                reply = pb.FindDuplicatesResponse(scanned=progress.scanned, total=progress.total)
+                for group in progress.groups:
+                    message = pb.DuplicateGroup(members=[_match(m) for m in group.members])
+                    # Groups go out in messages under the reply limit (one may be alone).
+                    if reply.groups and reply.ByteSize() + message.ByteSize() > self._reply_budget:
+                        yield reply
+                        reply = pb.FindDuplicatesResponse(
+                            scanned=progress.scanned, total=progress.total
+                        )
+                    reply.groups.append(message)
+                yield reply
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            # A stream handler cannot take @handle_errors; it ends with the same status.
+            await context.abort_with_status(to_rpc_status(status_for(exc, STATUS_CODES, log)))
 
     @handle_errors
     async def Fetch(
@@ -211,6 +233,27 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             model_fingerprint=model.fingerprint if model else "",
             store=self._service.store.name,
         )
+
+
+def _match(m: ScoredRecord) -> pb.Match:
+    return pb.Match(
+        id=m.id,
+        score=m.score,
+        values=m.values.tolist() if m.values is not None else [],
+        metadata=_struct(m.metadata) if m.metadata is not None else None,
+        collapsed_ids=m.collapsed_ids,
+    )
+
+
+def _example(example: pb.QueryExample) -> Example:
+    which = example.WhichOneof("example")
+    return Example(
+        image=example.image if which == "image" else None,
+        text=example.text if which == "text" else None,
+        id=example.id if which == "id" else None,
+        vector=example.vector.values if which == "vector" else None,
+        weight=example.weight if example.HasField("weight") else None,
+    )
 
 
 def _images(records: Sequence[pb.ImageRecord]) -> list[ImageItem]:

@@ -8,17 +8,13 @@ than the store's out.
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from imagesearch.ids import content_id
-from imagesearch.limits import MAX_TEXT_CHARS
 
 from search_service.domain import (
-    Embedded,
     Embedder,
     Listed,
     Record,
@@ -26,12 +22,11 @@ from search_service.domain import (
     StoreStats,
     Vector,
 )
+from search_service.duplicates import DuplicatesProgress, check_min_score, find_duplicates
 from search_service.errors import (
     ImageRejected,
     InvalidArgument,
-    InvalidVector,
     ModelMismatch,
-    NotFound,
     SearchError,
 )
 from search_service.filters import (
@@ -44,6 +39,7 @@ from search_service.filters import (
 )
 from search_service.model_guard import ModelGuard
 from search_service.paging import Listing
+from search_service.query import Querying, QuerySpec, unit_vector
 from search_service.stores.base import VectorStore
 
 log = logging.getLogger(__name__)
@@ -51,12 +47,8 @@ log = logging.getLogger(__name__)
 MAX_IMAGES_PER_BATCH = 64
 MAX_VECTORS_PER_BATCH = 1000
 MAX_IDS = 1000
-MAX_TOP_K = 10_000
-DEFAULT_TOP_K = 10
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
-# A float32 vector rounded from a unit one has a norm within ~6e-8 of 1.
-UNIT_TOLERANCE = 1e-6
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,22 +74,6 @@ class ItemResult:
 
 
 @dataclass(frozen=True, slots=True)
-class QuerySpec:
-    """Exactly one of image, text, id, vector is set."""
-
-    image: bytes | None = None
-    text: str | None = None
-    id: str | None = None
-    vector: Sequence[float] | None = None
-    top_k: int = 0
-    filter: Mapping[str, Any] | None = None
-    namespace: str = ""
-    include_metadata: bool = False
-    include_values: bool = False
-    min_score: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class ListingResult:
     """One page of ListRecords; `tokens[i]` continues the listing after `records[i]`."""
 
@@ -114,6 +90,7 @@ class SearchService:
         self._embed = embedder
         self._max_reply_bytes = max_reply_bytes
         self._model = ModelGuard(store, embedder)
+        self._querying = Querying(store, embedder, self._model, max_reply_bytes)
 
     async def open(self) -> None:
         await self.store.open()
@@ -175,7 +152,7 @@ class SearchService:
         for i, item in enumerate(items):
             try:
                 record_id = validate_id(item.id, field=f"records[{i}].id")
-                vector = _unit_vector(item.values, model.dimension, f"records[{i}].values")
+                vector = unit_vector(item.values, model.dimension, f"records[{i}].values")
                 metadata = validate_metadata(item.metadata, field=f"records[{i}].metadata")
             except SearchError as exc:
                 results.append(ItemResult(item.id, exc))
@@ -226,32 +203,15 @@ class SearchService:
     # --- reads ---------------------------------------------------------------------
 
     async def query(self, spec: QuerySpec) -> list[ScoredRecord]:
-        namespace = validate_namespace(spec.namespace)
-        top_k = spec.top_k or DEFAULT_TOP_K
-        if not 1 <= top_k <= MAX_TOP_K:
-            raise InvalidArgument(f"top_k is {top_k}; it must be 1-{MAX_TOP_K}", field="top_k")
-        if spec.min_score is not None and not math.isfinite(spec.min_score):
-            raise InvalidArgument(
-                f"min_score is {spec.min_score}; it must be a finite number (scores are -1 to 1)",
-                field="min_score",
-            )
-        condition = parse_filter(spec.filter)
-        vector = await self._query_vector(spec, namespace)
-        found = await self.store.query(
-            namespace,
-            vector,
-            top_k=top_k,
-            condition=condition,
-            include_values=spec.include_values,
-            include_metadata=spec.include_metadata,
-            max_bytes=self._max_reply_bytes,
-        )
-        # Equal scores (the same vector under several ids) come in id order on every store.
-        found.sort(key=lambda match: (-match.score, match.id))
-        # Applied here, not by the store, so every store keeps exactly score >= min_score.
-        if spec.min_score is not None:
-            found = [m for m in found if m.score >= spec.min_score]
-        return found
+        return await self._querying.query(spec)
+
+    def find_duplicates(
+        self, namespace: str, min_score: float, filter: Mapping[str, Any] | None
+    ) -> AsyncIterator[DuplicatesProgress]:
+        """Validated before the first message; then groups as they complete."""
+        namespace = validate_namespace(namespace)
+        condition = parse_filter(filter)
+        return find_duplicates(self.store, namespace, check_min_score(min_score), condition)
 
     async def fetch(self, namespace: str, ids: Sequence[str]) -> list[Record]:
         namespace = validate_namespace(namespace)
@@ -295,38 +255,6 @@ class SearchService:
     async def stats(self) -> StoreStats:
         return await self.store.stats()
 
-    async def _query_vector(self, spec: QuerySpec, namespace: str) -> Vector:
-        if spec.image is not None:
-            if not spec.image:
-                raise ImageRejected("the query image is empty", field="image", reason="IMAGE_EMPTY")
-            image = spec.image
-            embedded = await self._model.embed(
-                lambda: self._embed.embed_images([image]), write=False
-            )
-            return _vector_or_error(embedded.items[0], "image")
-        if spec.text is not None:
-            text = spec.text
-            if len(text) > MAX_TEXT_CHARS:
-                raise InvalidArgument(
-                    f"text is {len(text):,} characters; at most {MAX_TEXT_CHARS:,} are accepted "
-                    "(the model reads only its first few hundred)",
-                    field="text",
-                    reason="TEXT_TOO_LONG",
-                )
-            embedded = await self._model.embed(lambda: self._embed.embed_text(text), write=False)
-            return _vector_or_error(embedded.items[0], "text")
-        if spec.id is not None:
-            record_id = validate_id(spec.id)
-            await self._model.for_vectors(write=False)
-            found = await self.store.fetch(namespace, [record_id])
-            if not found:
-                raise NotFound(f"no record with id {record_id!r} in namespace {namespace!r}")
-            return found[0].values
-        if spec.vector is not None:
-            model = await self._model.for_vectors(write=False)
-            return _unit_vector(spec.vector, model.dimension, "vector.values")
-        raise InvalidArgument("set one of image, text, id or vector", field="query")
-
 
 def _check_batch(size: int, limit: int, field: str) -> None:
     if size > limit:
@@ -335,38 +263,3 @@ def _check_batch(size: int, limit: int, field: str) -> None:
 
 def _record(record_id: str, vector: Vector, metadata: Mapping[str, Any]) -> Record:
     return Record(id=record_id, values=vector, metadata=dict(metadata))
-
-
-def _vector_or_error(out: Embedded, field: str) -> Vector:
-    if out.vector is None:
-        raise ImageRejected(out.message, field=field, reason=out.reason)
-    vector: Vector = out.vector
-    return vector
-
-
-def _unit_vector(values: Sequence[float], dimension: int, field: str) -> Vector:
-    """`values` scaled to unit length; any finite, non-zero vector is legal.
-
-    Scaled by its largest component first, in float64, so neither squaring 1e30
-    (overflow) nor squaring 1e-30 (underflow to zero) can spoil the norm.
-    """
-    vector = np.asarray(values, dtype=np.float64)
-    if vector.shape != (dimension,):
-        raise InvalidVector(
-            f"{field} has {vector.size} values; the model's vectors have {dimension}", field=field
-        )
-    if not np.isfinite(vector).all():
-        bad = int(np.flatnonzero(~np.isfinite(vector))[0])
-        raise InvalidVector(
-            f"{field}[{bad}] is {vector[bad]}; every value must be finite", field=f"{field}[{bad}]"
-        )
-    largest = float(np.abs(vector).max())
-    if largest == 0:
-        raise InvalidVector(f"{field} is all zeros; it has no direction to search", field=field)
-    if abs(float(np.linalg.norm(vector)) - 1.0) <= UNIT_TOLERANCE:
-        # Already unit length as float32 allows (an exported or embedded vector): kept
-        # bit for bit, since dividing again by a norm of 1 +- 1e-8 would move last bits.
-        return np.asarray(values, dtype=np.float32)
-    scaled = vector / largest
-    unit: Vector = (scaled / np.linalg.norm(scaled)).astype(np.float32)
-    return unit

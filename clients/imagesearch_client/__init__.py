@@ -14,6 +14,9 @@ from imagesearch_client.errors import (
 )
 from imagesearch_client.messages import (
     DEFAULT_TARGET,
+    DuplicateGroup,
+    DuplicatesProgress,
+    Example,
     FetchedRecord,
     ImageRecord,
     Match,
@@ -26,6 +29,9 @@ from imagesearch_client.messages import (
 __all__ = [
     "DEFAULT_TARGET",
     "AsyncImageSearchClient",
+    "DuplicateGroup",
+    "DuplicatesProgress",
+    "Example",
     "FailedPrecondition",
     "FetchedRecord",
     "ImageRecord",

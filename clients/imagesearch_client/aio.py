@@ -25,12 +25,14 @@ from imagesearch_client import messages as m
 from imagesearch_client.base import (
     ClientBase,
     DeleteOptions,
+    DuplicatesOptions,
     ListOptions,
     PageOptions,
     QueryOptions,
 )
 from imagesearch_client.errors import Unavailable, from_rpc_error
 from imagesearch_client.messages import (
+    DuplicatesProgress,
     FetchedRecord,
     ImageRecord,
     Match,
@@ -132,6 +134,18 @@ class AsyncImageSearchClient(ClientBase[grpc.aio.Channel]):
 
     async def query(self, **options: Unpack[QueryOptions]) -> list[Match]:
         return m.matches(await self._call(self._stub.Query, m.query_request(**options)))
+
+    async def find_duplicates(
+        self, **options: Unpack[DuplicatesOptions]
+    ) -> AsyncGenerator[DuplicatesProgress, None]:
+        call = self._stub.FindDuplicates(m.duplicates_request(**options), metadata=self._metadata)
+        try:
+            async for reply in call:
+                yield m.duplicates(reply)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error, self.target) from None
+        finally:
+            call.cancel()
 
     async def fetch(self, ids: Sequence[str], *, namespace: str = "") -> list[FetchedRecord]:
         request = pb.FetchRequest(ids=ids, namespace=namespace)

@@ -15,12 +15,17 @@ Channel = TypeVar("Channel")
 
 
 class QueryOptions(TypedDict, total=False):
-    """A query: exactly one of image, text, id or vector, and how to answer it."""
+    """A query: exactly one of image, text, id or vector, or several `examples`; and how to
+    answer it (refinements: diversity, collapse_above, autocut; see docs/api.md)."""
 
     image: bytes | None
     text: str | None
     id: str | None
     vector: Sequence[float] | None
+    examples: Sequence[m.Example]
+    diversity: float  # 0: off; up to 1
+    collapse_above: float  # 0: off
+    autocut: int  # 0: off
     top_k: int  # 10
     filter: Mapping[str, Any] | None
     namespace: str
@@ -41,6 +46,14 @@ class ListOptions(TypedDict, total=False):
 
 class PageOptions(ListOptions, total=False):
     page_token: str  # "" starts the listing
+
+
+class DuplicatesOptions(TypedDict, total=False):
+    """Groups of records at least `min_score` similar, among those matching `filter`."""
+
+    min_score: float  # 0.95
+    namespace: str
+    filter: Mapping[str, Any] | None
 
 
 class DeleteOptions(TypedDict, total=False):

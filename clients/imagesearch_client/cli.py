@@ -19,8 +19,9 @@ from typing import Any
 from imagesearch.security import SecurityConfigError
 from tqdm import tqdm
 
-from imagesearch_client.client import ImageRecord, ImageSearchClient, Match
-from imagesearch_client.contact_sheet import SheetTile, contact_sheet
+from imagesearch_client.cli_common import json_filter, print_table
+from imagesearch_client.cli_search import add_search_commands
+from imagesearch_client.client import ImageRecord, ImageSearchClient
 from imagesearch_client.errors import ImageSearchError, Unavailable
 from imagesearch_client.indexing import BATCH, Dedup, IndexReport, records, under
 from imagesearch_client.sources import (
@@ -29,7 +30,6 @@ from imagesearch_client.sources import (
     cifar_images,
     folder_images,
     image_files,
-    inside,
 )
 
 
@@ -148,84 +148,6 @@ def _print_report(report: IndexReport, as_json: bool) -> None:
 # --- query ---------------------------------------------------------------------------
 
 
-def _query(client: ImageSearchClient, args: argparse.Namespace) -> int:
-    given = [x is not None for x in (args.image, args.text, args.id)]
-    if sum(given) != 1:
-        raise ValueError("give exactly one of IMAGE, --text or --id")
-    image = Path(args.image).read_bytes() if args.image else None
-    matches = client.query(
-        image=image,
-        text=args.text,
-        id=args.id,
-        top_k=args.top_k,
-        filter=_filter(args.filter) if args.filter else None,
-        namespace=args.namespace,
-        min_score=args.min_score,
-    )
-    if args.json:
-        print(json.dumps({"matches": [asdict(m) for m in matches]}, indent=2))
-    else:
-        _print_matches(matches)
-    if args.grid:
-        _write_grid(client, args, image, matches)
-    return 0
-
-
-def _print_matches(matches: Sequence[Match]) -> None:
-    rows = [
-        (str(rank), _short(m.id), f"{m.score:.4f}", str(m.metadata.get("path", "")),
-         str(m.metadata.get("label", "")))
-        for rank, m in enumerate(matches, 1)
-    ]  # fmt: skip
-    _print_table(("#", "id", "score", "path", "label"), rows)
-    if not matches:
-        print("no matches")
-
-
-def _short(record_id: str) -> str:
-    """An id as a table shows it: content ids (64 hex digits) cut to 12; --json has it whole."""
-    return record_id if len(record_id) <= 20 else record_id[:12] + "…"
-
-
-def _write_grid(
-    client: ImageSearchClient, args: argparse.Namespace, image: bytes | None, matches: list[Match]
-) -> None:
-    root = Path(args.root)
-    query_lines = ("query", args.text or args.id or Path(args.image).name)
-    if image is None and args.id:
-        found = client.fetch([args.id], namespace=args.namespace)
-        image = _file_of(root, found[0].metadata) if found else None
-    tiles = [SheetTile(image, query_lines)]
-    for m in matches:
-        label = str(m.metadata.get("label") or m.metadata.get("path") or _short(m.id))
-        tiles.append(SheetTile(_file_of(root, m.metadata), (f"{m.score:.3f}", label)))
-    out = contact_sheet(tiles, Path(args.grid))
-    print(f"wrote {out}", file=sys.stderr)
-
-
-def _filter(text: str) -> Any:
-    """--filter's JSON; ValueError naming the flag when it is not JSON."""
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise ValueError(
-            f"--filter is not JSON ({exc}); give an object such as "
-            '\'{"label": "cat"}\' or \'{"score": {"$gte": 0.5}}\''
-        ) from None
-
-
-def _file_of(root: Path, metadata: dict[str, Any]) -> bytes | None:
-    """The image file a record's `path` names under `root`, as the gallery reads it."""
-    path = metadata.get("path")
-    found = inside(root, path) if isinstance(path, str) else None
-    if found is None:
-        return None
-    try:
-        return found.read_bytes()
-    except OSError:
-        return None
-
-
 # --- stats, fetch, delete ----------------------------------------------------------------
 
 
@@ -237,7 +159,7 @@ def _stats(client: ImageSearchClient, args: argparse.Namespace) -> int:
     print(f"store: {stats.store}; model: {stats.model_id or '-'} ({stats.dimension}-d)")
     print(f"fingerprint: {stats.model_fingerprint or '-'}")
     rows = [(name, str(count)) for name, count in sorted(stats.namespaces.items())]
-    _print_table(("namespace", "vectors"), [*rows, ("total", str(stats.total))])
+    print_table(("namespace", "vectors"), [*rows, ("total", str(stats.total))])
     return 0
 
 
@@ -256,7 +178,7 @@ def _delete(client: ImageSearchClient, args: argparse.Namespace) -> int:
     if args.ids:
         client.delete(ids=args.ids, namespace=args.namespace)
     elif args.filter:
-        client.delete(filter=_filter(args.filter), namespace=args.namespace)
+        client.delete(filter=json_filter(args.filter), namespace=args.namespace)
     else:
         client.delete(delete_all=True, namespace=args.namespace)
     print("deleted", file=sys.stderr)
@@ -339,12 +261,6 @@ def _import(client: ImageSearchClient, args: argparse.Namespace) -> int:
     return 0 if not report.failures else 1
 
 
-def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
-    for row in (header, *rows):
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-
-
 # --- arguments -----------------------------------------------------------------------
 
 
@@ -387,15 +303,7 @@ def _parser() -> argparse.ArgumentParser:
     cifar.add_argument("--limit", type=int, default=0, help="index only the first N images")
     cifar.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    query = command("query", _query, "find the stored images most similar to a query")
-    query.add_argument("image", nargs="?", metavar="IMAGE", help="an image file")
-    query.add_argument("--text", help="a text description instead of an image")
-    query.add_argument("--id", help="a stored id instead of an image ('more like this')")
-    query.add_argument("--top-k", type=int, default=10)
-    query.add_argument("--filter", help='a Pinecone filter, e.g. \'{"label": "cat"}\'')
-    query.add_argument("--min-score", type=float)
-    query.add_argument("--grid", metavar="PNG", help="write a contact sheet of the matches")
-    query.add_argument("--root", default=".", help="folder that stored paths are relative to")
+    add_search_commands(command)
 
     command("stats", _stats, "counts per namespace and the model that filled the store")
 

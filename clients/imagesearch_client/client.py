@@ -29,6 +29,7 @@ from imagesearch_client import messages as m
 from imagesearch_client.base import (
     ClientBase,
     DeleteOptions,
+    DuplicatesOptions,
     ListOptions,
     PageOptions,
     QueryOptions,
@@ -36,6 +37,7 @@ from imagesearch_client.base import (
 from imagesearch_client.errors import Unavailable, from_rpc_error
 from imagesearch_client.messages import (
     DEFAULT_TARGET,
+    DuplicatesProgress,
     FetchedRecord,
     ImageRecord,
     Match,
@@ -147,6 +149,20 @@ class ImageSearchClient(ClientBase[grpc.Channel]):
     def query(self, **options: Unpack[QueryOptions]) -> list[Match]:
         """The most similar stored records to exactly one of image, text, id or vector."""
         return m.matches(self._call(self._stub.Query, m.query_request(**options)))
+
+    def find_duplicates(
+        self, **options: Unpack[DuplicatesOptions]
+    ) -> Generator[DuplicatesProgress, None, None]:
+        """Groups of near-duplicates as the service completes them, with its progress
+        (scanned of total); no deadline: a scan takes as long as the store is large."""
+        call = self._stub.FindDuplicates(m.duplicates_request(**options), metadata=self._metadata)
+        try:
+            for reply in call:
+                yield m.duplicates(reply)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error, self.target) from None
+        finally:
+            call.cancel()
 
     def fetch(self, ids: Sequence[str], *, namespace: str = "") -> list[FetchedRecord]:
         """The stored records among `ids`, in that order; missing ids are left out."""

@@ -50,12 +50,51 @@ class Outcome:
     message: str = ""
 
 
+# Scores at or above this are the same picture (re-encoded, resized); below, look-alikes.
+EXACT_SCORE = 0.9999
+
+
 @dataclass(frozen=True, slots=True)
 class Match:
     id: str
     score: float
     metadata: dict[str, Any]
     values: list[float]
+    # With collapse_above: the ids left out as near-duplicates of this match.
+    collapsed_ids: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    """One example of a query with several: one of image, text, id or vector, and a weight
+    (negative: less like this)."""
+
+    image: bytes | None = None
+    text: str | None = None
+    id: str | None = None
+    vector: Sequence[float] | None = None
+    weight: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class DuplicateGroup:
+    """members[0] is the representative (score 1.0); the others' scores are cosines to it."""
+
+    members: list[Match]
+
+    @property
+    def exact(self) -> bool:
+        """Whether every member is the same picture as the representative."""
+        return all(m.score >= EXACT_SCORE for m in self.members)
+
+
+@dataclass(frozen=True, slots=True)
+class DuplicatesProgress:
+    """Groups found since the last message, and how far the scan is."""
+
+    groups: list[DuplicateGroup]
+    scanned: int
+    total: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,23 +198,32 @@ def query_request(
     text: str | None = None,
     id: str | None = None,
     vector: Sequence[float] | None = None,
+    examples: Sequence[Example] = (),
     top_k: int = 10,
     filter: Mapping[str, Any] | None = None,
     namespace: str = "",
     include_metadata: bool = True,
     include_values: bool = False,
     min_score: float | None = None,
+    diversity: float = 0.0,
+    collapse_above: float = 0.0,
+    autocut: int = 0,
 ) -> pb.QueryRequest:
     given = [x for x in (image, text, id, vector) if x is not None]
-    if len(given) != 1:
-        raise ValueError("give exactly one of image, text, id or vector")
+    if len(given) + bool(examples) != 1:
+        raise ValueError("give exactly one of image, text, id or vector, or examples")
     request = pb.QueryRequest(
         top_k=top_k,
         namespace=namespace,
         include_metadata=include_metadata,
         include_values=include_values,
+        diversity=diversity,
+        collapse_above=collapse_above,
+        autocut=autocut,
     )
-    if image is not None:
+    if examples:
+        request.examples.extend(_example(e) for e in examples)
+    elif image is not None:
         request.image = image
     elif text is not None:
         request.text = text
@@ -189,6 +237,28 @@ def query_request(
     if min_score is not None:
         request.min_score = min_score
     return request
+
+
+def duplicates_request(
+    *, min_score: float = 0.95, namespace: str = "", filter: Mapping[str, Any] | None = None
+) -> pb.FindDuplicatesRequest:
+    request = pb.FindDuplicatesRequest(namespace=namespace, min_score=min_score)
+    if filter:
+        request.filter.update(filter)
+    return request
+
+
+def _example(example: Example) -> pb.QueryExample:
+    message = pb.QueryExample(weight=example.weight)
+    if example.image is not None:
+        message.image = example.image
+    elif example.text is not None:
+        message.text = example.text
+    elif example.id is not None:
+        message.id = example.id
+    elif example.vector is not None:
+        message.vector.values.extend(example.vector)
+    return message
 
 
 def list_request(
@@ -225,10 +295,18 @@ def outcomes(results: Iterable[pb.UpsertResult]) -> list[Outcome]:
 
 
 def matches(reply: pb.QueryResponse) -> list[Match]:
-    return [
-        Match(m.id, m.score, json_format.MessageToDict(m.metadata), list(m.values))
-        for m in reply.matches
-    ]
+    return [_match(m) for m in reply.matches]
+
+
+def duplicates(reply: pb.FindDuplicatesResponse) -> DuplicatesProgress:
+    groups = [DuplicateGroup([_match(m) for m in g.members]) for g in reply.groups]
+    return DuplicatesProgress(groups, reply.scanned, reply.total)
+
+
+def _match(m: pb.Match) -> Match:
+    return Match(
+        m.id, m.score, json_format.MessageToDict(m.metadata), list(m.values), list(m.collapsed_ids)
+    )
 
 
 def fetched(records: Iterable[pb.VectorRecord]) -> list[FetchedRecord]:

@@ -32,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -43,7 +44,7 @@ import grpc
 import numpy as np
 from imagesearch.v1 import embed_service_pb2 as pb
 from imagesearch.v1 import embed_service_pb2_grpc as pb_grpc
-from imagesearch_client import ImageSearchClient, VectorRecord
+from imagesearch_client import Example, ImageSearchClient, VectorRecord
 
 from embed_service import server
 from embed_service.images import prepare
@@ -94,6 +95,65 @@ def clustered_unit_vectors(n: int, dimension: int, seed: int = 0) -> np.ndarray:
     )
     unit: np.ndarray = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     return unit
+
+
+def with_duplicates(vectors: np.ndarray, share: float = 0.01, seed: int = 2) -> np.ndarray:
+    """`share` of the records made near-copies (cosine ~0.99) of the record before them, so
+    FindDuplicates has groups to find, as a real photo library has."""
+    rng = np.random.default_rng(seed)
+    n, dimension = vectors.shape
+    copies = rng.choice(np.arange(1, n), size=int(n * share), replace=False)
+    noisy = vectors[copies - 1] + 0.004 * rng.standard_normal((len(copies), dimension))
+    vectors[copies] = noisy / np.linalg.norm(noisy, axis=1, keepdims=True)
+    return vectors
+
+
+def refinements(client: ImageSearchClient, ids: list[str], pid: int) -> None:
+    """Several examples, diversity and collapse against a plain query by id in the same run;
+    then FindDuplicates over the whole store, with search_service's peak RSS meanwhile."""
+    pairs = list(zip(ids, ids[1:] + ids[:1], ids[2:] + ids[:2], strict=True))
+    plain = latencies(client, ids)
+    three = []
+    for a, b, c in pairs:
+        t = time.perf_counter()
+        client.query(examples=[Example(id=a), Example(id=b, weight=0.5),
+                               Example(id=c, weight=-0.3)], top_k=10)  # fmt: skip
+        three.append((time.perf_counter() - t) * 1000)
+    twelve = latencies(client, ids, top_k=12)
+    varied = latencies(client, ids, top_k=12, diversity=0.5)
+    folded = latencies(client, ids, top_k=12, collapse_above=0.95)
+    p50 = statistics.median
+    print(f"query by 3 examples (ids), top 10:    {percentiles(three)}; "
+          f"{p50(three) / p50(plain):.2f}x a query by one id ({percentiles(plain)})")  # fmt: skip
+    print(
+        f"top 12 with diversity 0.5:            {percentiles(varied)}; "
+        f"+{p50(varied) - p50(twelve):.2f} ms on plain top 12 ({percentiles(twelve)})"
+    )
+    print(f"top 12 with collapse_above 0.95:      {percentiles(folded)}; "
+          f"+{p50(folded) - p50(twelve):.2f} ms on plain top 12")  # fmt: skip
+    before = memory([pid])
+    peak = [before]
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.2):
+            peak[0] = max(peak[0], memory([pid]))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    started = time.perf_counter()
+    groups, exact, total = 0, 0, 0
+    try:
+        for step in client.find_duplicates(min_score=0.95):
+            groups += len(step.groups)
+            exact += sum(g.exact for g in step.groups)
+            total = step.total
+    finally:
+        stop.set()
+        watcher.join()
+    print(f"FindDuplicates at 0.95 over {total:,} records: {time.perf_counter() - started:.0f} s, "
+          f"{groups:,} groups ({exact:,} exact); search_service RSS {before / 2**30:.2f} GiB "
+          f"before, peak {peak[0] / 2**30:.2f} GiB")  # fmt: skip
 
 
 async def fill(
@@ -320,12 +380,13 @@ def latencies(
     client: ImageSearchClient,
     ids: list[str],
     answers: dict[str, list[str]] | None = None,
+    top_k: int = 10,
     **query: object,
 ) -> list[float]:
     out = []
     for record_id in ids:
         t = time.perf_counter()
-        found = client.query(id=record_id, top_k=10, **query)  # type: ignore[arg-type]
+        found = client.query(id=record_id, top_k=top_k, **query)  # type: ignore[arg-type]
         out.append((time.perf_counter() - t) * 1000)
         if answers is not None:
             answers[record_id] = [m.id for m in found]
@@ -448,7 +509,8 @@ def main() -> None:
                        "DATA_DIR": str(work / "data"), "VECTOR_STORE": "local",
                        "SEARCH_INDEX_THRESHOLD": str(args.index_threshold),
                        "SEARCH_METRICS_ADDR": "127.0.0.1:0"}  # fmt: skip
-        vectors = clustered_unit_vectors(args.vectors, model.dimension)  # 2 GiB at 1M: once
+        # 2 GiB at 1M: made once
+        vectors = with_duplicates(clustered_unit_vectors(args.vectors, model.dimension))
         offset = log.stat().st_size
         if args.ingest:
             search, search_addr = start("search_service", service_env, log)
@@ -478,6 +540,9 @@ def main() -> None:
               f"recall@10 {recall(plain_answers, vectors):.4f}")  # fmt: skip
         print(f"query by id, top 10, label filter 1%: {percentiles(filtered)}, "
               f"recall@10 {recall(filtered_answers, vectors, 'l7'):.4f}")  # fmt: skip
+        if not args.ingest:
+            with ImageSearchClient(search_addr, timeout_s=600) as client:
+                refinements(client, ids[:200], search.pid)
         outside = photos(12, seed=7)  # 640x480 JPEGs that are not in the store
         rows = query_by_images(search_addr, {"search": search_metrics, "embed": embed_metrics},
                                outside)  # fmt: skip

@@ -7,14 +7,14 @@ import json
 from pathlib import Path
 
 import pytest
-from imagesearch_client import ImageSearchClient, VectorRecord
+from imagesearch_client import AsyncImageSearchClient, Example, ImageSearchClient, VectorRecord
 from imagesearch_client.cli import run
 from imagesearch_client.contact_sheet import TILE, sheet_size, tile_origin
 from PIL import Image
 
 from search_service.app import SearchApp
 from tests.support.cifar import CIFAR10_CLASSES, cifar10_archive, cifar100_archive
-from tests.support.imagegen import image_folder
+from tests.support.imagegen import encode, image_folder
 
 
 async def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -191,3 +191,60 @@ async def test_a_bad_filter_names_the_flag_or_the_place_once(
     assert code == 1
     assert err.count("filter.label.$regex") == 1, err
     assert "unknown operator '$regex'" in err
+
+
+async def test_query_combines_weighted_examples_and_refines(
+    capsys: pytest.CaptureFixture[str], search_app: SearchApp, folder: Path
+) -> None:
+    target = ("--target", search_app.address)
+    await cli(capsys, *target, "index", str(folder), "--label-from-dir", "--quiet")
+    red, blue = folder / "red" / "red-0.jpg", folder / "blue" / "blue-1.png"
+    code, out, err = await cli(
+        capsys, *target, "query", "--image", str(red), "--image", f"0.5:{blue}",
+        "--not-text", "0.2:a green square", "--top-k", "5", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    combined = [m["id"] for m in json.loads(out)["matches"]]
+    async with AsyncImageSearchClient(search_app.address) as client:
+        expected = await client.query(examples=[
+            Example(image=red.read_bytes()), Example(image=blue.read_bytes(), weight=0.5),
+            Example(text="a green square", weight=-0.2),
+        ], top_k=5)  # fmt: skip
+    assert combined == [m.id for m in expected]
+    code, out, err = await cli(
+        capsys, *target, "query", str(red), "--collapse-above", "0.5", "--top-k", "3"
+    )
+    assert code == 0, err
+    assert "similar" in out.splitlines()[0]
+    assert "+" in out  # the other red pictures are folded into the first
+    code, _, err = await cli(capsys, *target, "query", str(red), "--diversity", "2")
+    assert code == 1
+    assert "diversity" in err
+
+
+async def test_duplicates_prints_groups_json_and_one_sheet_per_group(
+    capsys: pytest.CaptureFixture[str], search_app: SearchApp, folder: Path, tmp_path: Path
+) -> None:
+    target = ("--target", search_app.address)
+    await cli(capsys, *target, "index", str(folder), "--label-from-dir", "--quiet")
+    # The same picture again under another name: an exact duplicate of a stored one.
+    copy = tmp_path / "again" / "red"
+    copy.mkdir(parents=True)
+    (copy / "red-0-copy.png").write_bytes(encode(Image.open(folder / "red" / "red-0.jpg"), "PNG"))
+    await cli(capsys, *target, "index", str(tmp_path / "again"), "--quiet")
+    sheets = tmp_path / "sheets"
+    code, out, err = await cli(capsys, *target, "duplicates", "--min-score", "0.999", "--json",
+                               "--grid", str(sheets), "--root", str(folder))  # fmt: skip
+    assert code == 0, err
+    groups = json.loads(out)["groups"]
+    assert groups
+    assert all(len(g["members"]) >= 2 for g in groups)
+    assert any(g["exact"] for g in groups)
+    assert sorted(p.name for p in sheets.iterdir()) == [
+        f"group-{n:04d}.png" for n in range(1, len(groups) + 1)
+    ]
+    code, out, _ = await cli(capsys, *target, "duplicates", "--min-score", "0.999")
+    assert "exact duplicates" in out
+    code, _, err = await cli(capsys, *target, "duplicates", "--min-score", "0")
+    assert code == 1
+    assert "min_score" in err

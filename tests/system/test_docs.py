@@ -69,7 +69,7 @@ def run_block(body: str, cwd: Path, env: dict[str, str]) -> subprocess.Completed
 def test_the_docs_mark_every_recipe_these_tests_run() -> None:
     assert set(marked_blocks()) == {
         "cli-examples", "deploy-pki", "deploy-run", "deploy-check", "gallery-commands",
-        "python-sync", "python-async", "python-readme",
+        "python-sync", "python-async", "python-readme", "refine-examples",
     }  # fmt: skip
 
 
@@ -191,6 +191,9 @@ async def test_the_quick_start_cli_examples_run_as_written(
             done = run_block(marked_blocks()["cli-examples"], work, shell)
             assert done.returncode == 0, done.stdout + done.stderr
             said.append(done.stdout)
+            refined = run_block(marked_blocks()["refine-examples"], work, shell)
+            assert refined.returncode == 0, refined.stdout + refined.stderr
+            said.append(refined.stdout)
 
     await asyncio.to_thread(run)
     out = said[0]
@@ -199,6 +202,10 @@ async def test_the_quick_start_cli_examples_run_as_written(
     assert "dogs/" in out  # the text query, filtered to the dogs label
     assert "total" in out
     assert (work / "matches.png").is_file()
+    refined = said[1]
+    assert refined.count("score") >= 4  # four tables of matches
+    assert "similar" in refined  # the collapse column
+    assert "group 1:" in refined or "no duplicates" in refined
 
 
 def wait_for_page(url: str, process: subprocess.Popen[bytes], log: Path) -> str:

@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#imagesearch/v1/search_service.proto\x12\x0eimagesearch.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x17google/rpc/status.proto\"S\n\x0bImageRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"U\n\x0cVectorRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\x02\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"=\n\x0cUpsertResult\x12\n\n\x02id\x18\x01 \x01(\t\x12!\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status\"V\n\x13UpsertImagesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12,\n\x07records\x18\x02 \x03(\x0b\x32\x1b.imagesearch.v1.ImageRecord\"E\n\x14UpsertImagesResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.imagesearch.v1.UpsertResult\"V\n\x13IngestImagesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12,\n\x07records\x18\x02 \x03(\x0b\x32\x1b.imagesearch.v1.ImageRecord\"E\n\x14IngestImagesResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.imagesearch.v1.UpsertResult\"s\n\x14UpsertVectorsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12-\n\x07records\x18\x02 \x03(\x0b\x32\x1c.imagesearch.v1.VectorRecord\x12\x19\n\x11model_fingerprint\x18\x03 \x01(\t\"F\n\x15UpsertVectorsResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.imagesearch.v1.UpsertResult\"\x1d\n\x0bQueryVector\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\x98\x02\n\x0cQueryRequest\x12\x0f\n\x05image\x18\x01 \x01(\x0cH\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12\x0c\n\x02id\x18\x03 \x01(\tH\x00\x12-\n\x06vector\x18\x04 \x01(\x0b\x32\x1b.imagesearch.v1.QueryVectorH\x00\x12\r\n\x05top_k\x18\x05 \x01(\x05\x12\'\n\x06\x66ilter\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tnamespace\x18\x07 \x01(\t\x12\x18\n\x10include_metadata\x18\x08 \x01(\x08\x12\x16\n\x0einclude_values\x18\t \x01(\x08\x12\x16\n\tmin_score\x18\n \x01(\x02H\x01\x88\x01\x01\x42\x07\n\x05queryB\x0c\n\n_min_score\"]\n\x05Match\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0e\n\x06values\x18\x03 \x03(\x02\x12)\n\x08metadata\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"J\n\rQueryResponse\x12&\n\x07matches\x18\x01 \x03(\x0b\x32\x15.imagesearch.v1.Match\x12\x11\n\tnamespace\x18\x02 \x01(\t\".\n\x0c\x46\x65tchRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\"Q\n\rFetchResponse\x12-\n\x07records\x18\x01 \x03(\x0b\x32\x1c.imagesearch.v1.VectorRecord\x12\x11\n\tnamespace\x18\x02 \x01(\t\"\x90\x01\n\x12ListRecordsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x18\n\x10include_metadata\x18\x05 \x01(\x08\x12\x16\n\x0einclude_values\x18\x06 \x01(\x08\"}\n\x13ListRecordsResponse\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12-\n\x07records\x18\x02 \x03(\x0b\x32\x1c.imagesearch.v1.VectorRecord\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\x12\x11\n\tnamespace\x18\x04 \x01(\t\"\x15\n\x06IdList\x12\x0b\n\x03ids\x18\x01 \x03(\t\"\x96\x01\n\rDeleteRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12%\n\x03ids\x18\x02 \x01(\x0b\x32\x16.imagesearch.v1.IdListH\x00\x12)\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12\x14\n\ndelete_all\x18\x04 \x01(\x08H\x00\x42\n\n\x08selector\"\x10\n\x0e\x44\x65leteResponse\"\x16\n\x14\x44\x65scribeStatsRequest\"&\n\x0eNamespaceStats\x12\x14\n\x0cvector_count\x18\x01 \x01(\x03\"\xa0\x02\n\x15\x44\x65scribeStatsResponse\x12I\n\nnamespaces\x18\x01 \x03(\x0b\x32\x35.imagesearch.v1.DescribeStatsResponse.NamespacesEntry\x12\x1a\n\x12total_vector_count\x18\x02 \x01(\x03\x12\x11\n\tdimension\x18\x03 \x01(\x05\x12\x10\n\x08model_id\x18\x04 \x01(\t\x12\x19\n\x11model_fingerprint\x18\x05 \x01(\t\x12\r\n\x05store\x18\x06 \x01(\t\x1aQ\n\x0fNamespacesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x05value\x18\x02 \x01(\x0b\x32\x1e.imagesearch.v1.NamespaceStats:\x02\x38\x01\x32\xb2\x05\n\rSearchService\x12Y\n\x0cUpsertImages\x12#.imagesearch.v1.UpsertImagesRequest\x1a$.imagesearch.v1.UpsertImagesResponse\x12]\n\x0cIngestImages\x12#.imagesearch.v1.IngestImagesRequest\x1a$.imagesearch.v1.IngestImagesResponse(\x01\x30\x01\x12\\\n\rUpsertVectors\x12$.imagesearch.v1.UpsertVectorsRequest\x1a%.imagesearch.v1.UpsertVectorsResponse\x12\x44\n\x05Query\x12\x1c.imagesearch.v1.QueryRequest\x1a\x1d.imagesearch.v1.QueryResponse\x12\x44\n\x05\x46\x65tch\x12\x1c.imagesearch.v1.FetchRequest\x1a\x1d.imagesearch.v1.FetchResponse\x12V\n\x0bListRecords\x12\".imagesearch.v1.ListRecordsRequest\x1a#.imagesearch.v1.ListRecordsResponse\x12G\n\x06\x44\x65lete\x12\x1d.imagesearch.v1.DeleteRequest\x1a\x1e.imagesearch.v1.DeleteResponse\x12\\\n\rDescribeStats\x12$.imagesearch.v1.DescribeStatsRequest\x1a%.imagesearch.v1.DescribeStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#imagesearch/v1/search_service.proto\x12\x0eimagesearch.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x17google/rpc/status.proto\"S\n\x0bImageRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"U\n\x0cVectorRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\x02\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"=\n\x0cUpsertResult\x12\n\n\x02id\x18\x01 \x01(\t\x12!\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status\"V\n\x13UpsertImagesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12,\n\x07records\x18\x02 \x03(\x0b\x32\x1b.imagesearch.v1.ImageRecord\"E\n\x14UpsertImagesResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.imagesearch.v1.UpsertResult\"V\n\x13IngestImagesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12,\n\x07records\x18\x02 \x03(\x0b\x32\x1b.imagesearch.v1.ImageRecord\"E\n\x14IngestImagesResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.imagesearch.v1.UpsertResult\"s\n\x14UpsertVectorsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12-\n\x07records\x18\x02 \x03(\x0b\x32\x1c.imagesearch.v1.VectorRecord\x12\x19\n\x11model_fingerprint\x18\x03 \x01(\t\"F\n\x15UpsertVectorsResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.imagesearch.v1.UpsertResult\"\x1d\n\x0bQueryVector\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\x97\x01\n\x0cQueryExample\x12\x0f\n\x05image\x18\x01 \x01(\x0cH\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12\x0c\n\x02id\x18\x03 \x01(\tH\x00\x12-\n\x06vector\x18\x04 \x01(\x0b\x32\x1b.imagesearch.v1.QueryVectorH\x00\x12\x13\n\x06weight\x18\x05 \x01(\x02H\x01\x88\x01\x01\x42\t\n\x07\x65xampleB\t\n\x07_weight\"\x84\x03\n\x0cQueryRequest\x12\x0f\n\x05image\x18\x01 \x01(\x0cH\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12\x0c\n\x02id\x18\x03 \x01(\tH\x00\x12-\n\x06vector\x18\x04 \x01(\x0b\x32\x1b.imagesearch.v1.QueryVectorH\x00\x12\r\n\x05top_k\x18\x05 \x01(\x05\x12\'\n\x06\x66ilter\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tnamespace\x18\x07 \x01(\t\x12\x18\n\x10include_metadata\x18\x08 \x01(\x08\x12\x16\n\x0einclude_values\x18\t \x01(\x08\x12\x16\n\tmin_score\x18\n \x01(\x02H\x01\x88\x01\x01\x12.\n\x08\x65xamples\x18\x0b \x03(\x0b\x32\x1c.imagesearch.v1.QueryExample\x12\x11\n\tdiversity\x18\x0c \x01(\x02\x12\x16\n\x0e\x63ollapse_above\x18\r \x01(\x02\x12\x0f\n\x07\x61utocut\x18\x0e \x01(\x05\x42\x07\n\x05queryB\x0c\n\n_min_score\"t\n\x05Match\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0e\n\x06values\x18\x03 \x03(\x02\x12)\n\x08metadata\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x15\n\rcollapsed_ids\x18\x05 \x03(\t\"J\n\rQueryResponse\x12&\n\x07matches\x18\x01 \x03(\x0b\x32\x15.imagesearch.v1.Match\x12\x11\n\tnamespace\x18\x02 \x01(\t\".\n\x0c\x46\x65tchRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\"Q\n\rFetchResponse\x12-\n\x07records\x18\x01 \x03(\x0b\x32\x1c.imagesearch.v1.VectorRecord\x12\x11\n\tnamespace\x18\x02 \x01(\t\"\x90\x01\n\x12ListRecordsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x18\n\x10include_metadata\x18\x05 \x01(\x08\x12\x16\n\x0einclude_values\x18\x06 \x01(\x08\"}\n\x13ListRecordsResponse\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12-\n\x07records\x18\x02 \x03(\x0b\x32\x1c.imagesearch.v1.VectorRecord\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\x12\x11\n\tnamespace\x18\x04 \x01(\t\"\x15\n\x06IdList\x12\x0b\n\x03ids\x18\x01 \x03(\t\"\x96\x01\n\rDeleteRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12%\n\x03ids\x18\x02 \x01(\x0b\x32\x16.imagesearch.v1.IdListH\x00\x12)\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12\x14\n\ndelete_all\x18\x04 \x01(\x08H\x00\x42\n\n\x08selector\"\x10\n\x0e\x44\x65leteResponse\"\x16\n\x14\x44\x65scribeStatsRequest\"&\n\x0eNamespaceStats\x12\x14\n\x0cvector_count\x18\x01 \x01(\x03\"\xa0\x02\n\x15\x44\x65scribeStatsResponse\x12I\n\nnamespaces\x18\x01 \x03(\x0b\x32\x35.imagesearch.v1.DescribeStatsResponse.NamespacesEntry\x12\x1a\n\x12total_vector_count\x18\x02 \x01(\x03\x12\x11\n\tdimension\x18\x03 \x01(\x05\x12\x10\n\x08model_id\x18\x04 \x01(\t\x12\x19\n\x11model_fingerprint\x18\x05 \x01(\t\x12\r\n\x05store\x18\x06 \x01(\t\x1aQ\n\x0fNamespacesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x05value\x18\x02 \x01(\x0b\x32\x1e.imagesearch.v1.NamespaceStats:\x02\x38\x01\"f\n\x15\x46indDuplicatesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tmin_score\x18\x02 \x01(\x02\x12\'\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"8\n\x0e\x44uplicateGroup\x12&\n\x07members\x18\x01 \x03(\x0b\x32\x15.imagesearch.v1.Match\"h\n\x16\x46indDuplicatesResponse\x12.\n\x06groups\x18\x01 \x03(\x0b\x32\x1e.imagesearch.v1.DuplicateGroup\x12\x0f\n\x07scanned\x18\x02 \x01(\x03\x12\r\n\x05total\x18\x03 \x01(\x03\x32\x95\x06\n\rSearchService\x12Y\n\x0cUpsertImages\x12#.imagesearch.v1.UpsertImagesRequest\x1a$.imagesearch.v1.UpsertImagesResponse\x12]\n\x0cIngestImages\x12#.imagesearch.v1.IngestImagesRequest\x1a$.imagesearch.v1.IngestImagesResponse(\x01\x30\x01\x12\\\n\rUpsertVectors\x12$.imagesearch.v1.UpsertVectorsRequest\x1a%.imagesearch.v1.UpsertVectorsResponse\x12\x44\n\x05Query\x12\x1c.imagesearch.v1.QueryRequest\x1a\x1d.imagesearch.v1.QueryResponse\x12\x44\n\x05\x46\x65tch\x12\x1c.imagesearch.v1.FetchRequest\x1a\x1d.imagesearch.v1.FetchResponse\x12V\n\x0bListRecords\x12\".imagesearch.v1.ListRecordsRequest\x1a#.imagesearch.v1.ListRecordsResponse\x12G\n\x06\x44\x65lete\x12\x1d.imagesearch.v1.DeleteRequest\x1a\x1e.imagesearch.v1.DeleteResponse\x12\\\n\rDescribeStats\x12$.imagesearch.v1.DescribeStatsRequest\x1a%.imagesearch.v1.DescribeStatsResponse\x12\x61\n\x0e\x46indDuplicates\x12%.imagesearch.v1.FindDuplicatesRequest\x1a&.imagesearch.v1.FindDuplicatesResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -55,34 +55,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPSERTVECTORSRESPONSE']._serialized_end=850
   _globals['_QUERYVECTOR']._serialized_start=852
   _globals['_QUERYVECTOR']._serialized_end=881
-  _globals['_QUERYREQUEST']._serialized_start=884
-  _globals['_QUERYREQUEST']._serialized_end=1164
-  _globals['_MATCH']._serialized_start=1166
-  _globals['_MATCH']._serialized_end=1259
-  _globals['_QUERYRESPONSE']._serialized_start=1261
-  _globals['_QUERYRESPONSE']._serialized_end=1335
-  _globals['_FETCHREQUEST']._serialized_start=1337
-  _globals['_FETCHREQUEST']._serialized_end=1383
-  _globals['_FETCHRESPONSE']._serialized_start=1385
-  _globals['_FETCHRESPONSE']._serialized_end=1466
-  _globals['_LISTRECORDSREQUEST']._serialized_start=1469
-  _globals['_LISTRECORDSREQUEST']._serialized_end=1613
-  _globals['_LISTRECORDSRESPONSE']._serialized_start=1615
-  _globals['_LISTRECORDSRESPONSE']._serialized_end=1740
-  _globals['_IDLIST']._serialized_start=1742
-  _globals['_IDLIST']._serialized_end=1763
-  _globals['_DELETEREQUEST']._serialized_start=1766
-  _globals['_DELETEREQUEST']._serialized_end=1916
-  _globals['_DELETERESPONSE']._serialized_start=1918
-  _globals['_DELETERESPONSE']._serialized_end=1934
-  _globals['_DESCRIBESTATSREQUEST']._serialized_start=1936
-  _globals['_DESCRIBESTATSREQUEST']._serialized_end=1958
-  _globals['_NAMESPACESTATS']._serialized_start=1960
-  _globals['_NAMESPACESTATS']._serialized_end=1998
-  _globals['_DESCRIBESTATSRESPONSE']._serialized_start=2001
-  _globals['_DESCRIBESTATSRESPONSE']._serialized_end=2289
-  _globals['_DESCRIBESTATSRESPONSE_NAMESPACESENTRY']._serialized_start=2208
-  _globals['_DESCRIBESTATSRESPONSE_NAMESPACESENTRY']._serialized_end=2289
-  _globals['_SEARCHSERVICE']._serialized_start=2292
-  _globals['_SEARCHSERVICE']._serialized_end=2982
+  _globals['_QUERYEXAMPLE']._serialized_start=884
+  _globals['_QUERYEXAMPLE']._serialized_end=1035
+  _globals['_QUERYREQUEST']._serialized_start=1038
+  _globals['_QUERYREQUEST']._serialized_end=1426
+  _globals['_MATCH']._serialized_start=1428
+  _globals['_MATCH']._serialized_end=1544
+  _globals['_QUERYRESPONSE']._serialized_start=1546
+  _globals['_QUERYRESPONSE']._serialized_end=1620
+  _globals['_FETCHREQUEST']._serialized_start=1622
+  _globals['_FETCHREQUEST']._serialized_end=1668
+  _globals['_FETCHRESPONSE']._serialized_start=1670
+  _globals['_FETCHRESPONSE']._serialized_end=1751
+  _globals['_LISTRECORDSREQUEST']._serialized_start=1754
+  _globals['_LISTRECORDSREQUEST']._serialized_end=1898
+  _globals['_LISTRECORDSRESPONSE']._serialized_start=1900
+  _globals['_LISTRECORDSRESPONSE']._serialized_end=2025
+  _globals['_IDLIST']._serialized_start=2027
+  _globals['_IDLIST']._serialized_end=2048
+  _globals['_DELETEREQUEST']._serialized_start=2051
+  _globals['_DELETEREQUEST']._serialized_end=2201
+  _globals['_DELETERESPONSE']._serialized_start=2203
+  _globals['_DELETERESPONSE']._serialized_end=2219
+  _globals['_DESCRIBESTATSREQUEST']._serialized_start=2221
+  _globals['_DESCRIBESTATSREQUEST']._serialized_end=2243
+  _globals['_NAMESPACESTATS']._serialized_start=2245
+  _globals['_NAMESPACESTATS']._serialized_end=2283
+  _globals['_DESCRIBESTATSRESPONSE']._serialized_start=2286
+  _globals['_DESCRIBESTATSRESPONSE']._serialized_end=2574
+  _globals['_DESCRIBESTATSRESPONSE_NAMESPACESENTRY']._serialized_start=2493
+  _globals['_DESCRIBESTATSRESPONSE_NAMESPACESENTRY']._serialized_end=2574
+  _globals['_FINDDUPLICATESREQUEST']._serialized_start=2576
+  _globals['_FINDDUPLICATESREQUEST']._serialized_end=2678
+  _globals['_DUPLICATEGROUP']._serialized_start=2680
+  _globals['_DUPLICATEGROUP']._serialized_end=2736
+  _globals['_FINDDUPLICATESRESPONSE']._serialized_start=2738
+  _globals['_FINDDUPLICATESRESPONSE']._serialized_end=2842
+  _globals['_SEARCHSERVICE']._serialized_start=2845
+  _globals['_SEARCHSERVICE']._serialized_end=3634
 # @@protoc_insertion_point(module_scope)

@@ -86,8 +86,22 @@ class QueryVector(_message.Message):
     values: _containers.RepeatedScalarFieldContainer[float]
     def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
 
+class QueryExample(_message.Message):
+    __slots__ = ("image", "text", "id", "vector", "weight")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    image: bytes
+    text: str
+    id: str
+    vector: QueryVector
+    weight: float
+    def __init__(self, image: _Optional[bytes] = ..., text: _Optional[str] = ..., id: _Optional[str] = ..., vector: _Optional[_Union[QueryVector, _Mapping]] = ..., weight: _Optional[float] = ...) -> None: ...
+
 class QueryRequest(_message.Message):
-    __slots__ = ("image", "text", "id", "vector", "top_k", "filter", "namespace", "include_metadata", "include_values", "min_score")
+    __slots__ = ("image", "text", "id", "vector", "top_k", "filter", "namespace", "include_metadata", "include_values", "min_score", "examples", "diversity", "collapse_above", "autocut")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +112,10 @@ class QueryRequest(_message.Message):
     INCLUDE_METADATA_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_VALUES_FIELD_NUMBER: _ClassVar[int]
     MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    DIVERSITY_FIELD_NUMBER: _ClassVar[int]
+    COLLAPSE_ABOVE_FIELD_NUMBER: _ClassVar[int]
+    AUTOCUT_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     text: str
     id: str
@@ -108,19 +126,25 @@ class QueryRequest(_message.Message):
     include_metadata: bool
     include_values: bool
     min_score: float
-    def __init__(self, image: _Optional[bytes] = ..., text: _Optional[str] = ..., id: _Optional[str] = ..., vector: _Optional[_Union[QueryVector, _Mapping]] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., namespace: _Optional[str] = ..., include_metadata: _Optional[bool] = ..., include_values: _Optional[bool] = ..., min_score: _Optional[float] = ...) -> None: ...
+    examples: _containers.RepeatedCompositeFieldContainer[QueryExample]
+    diversity: float
+    collapse_above: float
+    autocut: int
+    def __init__(self, image: _Optional[bytes] = ..., text: _Optional[str] = ..., id: _Optional[str] = ..., vector: _Optional[_Union[QueryVector, _Mapping]] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., namespace: _Optional[str] = ..., include_metadata: _Optional[bool] = ..., include_values: _Optional[bool] = ..., min_score: _Optional[float] = ..., examples: _Optional[_Iterable[_Union[QueryExample, _Mapping]]] = ..., diversity: _Optional[float] = ..., collapse_above: _Optional[float] = ..., autocut: _Optional[int] = ...) -> None: ...
 
 class Match(_message.Message):
-    __slots__ = ("id", "score", "values", "metadata")
+    __slots__ = ("id", "score", "values", "metadata", "collapsed_ids")
     ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    COLLAPSED_IDS_FIELD_NUMBER: _ClassVar[int]
     id: str
     score: float
     values: _containers.RepeatedScalarFieldContainer[float]
     metadata: _struct_pb2.Struct
-    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., values: _Optional[_Iterable[float]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    collapsed_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., values: _Optional[_Iterable[float]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., collapsed_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class QueryResponse(_message.Message):
     __slots__ = ("matches", "namespace")
@@ -228,3 +252,29 @@ class DescribeStatsResponse(_message.Message):
     model_fingerprint: str
     store: str
     def __init__(self, namespaces: _Optional[_Mapping[str, NamespaceStats]] = ..., total_vector_count: _Optional[int] = ..., dimension: _Optional[int] = ..., model_id: _Optional[str] = ..., model_fingerprint: _Optional[str] = ..., store: _Optional[str] = ...) -> None: ...
+
+class FindDuplicatesRequest(_message.Message):
+    __slots__ = ("namespace", "min_score", "filter")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    min_score: float
+    filter: _struct_pb2.Struct
+    def __init__(self, namespace: _Optional[str] = ..., min_score: _Optional[float] = ..., filter: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class DuplicateGroup(_message.Message):
+    __slots__ = ("members",)
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    members: _containers.RepeatedCompositeFieldContainer[Match]
+    def __init__(self, members: _Optional[_Iterable[_Union[Match, _Mapping]]] = ...) -> None: ...
+
+class FindDuplicatesResponse(_message.Message):
+    __slots__ = ("groups", "scanned", "total")
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    SCANNED_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    groups: _containers.RepeatedCompositeFieldContainer[DuplicateGroup]
+    scanned: int
+    total: int
+    def __init__(self, groups: _Optional[_Iterable[_Union[DuplicateGroup, _Mapping]]] = ..., scanned: _Optional[int] = ..., total: _Optional[int] = ...) -> None: ...

@@ -79,6 +79,11 @@ class SearchServiceStub:
                 request_serializer=imagesearch_dot_v1_dot_search__service__pb2.DescribeStatsRequest.SerializeToString,
                 response_deserializer=imagesearch_dot_v1_dot_search__service__pb2.DescribeStatsResponse.FromString,
                 _registered_method=True)
+        self.FindDuplicates = channel.unary_stream(
+                '/imagesearch.v1.SearchService/FindDuplicates',
+                request_serializer=imagesearch_dot_v1_dot_search__service__pb2.FindDuplicatesRequest.SerializeToString,
+                response_deserializer=imagesearch_dot_v1_dot_search__service__pb2.FindDuplicatesResponse.FromString,
+                _registered_method=True)
 
 
 class SearchServiceServicer:
@@ -149,6 +154,14 @@ class SearchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FindDuplicates(self, request, context):
+        """Groups of near-duplicate records (connected components of "cosine >= min_score"),
+        streamed as each is complete, with progress.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -191,6 +204,11 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     servicer.DescribeStats,
                     request_deserializer=imagesearch_dot_v1_dot_search__service__pb2.DescribeStatsRequest.FromString,
                     response_serializer=imagesearch_dot_v1_dot_search__service__pb2.DescribeStatsResponse.SerializeToString,
+            ),
+            'FindDuplicates': grpc.unary_stream_rpc_method_handler(
+                    servicer.FindDuplicates,
+                    request_deserializer=imagesearch_dot_v1_dot_search__service__pb2.FindDuplicatesRequest.FromString,
+                    response_serializer=imagesearch_dot_v1_dot_search__service__pb2.FindDuplicatesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -414,6 +432,33 @@ class SearchService:
             '/imagesearch.v1.SearchService/DescribeStats',
             imagesearch_dot_v1_dot_search__service__pb2.DescribeStatsRequest.SerializeToString,
             imagesearch_dot_v1_dot_search__service__pb2.DescribeStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindDuplicates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/imagesearch.v1.SearchService/FindDuplicates',
+            imagesearch_dot_v1_dot_search__service__pb2.FindDuplicatesRequest.SerializeToString,
+            imagesearch_dot_v1_dot_search__service__pb2.FindDuplicatesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -62,6 +62,10 @@ class SearchServiceStub:
     """Deletes records by id, by filter, or all of a namespace."""
     DescribeStats: _grpc.UnaryUnaryMultiCallable[_search_service_pb2.DescribeStatsRequest, _search_service_pb2.DescribeStatsResponse]
     """Counts records per namespace and says which model filled the store."""
+    FindDuplicates: _grpc.UnaryStreamMultiCallable[_search_service_pb2.FindDuplicatesRequest, _search_service_pb2.FindDuplicatesResponse]
+    """Groups of near-duplicate records (connected components of "cosine >= min_score"),
+    streamed as each is complete, with progress.
+    """
 
 @_typing.type_check_only
 class SearchServiceAsyncStub(SearchServiceStub):
@@ -97,6 +101,10 @@ class SearchServiceAsyncStub(SearchServiceStub):
     """Deletes records by id, by filter, or all of a namespace."""
     DescribeStats: _aio.UnaryUnaryMultiCallable[_search_service_pb2.DescribeStatsRequest, _search_service_pb2.DescribeStatsResponse]  # type: ignore[assignment]
     """Counts records per namespace and says which model filled the store."""
+    FindDuplicates: _aio.UnaryStreamMultiCallable[_search_service_pb2.FindDuplicatesRequest, _search_service_pb2.FindDuplicatesResponse]  # type: ignore[assignment]
+    """Groups of near-duplicate records (connected components of "cosine >= min_score"),
+    streamed as each is complete, with progress.
+    """
 
 class SearchServiceServicer(metaclass=_abc_1.ABCMeta):
     """SearchService stores image vectors and finds the most similar ones.
@@ -177,5 +185,15 @@ class SearchServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_search_service_pb2.DescribeStatsResponse, _abc.Awaitable[_search_service_pb2.DescribeStatsResponse]]:
         """Counts records per namespace and says which model filled the store."""
+
+    @_abc_1.abstractmethod
+    def FindDuplicates(
+        self,
+        request: _search_service_pb2.FindDuplicatesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_search_service_pb2.FindDuplicatesResponse], _abc.AsyncIterator[_search_service_pb2.FindDuplicatesResponse]]:
+        """Groups of near-duplicate records (connected components of "cosine >= min_score"),
+        streamed as each is complete, with progress.
+        """
 
 def add_SearchServiceServicer_to_server(servicer: SearchServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
