@@ -4,6 +4,7 @@ the search_service-down banner, and what it refuses to serve."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import re
 from pathlib import Path
@@ -11,9 +12,10 @@ from typing import Any
 
 import httpx
 import pytest
-from imagesearch_client import AsyncImageSearchClient, VectorRecord
+from imagesearch_client import AsyncImageSearchClient, Example, VectorRecord
 from imagesearch_client.web import WebApp, WebSettings
 from imagesearch_client.web.config import WebConfigError
+from PIL import Image
 from playwright.async_api import Page, expect
 
 from tests.support.fixtures import StartSearch
@@ -485,3 +487,85 @@ async def test_a_favicon_and_an_old_index_report_left_behind(gallery: WebApp, ro
         later = (await http.get("")).text
     assert "IMAGE_UNREADABLE" not in later
     assert '<script id="index-status" type="application/json">null</script>' in later
+
+
+async def test_more_and_less_like_this_refine_a_search_the_url_keeps_and_walks_back(
+    page: Page, gallery: WebApp
+) -> None:
+    await press_index(page, gallery, "done: stored 12")
+    await page.goto(gallery.url)
+    await expect(page.locator(".tile img")).to_have_count(12, timeout=WAIT_MS)
+    first = await page.locator(".tile img").first.get_attribute("alt")
+    await page.locator(".tile img").first.click()
+    await expect(page).to_have_url(re.compile(rf"\?similar={first}"))
+    await expect(page.locator(".tile a.more")).to_have_count(12)
+    plain = await tiles(page)
+    liked, disliked = plain[3][0], plain[1][0]
+    await page.locator(".tile", has=page.locator(f'img[alt="{liked}"]')).locator("a.more").click()
+    await expect(page).to_have_url(re.compile(rf"more={liked}"))
+    await (
+        page.locator(".tile", has=page.locator(f'img[alt="{disliked}"]')).locator("a.less").click()
+    )
+    await expect(page).to_have_url(re.compile(rf"more={liked}.*less={disliked}"))
+    await expect(page.locator("#heading")).to_contain_text("1 more like, 1 less like")
+    # The store's 12 less the three given as examples.
+    await expect(page.locator(".tile a.more")).to_have_count(9)
+    refined = await tiles(page)
+    async with AsyncImageSearchClient(gallery.client.target) as client:
+        examples = [Example(id=first), Example(id=liked), Example(id=disliked, weight=-0.5)]
+        own = await client.query(examples=examples, top_k=12)
+    assert refined == [(m.id, f"{m.score:.3f}") for m in own]
+    assert {first, liked, disliked}.isdisjoint(alt for alt, _ in refined)
+    await page.screenshot(path=screenshot_path("refined"), full_page=True)
+    await page.go_back()
+    await page.go_back()
+    await expect(page).to_have_url(re.compile(rf"\?similar={first}$"))
+    assert await tiles(page) == plain
+
+
+async def test_hiding_near_duplicates_folds_them_under_the_kept_tile_and_the_page_lists_groups(
+    page: Page, start_search_app: StartSearch, start_web: StartWeb, root: Path
+) -> None:
+    search = await start_search_app()
+    web = await start_web(search)
+    await press_index(page, web, "done: stored 12")
+    # The same picture again as a PNG: an exact duplicate of a stored record.
+    twin = root / "red" / "red-0-again.png"
+    twin.write_bytes(encode(Image.open(root / "red" / "red-0.jpg"), "PNG"))
+    await page.get_by_role("button", name=re.compile("Index")).click()
+    await expect(page.locator("#index-text")).to_contain_text("stored 1", timeout=WAIT_MS)
+    # The browse page reloads itself once the job has stored something.
+    await expect(page.locator(".tile img")).to_have_count(13, timeout=WAIT_MS)
+    await page.wait_for_load_state()
+    original = await page.locator(".tile img").evaluate_all("els => els.map(e => e.alt)")
+    await page.locator(".tile img[alt]").first.click()
+    await expect(page.locator("#toggle-dedup")).to_be_visible()
+    await page.locator("#toggle-dedup").click()
+    await expect(page).to_have_url(re.compile(r"dedup=1"))
+    await page.wait_for_load_state()
+    folded = page.locator("details.similar")
+    await expect(folded.first).to_contain_text(re.compile(r"\+\d+ similar"))
+    await folded.first.locator("summary").click()
+    await expect(folded.first.locator("img").first).to_be_visible()
+    shown = [a for a, _ in await tiles(page)]
+    hidden = await folded.locator("img").evaluate_all("els => els.map(e => e.alt)")
+    assert len(original) == 13
+    assert set(shown).isdisjoint(hidden)
+    pair = {hashlib.sha256(p.read_bytes()).hexdigest() for p in (twin, root / "red" / "red-0.jpg")}
+    if pair & set(shown):  # the pair is among the results: one of the two is folded
+        assert len(pair & set(shown)) == 1
+        assert pair & set(hidden)
+    await page.screenshot(path=screenshot_path("dedup"), full_page=True)
+    await page.locator("#duplicates-link").click()
+    await expect(page).to_have_url(re.compile(r"/duplicates$"))
+    await expect(page.locator("#heading")).to_contain_text("groups of near-duplicates")
+    await page.goto(f"{web.url}duplicates?min_score=0.9999")
+    group = page.locator(".group")
+    await expect(group).to_have_count(1, timeout=WAIT_MS)
+    await expect(group).to_contain_text("2 exact duplicates")
+    assert {a for a in await group.locator(".tile img").evaluate_all(
+        "els => els.map(e => e.alt)")} == pair  # fmt: skip
+    scores = await group.locator(".score").all_text_contents()
+    assert scores[0] == "1.000"
+    assert float(scores[1]) >= 0.9999 - 5e-4
+    await page.screenshot(path=screenshot_path("duplicates"), full_page=True)

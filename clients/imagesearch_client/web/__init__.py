@@ -4,7 +4,8 @@ One more client of search_service (through AsyncImageSearchClient): it never tou
 store or a model itself. `imagesearch web --root DIR` or `python -m imagesearch_client.web`.
 """
 
-from imagesearch_client.web.app import WebApp, create_app
+from imagesearch_client.web.app import WebApp
 from imagesearch_client.web.config import WebSettings
+from imagesearch_client.web.gallery import create_app
 
 __all__ = ["WebApp", "WebSettings", "create_app"]

@@ -26,11 +26,14 @@ class GalleryTile:
     id: str
     metadata: Mapping[str, Any]
     score: float | None = None
+    # Near-duplicates hidden behind this tile ("+N similar"), when they are hidden.
+    similar: Sequence[GalleryTile] = ()
 
 
 @dataclass
 class View:
-    """What the URL asks for: `/?similar=ID&k=12&ns=&label=cat&min_score=0.2`, `/?text=`."""
+    """What the URL asks for: `/?similar=ID&k=12&ns=&label=cat&min_score=0.2`, `/?text=`,
+    refined by `more=ID` and `less=ID` (repeated), `dedup=1` and `diverse=1`."""
 
     namespace: str = ""
     similar: str = ""
@@ -39,16 +42,24 @@ class View:
     label: str = ""
     min_score: float | None = None
     page_token: str = ""
+    more: list[str] = field(default_factory=list)
+    less: list[str] = field(default_factory=list)
+    dedup: bool = False
+    diverse: bool = False
 
     @property
     def searching(self) -> bool:
-        return bool(self.text or self.similar)
+        return bool(self.text or self.similar or self.more or self.less)
 
     def link(self, **changes: Any) -> str:
         values = {
             "ns": self.namespace,
             "similar": self.similar,
             "text": self.text,
+            "more": self.more,
+            "less": self.less,
+            "dedup": 1 if self.dedup else "",
+            "diverse": 1 if self.diverse else "",
             "k": self.k,
             "label": self.label,
             "min_score": self.min_score,
@@ -56,9 +67,18 @@ class View:
             **changes,
         }
         kept = {
-            k: v for k, v in values.items() if v not in ("", None) and not (k == "k" and v == 12)
+            k: 1 if v is True else v
+            for k, v in values.items()
+            if v not in ("", None, [], False) and not (k == "k" and v == 12)
         }
-        return "/?" + urlencode(kept) if kept else "/"
+        return "/?" + urlencode(kept, doseq=True) if kept else "/"
+
+    def refined(self, record_id: str, *, like: bool) -> str:
+        """This search, with `record_id` as one more example to be like (or unlike)."""
+        more = [i for i in self.more if i != record_id]
+        less = [i for i in self.less if i != record_id]
+        (more if like else less).append(record_id)
+        return self.link(more=more, less=less, page_token="")
 
 
 @dataclass
@@ -76,6 +96,16 @@ class Page:
     index_status: Mapping[str, Any] = field(default_factory=dict)
     max_upload_mb: int = 20
     query: GalleryTile | None = None  # the stored image a ?similar= search started from
+    groups: Sequence[DuplicateTiles] | None = None  # the Duplicates page
+
+
+@dataclass(frozen=True, slots=True)
+class DuplicateTiles:
+    """One group of the Duplicates page: the representative first, then by score."""
+
+    tiles: Sequence[GalleryTile]
+    exact: bool
+    size: int  # members in the group; tiles may show fewer
 
 
 def thumb_url(record_id: str, metadata: Mapping[str, Any]) -> str:
@@ -103,6 +133,8 @@ def tile_json(tile: GalleryTile, view: View) -> dict[str, Any]:
 def render(page: Page) -> str:
     view = page.view
     tiles = "\n".join(_tile(t, view) for t in page.tiles)
+    if page.groups is not None:
+        tiles = "\n".join(_group(n, g, view) for n, g in enumerate(page.groups, 1))
     namespaces = ""
     if len(page.namespaces) > 1:
         options = "".join(
@@ -121,6 +153,16 @@ def render(page: Page) -> str:
         f'<input type="hidden" name="similar" value="{escape(view.similar)}">'
         if view.similar and not view.text
         else ""
+    )
+    # A refined search keeps its examples and toggles when the form changes k or a filter.
+    hidden_similar += "".join(
+        f'<input type="hidden" name="{name}" value="{escape(value)}">'
+        for name, values in (("more", view.more), ("less", view.less))
+        for value in values
+    ) + "".join(
+        f'<input type="hidden" name="{name}" value="1">'
+        for name, on in (("dedup", view.dedup), ("diverse", view.diverse))
+        if on
     )
     hidden_ns = (
         f'<input type="hidden" name="ns" value="{escape(view.namespace)}">'
@@ -150,6 +192,7 @@ def render(page: Page) -> str:
       data-min-score="{min_score}">
 <header>
   <h1><a href="/">{escape(page.title)}</a></h1>
+  <a id="duplicates-link" href="/duplicates">Duplicates</a>
   <form id="search" method="get" action="/">
     {hidden_ns}{hidden_similar}
     <input type="search" name="text" value="{escape(view.text)}"
@@ -178,7 +221,8 @@ def render(page: Page) -> str:
 <div id="message" role="status">{escape(page.message)}</div>
 <main>
   <div class="heading-row">{_query(page.query)}<h2 id="heading">{escape(page.heading)}</h2></div>
-  <div id="results" class="grid">
+  {_toggles(view)}
+  <div id="results" class="{"groups" if page.groups is not None else "grid"}">
 {tiles}
   </div>
   <nav>{next_link}</nav>
@@ -204,11 +248,55 @@ def _tile(tile: GalleryTile, view: View) -> str:
     score = f'<span class="score">{tile.score:.3f}</span>' if tile.score is not None else ""
     label = f'<span class="label">{escape(data["label"])}</span>' if data["label"] else ""
     path = f'<span class="path">{escape(data["name"])}</span>'
+    refine = ""
+    if view.searching:
+        more, less = view.refined(tile.id, like=True), view.refined(tile.id, like=False)
+        refine = (
+            f'<span class="refine"><a class="more" href="{escape(more)}">more like this</a>'
+            f' · <a class="less" href="{escape(less)}">less like this</a></span>'
+        )
+    similar = ""
+    if tile.similar:
+        hidden = "".join(
+            f'<img alt="{escape(t.id)}" src="{escape(thumb_url(t.id, t.metadata))}"'
+            ' width="64" height="64" loading="lazy">'
+            for t in tile.similar
+        )
+        similar = (
+            f'<details class="similar"><summary>+{len(tile.similar)} similar</summary>'
+            f"{hidden}</details>"
+        )
     return (
         f'<figure class="tile" title="{escape(hover)}">'
         f'<a href="{escape(data["href"])}"><img alt="{escape(tile.id)}"'
         f' src="{escape(data["thumb"])}" width="160" height="160" loading="lazy"></a>'
-        f"<figcaption><span>{score}{label}</span>{path}</figcaption></figure>"
+        f"<figcaption><span>{score}{label}</span>{path}{refine}{similar}</figcaption></figure>"
+    )
+
+
+def _group(number: int, group: DuplicateTiles, view: View) -> str:
+    kind = "exact duplicates" if group.exact else "look-alikes"
+    more = f" (the first {len(group.tiles)} shown)" if group.size > len(group.tiles) else ""
+    return (
+        f'<section class="group" data-kind="{"exact" if group.exact else "alike"}">'
+        f"<h3>Group {number}: {group.size} {kind}{more}</h3>"
+        f'<div class="grid">{"".join(_tile(t, view) for t in group.tiles)}</div></section>'
+    )
+
+
+def _toggles(view: View) -> str:
+    """Links that switch a refinement of the current search on or off (the URL keeps it)."""
+    if not view.searching:
+        return ""
+    dedup = view.link(dedup=not view.dedup, page_token="")
+    diverse = view.link(diverse=not view.diverse, page_token="")
+    return (
+        '<p id="toggles">'
+        f'<a id="toggle-dedup" href="{escape(dedup)}" aria-pressed="{str(view.dedup).lower()}">'
+        f"{'☑' if view.dedup else '☐'} hide near-duplicates</a> "
+        f'<a id="toggle-diverse" href="{escape(diverse)}"'
+        f' aria-pressed="{str(view.diverse).lower()}">'
+        f"{'☑' if view.diverse else '☐'} diversify</a></p>"
     )
 
 
