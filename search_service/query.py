@@ -18,7 +18,13 @@ from imagesearch.limits import MAX_TEXT_CHARS
 
 from search_service.domain import Embedded, Embedder, ScoredRecord, Vector
 from search_service.errors import ImageRejected, InvalidArgument, InvalidVector, NotFound
-from search_service.filters import Condition, parse_filter, validate_id, validate_namespace
+from search_service.filters import (
+    Condition,
+    Metadata,
+    parse_filter,
+    validate_id,
+    validate_namespace,
+)
 from search_service.model_guard import ModelGuard
 from search_service.refine import Pick, autocut, collapse, combine, diversify
 from search_service.stores.base import VectorStore
@@ -27,6 +33,8 @@ MAX_TOP_K = 10_000
 DEFAULT_TOP_K = 10
 MAX_EXAMPLES = 16
 POOL_FACTOR = 10
+# Collapse alone reads vectors this many x top_k pool records at a time.
+COLLAPSE_CHUNK = 2
 # A pool holds POOL_FACTOR x top_k records with their vectors: top_k is bounded with
 # diversity or collapse so that the pool stays at most 10,000 records.
 MAX_REFINED_TOP_K = 1000
@@ -114,37 +122,61 @@ class Querying:
         top_k: int,
         excluded: set[str],
     ) -> list[ScoredRecord]:
-        # The pool with vectors only: the metadata of the few kept is fetched after.
+        if not spec.diversity:
+            return await self._collapsed(spec, namespace, vector, condition, top_k, excluded)
+        # MMR weighs every candidate against every pick: the whole pool with its vectors
+        # (not its metadata, which only the few kept need).
         pool = await self._store.query(
             namespace, vector, top_k=POOL_FACTOR * top_k + len(excluded), condition=condition,
             include_values=True, include_metadata=False,
         )  # fmt: skip
         ranked = _ranked(pool, spec.min_score, excluded)[: POOL_FACTOR * top_k]
-        picks: list[Pick]
-        if spec.collapse_above:
-            # Alone, the walk stops at top_k kept; before MMR it covers the whole pool.
-            keep = None if spec.diversity else top_k
-            picks = collapse(ranked, spec.collapse_above, keep)
-        else:
-            picks = [Pick(record) for record in ranked]
-        if spec.diversity:
-            picks = diversify(vector, picks, 1.0 - spec.diversity, top_k)
-        picks = picks[:top_k]
+        picks = (
+            collapse(ranked, spec.collapse_above, None)
+            if spec.collapse_above
+            else [Pick(record) for record in ranked]
+        )
+        picks = diversify(vector, picks, 1.0 - spec.diversity, top_k)
         details = {}
         if spec.include_metadata:
             wanted = [p.record.id for p in picks]
             fetched = await self._store.fetch(namespace, wanted, max_bytes=self._max_reply_bytes)
             details = {r.id: r.metadata for r in fetched}
-        return [
-            replace(
-                p.record,
-                values=p.record.values if spec.include_values else None,
-                metadata=details.get(p.record.id, {}) if spec.include_metadata else None,
-                collapsed_ids=tuple(p.collapsed),
-            )
-            for p in picks
-            if not spec.include_metadata or p.record.id in details  # deleted in between
-        ]
+        return _answer(spec, picks, details)
+
+    async def _collapsed(
+        self,
+        spec: QuerySpec,
+        namespace: str,
+        vector: Vector,
+        condition: Condition | None,
+        top_k: int,
+        excluded: set[str],
+    ) -> list[ScoredRecord]:
+        """Collapse alone walks the pool by score and stops at top_k kept, so vectors (and
+        metadata) are read a chunk at a time, as far as the walk goes: most queries read
+        a few dozen, where the whole pool's vectors would cost more than the search."""
+        pool = await self._store.query(
+            namespace, vector, top_k=POOL_FACTOR * top_k + len(excluded), condition=condition,
+            include_values=False, include_metadata=False,
+        )  # fmt: skip
+        ranked = _ranked(pool, spec.min_score, excluded)[: POOL_FACTOR * top_k]
+        walked: list[ScoredRecord] = []
+        details: dict[str, Metadata] = {}
+        picks: list[Pick] = []
+        while len(walked) < len(ranked):
+            chunk = ranked[len(walked) : len(walked) + COLLAPSE_CHUNK * top_k]
+            stored = {
+                r.id: r
+                for r in await self._store.fetch(namespace, [m.id for m in chunk], max_bytes=None)
+            }
+            walked += [replace(m, values=stored[m.id].values) for m in chunk if m.id in stored]
+            details |= {i: r.metadata for i, r in stored.items()}
+            picks = collapse(walked, spec.collapse_above, top_k)
+            details = {p.record.id: details[p.record.id] for p in picks if p.record.id in details}
+            if len(picks) >= top_k:
+                break
+        return _answer(spec, picks, details)
 
     async def _combined(
         self, examples: Sequence[Example], namespace: str
@@ -202,6 +234,19 @@ class Querying:
                 f"{prefix[:-1]} sets none of image, text, id or vector", field=prefix[:-1]
             )
         raise InvalidArgument("set one of image, text, id or vector", field="query")
+
+
+def _answer(spec: QuerySpec, picks: list[Pick], details: dict[str, Metadata]) -> list[ScoredRecord]:
+    return [
+        replace(
+            p.record,
+            values=p.record.values if spec.include_values else None,
+            metadata=details.get(p.record.id, {}) if spec.include_metadata else None,
+            collapsed_ids=tuple(p.collapsed),
+        )
+        for p in picks[: spec.top_k or DEFAULT_TOP_K]
+        if not spec.include_metadata or p.record.id in details  # deleted in between
+    ]
 
 
 def _checked(spec: QuerySpec) -> int:
