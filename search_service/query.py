@@ -33,8 +33,10 @@ MAX_TOP_K = 10_000
 DEFAULT_TOP_K = 10
 MAX_EXAMPLES = 16
 POOL_FACTOR = 10
-# Collapse alone reads vectors this many x top_k pool records at a time.
+# Collapse alone first reads this many x top_k candidates; the whole pool only if needed.
 COLLAPSE_CHUNK = 2
+# Candidates whose metadata is read with them (at most 40 KB each, so 2.6 MB at worst).
+INLINE_METADATA_MOST = 64
 # A pool holds POOL_FACTOR x top_k records with their vectors: top_k is bounded with
 # diversity or collapse so that the pool stays at most 10,000 records.
 MAX_REFINED_TOP_K = 1000
@@ -137,12 +139,7 @@ class Querying:
             else [Pick(record) for record in ranked]
         )
         picks = diversify(vector, picks, 1.0 - spec.diversity, top_k)
-        details = {}
-        if spec.include_metadata:
-            wanted = [p.record.id for p in picks]
-            fetched = await self._store.fetch(namespace, wanted, max_bytes=self._max_reply_bytes)
-            details = {r.id: r.metadata for r in fetched}
-        return _answer(spec, picks, details)
+        return _answer(spec, picks, await self._metadata(spec, namespace, picks))
 
     async def _collapsed(
         self,
@@ -153,30 +150,35 @@ class Querying:
         top_k: int,
         excluded: set[str],
     ) -> list[ScoredRecord]:
-        """Collapse alone walks the pool by score and stops at top_k kept, so vectors (and
-        metadata) are read a chunk at a time, as far as the walk goes: most queries read
-        a few dozen, where the whole pool's vectors would cost more than the search."""
-        pool = await self._store.query(
-            namespace, vector, top_k=POOL_FACTOR * top_k + len(excluded), condition=condition,
-            include_values=False, include_metadata=False,
-        )  # fmt: skip
-        ranked = _ranked(pool, spec.min_score, excluded)[: POOL_FACTOR * top_k]
-        walked: list[ScoredRecord] = []
-        details: dict[str, Metadata] = {}
-        picks: list[Pick] = []
-        while len(walked) < len(ranked):
-            chunk = ranked[len(walked) : len(walked) + COLLAPSE_CHUNK * top_k]
-            stored = {
-                r.id: r
-                for r in await self._store.fetch(namespace, [m.id for m in chunk], max_bytes=None)
-            }
-            walked += [replace(m, values=stored[m.id].values) for m in chunk if m.id in stored]
-            details |= {i: r.metadata for i, r in stored.items()}
-            picks = collapse(walked, spec.collapse_above, top_k)
-            details = {p.record.id: details[p.record.id] for p in picks if p.record.id in details}
-            if len(picks) >= top_k:
+        """Collapse alone walks the pool by score and stops at top_k kept, so it asks first
+        for the best COLLAPSE_CHUNK x top_k with their vectors, and for the whole pool only
+        when those do not keep top_k: the pool's vectors cost more than the search."""
+        asked = COLLAPSE_CHUNK * top_k
+        while True:
+            # Metadata with the candidates while that is small: one call to the store, not two.
+            inline = spec.include_metadata and asked <= INLINE_METADATA_MOST
+            found = await self._store.query(
+                namespace, vector, top_k=asked + len(excluded), condition=condition,
+                include_values=True, include_metadata=inline,
+            )  # fmt: skip
+            ranked = _ranked(found, spec.min_score, excluded)[: POOL_FACTOR * top_k]
+            picks = collapse(ranked, spec.collapse_above, top_k)
+            exhausted = len(found) < asked + len(excluded)
+            if len(picks) >= top_k or exhausted or asked >= POOL_FACTOR * top_k:
                 break
-        return _answer(spec, picks, details)
+            asked = POOL_FACTOR * top_k
+        if inline:
+            return _answer(spec, picks, {p.record.id: p.record.metadata or {} for p in picks})
+        return _answer(spec, picks, await self._metadata(spec, namespace, picks))
+
+    async def _metadata(
+        self, spec: QuerySpec, namespace: str, picks: list[Pick]
+    ) -> dict[str, Metadata]:
+        if not spec.include_metadata:
+            return {}
+        wanted = [p.record.id for p in picks]
+        fetched = await self._store.fetch(namespace, wanted, max_bytes=self._max_reply_bytes)
+        return {r.id: r.metadata for r in fetched}
 
     async def _combined(
         self, examples: Sequence[Example], namespace: str

@@ -37,8 +37,9 @@ import time
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -53,7 +54,10 @@ from search_service.domain import ModelInfo, Record
 from search_service.stores.local.builder import IDLE_BUILD_MIN, IDLE_BUILD_S
 from search_service.stores.local.store import LocalStore
 from tests.benchmarks.embed import CACHE, photos
+from tests.support.pinecone_standin import PineconeStandIn
 from tests.support.tiny_clip import build_clip
+
+T = TypeVar("T")
 
 
 def start(
@@ -108,6 +112,39 @@ def with_duplicates(vectors: np.ndarray, share: float = 0.01, seed: int = 2) -> 
     return vectors
 
 
+def peak_during(pid: int, work: Callable[[], T]) -> tuple[T, int, int]:
+    """What `work` returns, and process `pid`'s RSS before it and at its peak meanwhile."""
+    before = memory([pid])
+    peak = [before]
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.1):
+            peak[0] = max(peak[0], memory([pid]))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        return work(), before, peak[0]
+    finally:
+        stop.set()
+        watcher.join()
+
+
+def scan_duplicates(client: ImageSearchClient) -> tuple[int, int, int]:
+    """(groups, exact groups, records taking part) of FindDuplicates at 0.95."""
+    groups, exact, total = 0, 0, 0
+    for step in client.find_duplicates(min_score=0.95):
+        groups += len(step.groups)
+        exact += sum(g.exact for g in step.groups)
+        total = step.total
+    return groups, exact, total
+
+
+def count_groups(client: ImageSearchClient) -> int:
+    return scan_duplicates(client)[0]
+
+
 def refinements(client: ImageSearchClient, ids: list[str], pid: int) -> None:
     """Several examples, diversity and collapse against a plain query by id in the same run;
     then FindDuplicates over the whole store, with search_service's peak RSS meanwhile."""
@@ -131,29 +168,40 @@ def refinements(client: ImageSearchClient, ids: list[str], pid: int) -> None:
     )
     print(f"top 12 with collapse_above 0.95:      {percentiles(folded)}; "
           f"+{p50(folded) - p50(twelve):.2f} ms on plain top 12")  # fmt: skip
-    before = memory([pid])
-    peak = [before]
-    stop = threading.Event()
-
-    def watch() -> None:
-        while not stop.wait(0.2):
-            peak[0] = max(peak[0], memory([pid]))
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
     started = time.perf_counter()
-    groups, exact, total = 0, 0, 0
-    try:
-        for step in client.find_duplicates(min_score=0.95):
-            groups += len(step.groups)
-            exact += sum(g.exact for g in step.groups)
-            total = step.total
-    finally:
-        stop.set()
-        watcher.join()
+    (groups, exact, total), before, peak = peak_during(pid, partial(scan_duplicates, client))
     print(f"FindDuplicates at 0.95 over {total:,} records: {time.perf_counter() - started:.0f} s, "
           f"{groups:,} groups ({exact:,} exact); search_service RSS {before / 2**30:.2f} GiB "
-          f"before, peak {peak[0] / 2**30:.2f} GiB")  # fmt: skip
+          f"before, peak {peak / 2**30:.2f} GiB")  # fmt: skip
+
+
+def duplicates_on_pinecone(embed_addr: str, log: Path, dimension: int) -> None:
+    """FindDuplicates through search_service on the Pinecone stand-in, at two store sizes:
+    the service's peak RSS should not grow with the store."""
+    for size in (3000, 6000):
+        with PineconeStandIn() as standin:
+            env = {"SEARCH_ADDR": "127.0.0.1:0", "EMBED_TARGET": embed_addr,
+                   "VECTOR_STORE": "pinecone", "PINECONE_API_KEY": standin.api_key,
+                   "PINECONE_HOST": standin.url, "PINECONE_INDEX": "bench"}  # fmt: skip
+            process, address = start("search_service", env, log)
+            try:
+                vectors = with_duplicates(clustered_unit_vectors(size, dimension, seed=size))
+                with ImageSearchClient(address, timeout_s=600) as client:
+                    client.wait_ready(300)
+                    for i in range(0, size, 1000):
+                        chunk = range(i, min(size, i + 1000))
+                        client.upsert_vectors([VectorRecord(f"v{j}", vectors[j].tolist())
+                                               for j in chunk])  # fmt: skip
+                    started = time.perf_counter()
+                    groups, before, peak = peak_during(process.pid, partial(count_groups, client))
+                print(
+                    f"FindDuplicates on the Pinecone stand-in, {size:,} records: "
+                    f"{time.perf_counter() - started:.1f} s, {groups} groups; search_service "
+                    f"RSS {before / 2**20:.0f} MiB before, peak {peak / 2**20:.0f} MiB"
+                )
+            finally:
+                process.terminate()
+                process.wait(60)
 
 
 async def fill(
@@ -543,6 +591,7 @@ def main() -> None:
         if not args.ingest:
             with ImageSearchClient(search_addr, timeout_s=600) as client:
                 refinements(client, ids[:200], search.pid)
+            duplicates_on_pinecone(embed_addr, log, model.dimension)
         outside = photos(12, seed=7)  # 640x480 JPEGs that are not in the store
         rows = query_by_images(search_addr, {"search": search_metrics, "embed": embed_metrics},
                                outside)  # fmt: skip
