@@ -189,12 +189,27 @@ class Querying:
                 field="examples",
             )
         weights = [_weight(example, i) for i, example in enumerate(examples)]
-        vectors = [
-            await self._vector_of(example, namespace, f"examples[{i}].")
-            for i, example in enumerate(examples)
+        wanted = [
+            validate_id(e.id, field=f"examples[{i}].id")
+            for i, e in enumerate(examples)
+            if e.id is not None
         ]
-        excluded = {validate_id(e.id) for e in examples if e.id is not None}
-        return combine(vectors, weights), excluded
+        stored: dict[str, Vector] = {}
+        if wanted:  # every id example in one read of the store
+            await self._model.for_vectors(write=False)
+            found = await self._store.fetch(namespace, wanted)
+            stored = {record.id: record.values for record in found}
+        vectors = []
+        for i, example in enumerate(examples):
+            if example.id is None:
+                vectors.append(await self._vector_of(example, namespace, f"examples[{i}]."))
+            elif example.id in stored:
+                vectors.append(stored[example.id])
+            else:
+                raise NotFound(
+                    f"examples[{i}].id: no record with id {example.id!r} in namespace {namespace!r}"
+                )
+        return combine(vectors, weights), set(wanted)
 
     async def _vector_of(self, example: Example, namespace: str, prefix: str) -> Vector:
         """The unit vector of one example; errors name `prefix` + the field."""

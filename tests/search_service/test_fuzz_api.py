@@ -320,3 +320,54 @@ async def test_any_query_text_is_answered_or_refused_naming_the_text(
     else:
         assert reply is not None, refusal
         assert len(reply.matches) == 3
+
+
+floats = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True, width=32),
+    st.sampled_from([0.0, 1.0, -1.0, 0.5, 1e-9, 1.0000001]),
+)
+
+
+@pytest.mark.slow
+@settings(
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    weights=st.lists(floats, min_size=1, max_size=18),
+    diversity=floats,
+    collapse_above=floats,
+    autocut=st.integers(-3, 5),
+    top_k=st.integers(1, 30),
+)
+async def test_any_examples_and_refinements_are_answered_or_refused_naming_the_field(
+    corpus: Corpus,
+    weights: list[float],
+    diversity: float,
+    collapse_above: float,
+    autocut: int,
+    top_k: int,
+) -> None:
+    ids = sorted(corpus.vectors)
+    examples = [pb.QueryExample(id=ids[i % len(ids)], weight=w) for i, w in enumerate(weights)]
+    request = pb.QueryRequest(examples=examples, diversity=diversity, top_k=top_k,
+                              collapse_above=collapse_above, autocut=autocut)  # fmt: skip
+    reply, refusal = await outcome(corpus.stub.Query(request, timeout=30))
+    if reply is None:
+        assert refusal is not None
+        assert refusal[0] == "INVALID_ARGUMENT", refusal
+        return
+    # Accepted: every number was in range, and the answer is as the semantics say.
+    assert len(weights) <= 16
+    assert all(np.isfinite(w) and w != 0 for w in weights)
+    assert 0 <= diversity <= 1
+    assert 0 <= collapse_above <= 1
+    assert autocut >= 0
+    given = {e.id for e in examples}
+    found = [m.id for m in reply.matches]
+    assert given.isdisjoint(found)
+    assert len(found) == len(set(found))
+    assert 1 <= len(found) <= top_k
+    if not (diversity or collapse_above or autocut):
+        assert len(found) == min(top_k, len(ids) - len(given))
