@@ -112,15 +112,16 @@ def with_duplicates(vectors: np.ndarray, share: float = 0.01, seed: int = 2) -> 
     return vectors
 
 
-def peak_during(pid: int, work: Callable[[], T]) -> tuple[T, int, int]:
-    """What `work` returns, and process `pid`'s RSS before it and at its peak meanwhile."""
-    before = memory([pid])
+def peak_during(pid: int, work: Callable[[], T], field: str = "VmRSS") -> tuple[T, int, int]:
+    """What `work` returns, and process `pid`'s `field` (see `memory`) before it and at its
+    peak meanwhile."""
+    before = memory([pid], field)
     peak = [before]
     stop = threading.Event()
 
     def watch() -> None:
         while not stop.wait(0.1):
-            peak[0] = max(peak[0], memory([pid]))
+            peak[0] = max(peak[0], memory([pid], field))
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
@@ -169,10 +170,14 @@ def refinements(client: ImageSearchClient, ids: list[str], pid: int) -> None:
     print(f"top 12 with collapse_above 0.95:      {percentiles(folded)}; "
           f"+{p50(folded) - p50(twelve):.2f} ms on plain top 12")  # fmt: skip
     started = time.perf_counter()
-    (groups, exact, total), before, peak = peak_during(pid, partial(scan_duplicates, client))
+    # Anonymous memory: what the scan itself holds, apart from the store's mapped files,
+    # whose pages the scan touches (and RSS counts) in proportion to the store.
+    (groups, exact, total), before, peak = peak_during(
+        pid, partial(scan_duplicates, client), "RssAnon"
+    )
     print(f"FindDuplicates at 0.95 over {total:,} records: {time.perf_counter() - started:.0f} s, "
-          f"{groups:,} groups ({exact:,} exact); search_service RSS {before / 2**30:.2f} GiB "
-          f"before, peak {peak / 2**30:.2f} GiB")  # fmt: skip
+          f"{groups:,} groups ({exact:,} exact); search_service anonymous memory "
+          f"{before / 2**20:.0f} MiB before, peak {peak / 2**20:.0f} MiB")  # fmt: skip
 
 
 def duplicates_on_pinecone(embed_addr: str, log: Path, dimension: int) -> None:
