@@ -115,7 +115,7 @@ class ClipModel:
 
         Raises ModelLoadError saying how to fix it."""
         import transformers
-        from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPModel
+        from transformers import AutoConfig, AutoTokenizer, CLIPImageProcessorPil, CLIPModel
 
         if threads:
             torch.set_num_threads(threads)
@@ -143,6 +143,7 @@ class ClipModel:
         # A service log (and make bench's table) is no terminal: no "Loading weights" bars.
         transformers.logging.disable_progress_bar()
         try:
+            _check_family(AutoConfig.from_pretrained(source, **cache_only), model_id)
             clip = CLIPModel.from_pretrained(source, **cache_only).eval()
             tokenizer = AutoTokenizer.from_pretrained(source, **cache_only)
             processor = CLIPImageProcessorPil.from_pretrained(source, **cache_only)
@@ -242,6 +243,25 @@ class ClipModel:
 # CHARS_PER_TOKEN x max_tokens characters give the same first max_tokens tokens, and a
 # text is never tokenized whole (a 3 MB text took seconds and gigabytes to tokenize).
 CHARS_PER_TOKEN = 16
+
+
+# The checkpoints this version embeds exactly as their authors' code does.
+SUPPORTED_FAMILIES = {
+    "clip": "CLIP (OpenAI, LAION/OpenCLIP exports, MetaCLIP) in transformers format",
+}
+
+
+def _check_family(config: Any, model_id: str) -> None:
+    """Refuses a checkpoint of another family before it loads: transformers would load, say,
+    a MetaCLIP 2 checkpoint into CLIPModel with a warning, and its vectors would be wrong."""
+    found = str(getattr(config, "model_type", "") or "unknown")
+    if found not in SUPPORTED_FAMILIES:
+        architectures = ", ".join(getattr(config, "architectures", None) or []) or "none named"
+        raise ModelLoadError(
+            f"EMBED_MODEL={model_id!r} is a {found!r} checkpoint (architectures: "
+            f"{architectures}), and this version of embed_service embeds only "
+            f"{'; '.join(SUPPORTED_FAMILIES.values())}. Point EMBED_MODEL at such a checkpoint."
+        )
 
 
 def tokenize(tokenizer: Any, texts: Sequence[str], max_tokens: int) -> TokenizedTexts:
