@@ -57,12 +57,9 @@ class Example:
 
 @dataclass(frozen=True, slots=True)
 class QuerySpec:
-    """Exactly one of image, text, id, vector is set, or `examples` instead."""
+    """`query` (its weight unused) or `examples`, exactly one of them set."""
 
-    image: bytes | None = None
-    text: str | None = None
-    id: str | None = None
-    vector: Sequence[float] | None = None
+    query: Example = Example()
     top_k: int = 0
     filter: dict[str, object] | None = None
     namespace: str = ""
@@ -92,16 +89,15 @@ class Querying:
         namespace = validate_namespace(spec.namespace)
         top_k = _checked(spec)
         condition = parse_filter(spec.filter)
-        single = Example(spec.image, spec.text, spec.id, spec.vector)
         if spec.examples:
-            if single != Example():
+            if spec.query != Example():
                 raise InvalidArgument(
                     "set either examples or one of image, text, id and vector, not both",
                     field="examples",
                 )
             vector, excluded = await self._combined(spec.examples, namespace)
         else:
-            vector, excluded = await self._vector_of(single, namespace, ""), set()
+            vector, excluded = await self._vector_of(spec.query, namespace, ""), set()
         if spec.diversity or spec.collapse_above:
             found = await self._refined(spec, namespace, vector, condition, top_k, excluded)
         else:
@@ -234,14 +230,12 @@ class Querying:
                 )
             embedded = await self._model.embed(lambda: self._embed.embed_text(text), write=False)
             return _vector_or_error(embedded.items[0], f"{prefix}text")
-        if example.id is not None:
+        if example.id is not None:  # the single query's: examples' ids are read together
             record_id = validate_id(example.id, field=f"{prefix}id")
             await self._model.for_vectors(write=False)
             found = await self._store.fetch(namespace, [record_id])
             if not found:
-                raise NotFound(
-                    f"{prefix}id: no record with id {record_id!r} in namespace {namespace!r}"
-                )
+                raise NotFound(f"no record with id {record_id!r} in namespace {namespace!r}")
             return found[0].values
         if example.vector is not None:
             model = await self._model.for_vectors(write=False)
@@ -261,7 +255,7 @@ def _answer(spec: QuerySpec, picks: list[Pick], details: dict[str, Metadata]) ->
             metadata=details.get(p.record.id, {}) if spec.include_metadata else None,
             collapsed_ids=tuple(p.collapsed),
         )
-        for p in picks[: spec.top_k or DEFAULT_TOP_K]
+        for p in picks  # at most top_k: collapse and diversify stop there
         if not spec.include_metadata or p.record.id in details  # deleted in between
     ]
 

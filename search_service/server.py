@@ -87,8 +87,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
-            # A stream handler cannot take @handle_errors; it ends with the same status.
-            await context.abort_with_status(to_rpc_status(status_for(exc, STATUS_CODES, log)))
+            await _abort(context, exc)
         finally:
             for task in pending:
                 task.cancel()
@@ -107,19 +106,15 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
     async def Query(
         self, request: pb.QueryRequest, context: grpc.aio.ServicerContext
     ) -> pb.QueryResponse:
-        which = request.WhichOneof("query")
         spec = QuerySpec(
-            image=request.image if which == "image" else None,
-            text=request.text if which == "text" else None,
-            id=request.id if which == "id" else None,
-            vector=request.vector.values if which == "vector" else None,
+            query=_example(request, "query"),
             top_k=request.top_k,
             filter=_dict(request.filter) if request.HasField("filter") else None,
             namespace=request.namespace,
             include_metadata=request.include_metadata,
             include_values=request.include_values,
             min_score=request.min_score if request.HasField("min_score") else None,
-            examples=[_example(e) for e in request.examples],
+            examples=[_example(e, "example") for e in request.examples],
             diversity=request.diversity,
             collapse_above=request.collapse_above,
             autocut=request.autocut,
@@ -151,8 +146,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
-            # A stream handler cannot take @handle_errors; it ends with the same status.
-            await context.abort_with_status(to_rpc_status(status_for(exc, STATUS_CODES, log)))
+            await _abort(context, exc)
 
     @handle_errors
     async def Fetch(
@@ -235,6 +229,11 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         )
 
 
+async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
+    """A stream handler cannot take @handle_errors; it ends with the same status."""
+    await context.abort_with_status(to_rpc_status(status_for(exc, STATUS_CODES, log)))
+
+
 def _match(m: ScoredRecord) -> pb.Match:
     return pb.Match(
         id=m.id,
@@ -245,14 +244,19 @@ def _match(m: ScoredRecord) -> pb.Match:
     )
 
 
-def _example(example: pb.QueryExample) -> Example:
-    which = example.WhichOneof("example")
+def _example(message: pb.QueryRequest | pb.QueryExample, oneof: str) -> Example:
+    """What a QueryRequest's `query` or a QueryExample's `example` oneof holds (the same
+    four fields), and the example's weight."""
+    which = message.WhichOneof(oneof)
+    weight = None
+    if isinstance(message, pb.QueryExample) and message.HasField("weight"):
+        weight = message.weight
     return Example(
-        image=example.image if which == "image" else None,
-        text=example.text if which == "text" else None,
-        id=example.id if which == "id" else None,
-        vector=example.vector.values if which == "vector" else None,
-        weight=example.weight if example.HasField("weight") else None,
+        image=message.image if which == "image" else None,
+        text=message.text if which == "text" else None,
+        id=message.id if which == "id" else None,
+        vector=message.vector.values if which == "vector" else None,
+        weight=weight,
     )
 
 

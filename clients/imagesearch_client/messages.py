@@ -223,15 +223,8 @@ def query_request(
     )
     if examples:
         request.examples.extend(_example(e) for e in examples)
-    elif image is not None:
-        request.image = image
-    elif text is not None:
-        request.text = text
-    elif id is not None:
-        request.id = id
     else:
-        assert vector is not None
-        request.vector.values.extend(vector)
+        _fill(request, Example(image, text, id, vector))
     if filter:
         request.filter.update(filter)
     if min_score is not None:
@@ -250,6 +243,13 @@ def duplicates_request(
 
 def _example(example: Example) -> pb.QueryExample:
     message = pb.QueryExample(weight=example.weight)
+    _fill(message, example)
+    return message
+
+
+def _fill(message: pb.QueryRequest | pb.QueryExample, example: Example) -> None:
+    """Sets the one of image, text, id, vector that `example` holds: QueryRequest's `query`
+    and QueryExample's `example` are the same four fields."""
     if example.image is not None:
         message.image = example.image
     elif example.text is not None:
@@ -258,7 +258,6 @@ def _example(example: Example) -> pb.QueryExample:
         message.id = example.id
     elif example.vector is not None:
         message.vector.values.extend(example.vector)
-    return message
 
 
 def list_request(
