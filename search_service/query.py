@@ -27,7 +27,7 @@ from search_service.filters import (
 )
 from search_service.model_guard import ModelGuard
 from search_service.refine import Pick, autocut, collapse, combine, diversify
-from search_service.stores.base import VectorStore
+from search_service.stores.base import Diversifies, VectorStore
 
 MAX_TOP_K = 10_000
 DEFAULT_TOP_K = 10
@@ -122,6 +122,13 @@ class Querying:
     ) -> list[ScoredRecord]:
         if not spec.diversity:
             return await self._collapsed(spec, namespace, vector, condition, top_k, excluded)
+        if not spec.collapse_above and isinstance(self._store, Diversifies):
+            return await self._store.query_diverse(
+                namespace, vector, top_k=top_k, pool=POOL_FACTOR * top_k,
+                lam=1.0 - spec.diversity, condition=condition, min_score=spec.min_score,
+                leave_out=sorted(excluded), include_values=spec.include_values,
+                include_metadata=spec.include_metadata, max_bytes=self._max_reply_bytes,
+            )  # fmt: skip
         # MMR weighs every candidate against every pick: the whole pool with its vectors
         # (not its metadata, which only the few kept need).
         pool = await self._store.query(

@@ -37,6 +37,34 @@ class BuildsIndexes(Protocol):
     def building(self) -> bool: ...
 
 
+@runtime_checkable
+class Diversifies(Protocol):
+    """What a store that runs maximal marginal relevance itself (the local store) offers:
+    the answer of `refine.diversify` over the same pool, without sending the pool's vectors
+    across to Python."""
+
+    async def query_diverse(
+        self,
+        namespace: str,
+        vector: Vector,
+        *,
+        top_k: int,
+        pool: int,
+        lam: float,
+        condition: Condition | None,
+        min_score: float | None,
+        leave_out: Sequence[str],
+        include_values: bool,
+        include_metadata: bool,
+        max_bytes: int | None = None,
+    ) -> list[ScoredRecord]:
+        """`top_k` records picked by maximal marginal relevance (`lam` = lambda) among the
+        best `pool` by score that match `condition`, score at least `min_score` and are not
+        in `leave_out`; each with its cosine to `vector` as its score. ReplyTooLarge as
+        `VectorStore.query`."""
+        ...
+
+
 class VectorStore(Protocol):
     """A persistent set of (id, vector, metadata) records in namespaces."""
 

@@ -157,9 +157,9 @@ def refinements(client: ImageSearchClient, ids: list[str], pid: int) -> None:
         client.query(examples=[Example(id=a), Example(id=b, weight=0.5),
                                Example(id=c, weight=-0.3)], top_k=10)  # fmt: skip
         three.append((time.perf_counter() - t) * 1000)
-    twelve = latencies(client, ids, top_k=12)
-    varied = latencies(client, ids, top_k=12, diversity=0.5)
-    folded = latencies(client, ids, top_k=12, collapse_above=0.95)
+    twelve, varied, folded = interleaved(
+        client, ids, [{}, {"diversity": 0.5}, {"collapse_above": 0.95}], top_k=12
+    )
     p50 = statistics.median
     print(f"query by 3 examples (ids), top 10:    {percentiles(three)}; "
           f"{p50(three) / p50(plain):.2f}x a query by one id ({percentiles(plain)})")  # fmt: skip
@@ -443,6 +443,20 @@ def latencies(
         out.append((time.perf_counter() - t) * 1000)
         if answers is not None:
             answers[record_id] = [m.id for m in found]
+    return out
+
+
+def interleaved(
+    client: ImageSearchClient, ids: list[str], variants: list[dict[str, object]], top_k: int
+) -> list[list[float]]:
+    """Latencies of each variant of a query by id, the variants taken in turn for each id:
+    whatever slows the machine for a while slows them all alike."""
+    out: list[list[float]] = [[] for _ in variants]
+    for record_id in ids:
+        for times, options in zip(out, variants, strict=True):
+            t = time.perf_counter()
+            client.query(id=record_id, top_k=top_k, **options)  # type: ignore[arg-type]
+            times.append((time.perf_counter() - t) * 1000)
     return out
 
 

@@ -93,16 +93,10 @@ async def test_collapse_keeps_one_of_each_near_duplicate_set_and_names_the_other
     assert identical[0].collapsed_ids == []  # only identical vectors collapse at 1
 
 
-async def test_diversity_picks_by_maximal_marginal_relevance_over_the_pool(
-    client: AnyClient,
-) -> None:
-    vectors = await store_clusters(client, clusters=4, size=6, spread=0.2, seed=3)
-    query = vectors["c01-2"]
-    found = await client.query(vector=query.tolist(), top_k=4, diversity=0.6, min_score=-1)
-    lam = 0.4
-    pool = by_score(vectors, query)[:40]
+def mmr(vectors: Vectors, query: np.ndarray, pool: list[str], lam: float, k: int) -> list[str]:
+    """Maximal marginal relevance by brute force: the first the best, ties to the better."""
     chosen = [pool[0]]
-    while len(chosen) < 4:
+    while len(chosen) < min(k, len(pool)):
 
         def marginal(r: str) -> float:
             near = max(float(vectors[r] @ vectors[s]) for s in chosen)
@@ -110,11 +104,47 @@ async def test_diversity_picks_by_maximal_marginal_relevance_over_the_pool(
 
         rest = [r for r in pool if r not in chosen]
         chosen.append(max(rest, key=lambda r: (marginal(r), -pool.index(r))))
-    assert [m.id for m in found] == chosen
+    return chosen
+
+
+async def test_diversity_picks_by_maximal_marginal_relevance_over_the_pool(
+    client: AnyClient,
+) -> None:
+    vectors = await store_clusters(client, clusters=4, size=6, spread=0.2, seed=3)
+    query = vectors["c01-2"]
+    found = await client.query(vector=query.tolist(), top_k=4, diversity=0.6, min_score=-1)
+    assert [m.id for m in found] == mmr(vectors, query, by_score(vectors, query)[:40], 0.4, 4)
     plain = await client.query(vector=query.tolist(), top_k=4)
     assert len({m.id[:3] for m in found}) > len({m.id[:3] for m in plain})
     for match in found:  # scores stay cosines to the query
         assert match.score == pytest.approx(float(vectors[match.id] @ query), abs=1e-4)
+
+
+@pytest.mark.parametrize("diversity", [0.3, 0.7, 1.0])
+async def test_diversity_pools_after_filter_min_score_and_id_examples(
+    client: AnyClient, diversity: float
+) -> None:
+    """The pool holds only records that pass the filter and min_score and are not examples;
+    metadata and values come with the picks."""
+    vectors = await store_clusters(client, clusters=8, size=10, spread=0.6, seed=9)
+    query = unit(vectors["c02-0"] + vectors["c05-3"])
+    wanted = {i: v for i, v in vectors.items() if int(i[1:3]) % 2 == 0}  # the filter
+    scores = {i: float(v @ query) for i, v in wanted.items()}
+    ordered = sorted(scores.values())
+    third = len(ordered) // 3  # a third of them under min_score, none of them at it
+    floor = (ordered[third - 1] + ordered[third]) / 2
+    examples = [Example(vector=query.tolist()), Example(id="c02-0", weight=1e-3)]
+    query = unit(query + 1e-3 * vectors["c02-0"])
+    found = await client.query(
+        examples=examples, top_k=3, diversity=diversity, min_score=floor,
+        filter={"cluster": {"$in": [0, 2, 4, 6]}}, include_metadata=True, include_values=True,
+    )  # fmt: skip
+    passing = {i: v for i, v in wanted.items() if float(v @ query) >= floor and i != "c02-0"}
+    pool = by_score(passing, query)[:30]
+    assert [m.id for m in found] == mmr(vectors, query, pool, 1 - diversity, 3)
+    for match in found:
+        assert match.metadata == {"cluster": float(match.id[1:3])}
+        assert np.allclose(match.values, vectors[match.id], atol=1e-6)
 
 
 async def test_autocut_answers_a_prefix_cut_where_weaviate_cuts(client: AnyClient) -> None:

@@ -15,11 +15,18 @@ from search_service.filters import And, Condition, Metadata, Or
 from search_service.stores.local import layout
 
 
-def namespace_filter(namespace: str, condition: Condition | None) -> qe.Filter:
+def namespace_filter(
+    namespace: str, condition: Condition | None, leave_out: Sequence[str] = ()
+) -> qe.Filter:
+    """The records of `namespace` that match `condition`, but not those of the ids in
+    `leave_out`."""
     must: list[Any] = [qe.FieldCondition("ns", match=qe.MatchValue(namespace))]
     if condition is not None:
         must.append(translate(condition))
-    return qe.Filter(must=must)
+    if not leave_out:
+        return qe.Filter(must=must)
+    points: set[qe.PointId] = {layout.point_id(namespace, i) for i in leave_out}
+    return qe.Filter(must=must, must_not=[qe.HasIdCondition(points)])
 
 
 def listing_filter(namespace: str, prefix: str) -> qe.Filter:

@@ -344,21 +344,68 @@ class LocalStore:
         include_metadata: bool,
         max_bytes: int | None = None,
     ) -> list[ScoredRecord]:
+        return await self._search(
+            qe.Query.Nearest(vector.astype(np.float32).tolist()),
+            filters.namespace_filter(namespace, condition),
+            top_k=top_k, candidates=top_k, include_values=include_values,
+            include_metadata=include_metadata, max_bytes=max_bytes,
+        )  # fmt: skip
+
+    async def query_diverse(
+        self,
+        namespace: str,
+        vector: Vector,
+        *,
+        top_k: int,
+        pool: int,
+        lam: float,
+        condition: Condition | None,
+        min_score: float | None,
+        leave_out: Sequence[str],
+        include_values: bool,
+        include_metadata: bool,
+        max_bytes: int | None = None,
+    ) -> list[ScoredRecord]:
+        # Qdrant's MMR is refine.diversify's (its first pick the best by score, each match
+        # scored by its cosine), run where the pool's vectors are: reading them into Python
+        # costs more than the search. Not over a Prefetch, whose scores are not rescored.
+        return await self._search(
+            qe.Mmr(vector.astype(np.float32).tolist(), lam, pool),
+            filters.namespace_filter(namespace, condition, leave_out),
+            top_k=top_k, candidates=pool, include_values=include_values,
+            include_metadata=include_metadata, max_bytes=max_bytes,
+            min_score=min_score,  # on the candidates: under it, none enters the pool
+        )  # fmt: skip
+
+    async def _search(
+        self,
+        query: qe.Query | qe.Mmr,
+        where: qe.Filter,
+        *,
+        top_k: int,
+        candidates: int,
+        include_values: bool,
+        include_metadata: bool,
+        max_bytes: int | None,
+        min_score: float | None = None,
+    ) -> list[ScoredRecord]:
+        """The `top_k` records `query` finds among `candidates` searched for. Everything
+        comes with the query while all they can take fits the reply; past that, ids first,
+        then the records a chunk at a time until it is full, never the whole of 10,000
+        payloads to find out that they do not fit."""
         if self._shard is None:
             return []
-        # Everything in the query itself while the most top_k records can take fits the
-        # reply; past that, ids first, then the records a chunk at a time until it is full,
-        # never the whole of 10,000 payloads to find out that they do not fit.
         whole = top_k * self._worst_record_bytes() <= (max_bytes or sys.maxsize)
         request = qe.QueryRequest(
             limit=top_k,
-            query=qe.Query.Nearest(vector.astype(np.float32).tolist()),
-            filter=filters.namespace_filter(namespace, condition),
+            query=query,
+            filter=where,
+            score_threshold=min_score,
             # Only the id unless metadata is wanted: each payload crosses from Rust whole.
             with_payload=True if include_metadata and whole else ["id"],
             with_vector=include_values and whole,
             params=qe.SearchParams(
-                hnsw_ef=max(self._ef(), top_k),
+                hnsw_ef=max(self._ef(), candidates),
                 quantization=qe.QuantizationSearchParams(rescore=True, oversampling=OVERSAMPLING),
             ),
         )
