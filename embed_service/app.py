@@ -20,7 +20,7 @@ from embed_service.config import EmbedSettings
 from embed_service.engine import EmbedEngine
 from embed_service.errors import ModelNotReady
 from embed_service.metrics import EmbedMetrics
-from embed_service.model import ClipModel
+from embed_service.model import EmbeddingModel
 from embed_service.server import EmbedServicer
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ class EmbedApp:
         s = self.settings
         model = await _in_daemon_thread(
             functools.partial(
-                ClipModel.load,
+                EmbeddingModel.load,
                 s.model,
                 device=s.device,
                 precision=s.precision,

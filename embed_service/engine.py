@@ -27,7 +27,7 @@ from embed_service.errors import InvalidRequest, ItemError, Overloaded, TextEmpt
 from embed_service.images import Preprocessing, prepare
 from embed_service.lanes import Lanes
 from embed_service.metrics import EmbedMetrics
-from embed_service.model import ClipModel
+from embed_service.model import EmbeddingModel
 
 Pixels = npt.NDArray[np.float32]
 Vector = npt.NDArray[np.float32]
@@ -55,13 +55,14 @@ class ModelDescription:
     max_batch_size: int
     max_text_tokens: int
     image_size: int
+    family: str
 
 
 class EmbedEngine:
     """Embeds images and texts with one loaded model, batching across callers."""
 
     def __init__(
-        self, model: ClipModel, settings: EmbedSettings, metrics: EmbedMetrics | None = None
+        self, model: EmbeddingModel, settings: EmbedSettings, metrics: EmbedMetrics | None = None
     ) -> None:
         self._model = model
         self._settings = settings
@@ -113,7 +114,7 @@ class EmbedEngine:
             metrics.lanes_shape.set_function(lambda: self._lanes.shape)
 
     @property
-    def model(self) -> ClipModel:
+    def model(self) -> EmbeddingModel:
         return self._model
 
     @property
@@ -141,6 +142,7 @@ class EmbedEngine:
             max_batch_size=self._settings.max_batch_size,
             max_text_tokens=m.max_text_tokens,
             image_size=m.image_size,
+            family=m.family.name,
         )
 
     async def start(self) -> None:

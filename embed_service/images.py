@@ -1,7 +1,8 @@
 """Image bytes -> the pixel tensor CLIP expects, on CPU threads beside the model.
 
-Matches transformers' CLIPImageProcessor (PIL backend): RGB, bicubic resize of the
-short side, center crop, scale to [0, 1], normalize by mean and std. Two things it
+Matches the model's own image processor (PIL backend): RGB, a resize of the short side
+and a center crop (CLIP) or a resize to the exact size (SigLIP), scale to [0, 1],
+normalize by mean and std. Two things it
 adds: images are turned upright from their EXIF orientation, and large JPEGs are
 decoded at a reduced scale (Pillow's draft mode) when that still leaves at least
 the resize target, which cuts decode time several-fold at a negligible cost.
@@ -32,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageCms, ImageOps
 
-from embed_service.errors import ImageEmpty, ImageTooLarge, ImageUnreadable
+from embed_service.errors import ImageEmpty, ImageTooLarge, ImageUnreadable, ModelLoadError
 
 # Image.open(formats=...) only tries plugins already loaded, and Pillow loads just five
 # by itself: load them all once, or ICO, QOI, AVIF... would be "not an image".
@@ -74,7 +75,9 @@ _SRGB = ImageCms.createProfile("sRGB")
 
 @dataclass(frozen=True, slots=True)
 class Preprocessing:
-    """What the model's processor does, read from its preprocessor config."""
+    """What the model's processor does, read from its preprocessor config: a resize of the
+    short side to `shortest_edge` then a center crop (CLIP), or a resize to exactly
+    `resize_height` x `resize_width` with no crop (SigLIP: shortest_edge 0)."""
 
     shortest_edge: int
     crop_height: int
@@ -82,21 +85,50 @@ class Preprocessing:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     resample: Image.Resampling = Image.Resampling.BICUBIC
+    resize_height: int = 0
+    resize_width: int = 0
 
     @classmethod
     def from_processor(cls, processor: Any) -> Preprocessing:
-        """Reads a transformers CLIPImageProcessor's settings."""
-        size, crop = processor.size, processor.crop_size
-        shortest = size.get("shortest_edge") or min(size["height"], size["width"])
+        """Reads a transformers image processor's settings (PIL backend); ModelLoadError for
+        one whose steps differ from these (another scale, no resize)."""
+        name = type(processor).__name__
+        scale = float(getattr(processor, "rescale_factor", 1 / 255))
+        if not processor.do_resize or not processor.do_rescale or abs(scale * 255 - 1) > 1e-9:
+            raise ModelLoadError(
+                f"the checkpoint's image processor ({name}) does not resize and scale pixels "
+                "by 1/255 as the supported families do"
+            )
+        size = processor.size
         mean, std = processor.image_mean, processor.image_std
+        if not processor.do_normalize:
+            mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+        shortest = int(size.shortest_edge or 0)
+        if shortest:
+            height = width = 0
+        elif size.height and size.width:
+            height, width = int(size.height), int(size.width)
+        else:
+            raise ModelLoadError(f"the image processor ({name}) has an unsupported size {size}")
+        crop_height, crop_width = (height, width) if not shortest else (shortest, shortest)
+        if getattr(processor, "do_center_crop", False):
+            crop = processor.crop_size
+            crop_height, crop_width = int(crop.height), int(crop.width)
         return cls(
-            shortest_edge=int(shortest),
-            crop_height=int(crop["height"]),
-            crop_width=int(crop["width"]),
+            shortest_edge=shortest,
+            crop_height=crop_height,
+            crop_width=crop_width,
             mean=(float(mean[0]), float(mean[1]), float(mean[2])),
             std=(float(std[0]), float(std[1]), float(std[2])),
             resample=Image.Resampling(int(processor.resample)),
+            resize_height=height,
+            resize_width=width,
         )
+
+    @property
+    def min_side(self) -> int:
+        """The shortest side a decode may reduce an image to and still resize as asked."""
+        return self.shortest_edge or max(self.resize_height, self.resize_width)
 
 
 def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
@@ -254,11 +286,15 @@ def _cmyk_to_rgb(image: Image.Image) -> Image.Image:
 
 
 def resize_and_crop(image: Image.Image, spec: Preprocessing) -> Image.Image:
-    """Bicubic resize of the short side, then a center crop (as CLIPImageProcessor)."""
+    """Resize of the short side, then a center crop (as CLIPImageProcessor); or a resize to
+    the exact size, squashing the picture, then a crop only if one is asked for (SigLIP)."""
     width, height = image.size
-    short, long = (width, height) if width <= height else (height, width)
-    new_short, new_long = spec.shortest_edge, int(spec.shortest_edge * long / short)
-    size = (new_short, new_long) if width <= height else (new_long, new_short)
+    if spec.shortest_edge:
+        short, long = (width, height) if width <= height else (height, width)
+        new_short, new_long = spec.shortest_edge, int(spec.shortest_edge * long / short)
+        size = (new_short, new_long) if width <= height else (new_long, new_short)
+    else:
+        size = (spec.resize_width, spec.resize_height)
     if size != image.size:
         image = image.resize(size, resample=spec.resample)
     width, height = image.size
@@ -290,7 +326,7 @@ def to_pixels(image: Image.Image, spec: Preprocessing) -> npt.NDArray[np.float32
 
 def prepare(data: bytes, spec: Preprocessing, *, max_pixels: int) -> npt.NDArray[np.float32]:
     """Encoded bytes -> model input. Raises an ItemError subclass for a bad image."""
-    image = decode(data, max_pixels=max_pixels, min_side=spec.shortest_edge)
+    image = decode(data, max_pixels=max_pixels, min_side=spec.min_side)
     return to_pixels(resize_and_crop(image, spec), spec)
 
 

@@ -1,7 +1,8 @@
-"""The CLIP model: load, then the forward passes (the "core" step).
+"""The model: load, then the forward passes (the "core" step).
 
 Loading always goes through transformers' `from_pretrained`, from a hub id or a local
-directory; the fingerprint is taken from those weights. The forward passes then run
+directory, with the classes of the checkpoint's family (families.py); the fingerprint is
+taken from those weights. The forward passes then run
 on the runtime EMBED_BACKEND and EMBED_PRECISION resolve to (race.py):
 torch itself, or ONNX Runtime on towers exported from that same model.
 """
@@ -24,6 +25,7 @@ from embed_service import hub
 from embed_service.config import Backend, Precision
 from embed_service.cpu import cpu_flags, has_native_bf16, has_vnni
 from embed_service.errors import ModelLoadError
+from embed_service.families import Family, family_of
 from embed_service.images import Preprocessing
 from embed_service.runtimes import onnx_export, race
 from embed_service.runtimes.base import Ids, Runtime
@@ -65,13 +67,15 @@ def fingerprint_of(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-class ClipModel:
-    """One loaded CLIP: its preprocessing facts, its tokenizer and the runtime of its towers."""
+class EmbeddingModel:
+    """One loaded dual encoder: its family, preprocessing facts, tokenizer and the runtime
+    of its towers."""
 
     def __init__(
         self,
         *,
         model_id: str,
+        family: Family,
         config: Any,
         tokenizer: Any,
         preprocessing: Preprocessing,
@@ -81,15 +85,16 @@ class ClipModel:
         timings: Sequence[Timing] = (),
     ) -> None:
         self.model_id = model_id
+        self.family = family
         self._tokenizer = tokenizer
         self.preprocessing = preprocessing
         self.runtime = runtime
         self.device = device
         self.fingerprint = fingerprint
         self.timings = list(timings)
-        self.dimension = int(config.projection_dim)
+        self.dimension = family.dimension(config)
         self.image_size = int(config.vision_config.image_size)
-        self.max_text_tokens = int(config.text_config.max_position_embeddings)
+        self.max_text_tokens = family.max_text_tokens(config, tokenizer)
 
     @property
     def precision(self) -> str:
@@ -110,12 +115,12 @@ class ClipModel:
         backend: Backend = "auto",
         cache_dir: Path | None = None,
         probe_batch: int = 16,
-    ) -> ClipModel:
+    ) -> EmbeddingModel:
         """Loads model, tokenizer and processor config, then picks the runtime.
 
         Raises ModelLoadError saying how to fix it."""
         import transformers
-        from transformers import AutoConfig, AutoTokenizer, CLIPImageProcessorPil, CLIPModel
+        from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 
         if threads:
             torch.set_num_threads(threads)
@@ -143,11 +148,13 @@ class ClipModel:
         # A service log (and make bench's table) is no terminal: no "Loading weights" bars.
         transformers.logging.disable_progress_bar()
         try:
-            _check_family(AutoConfig.from_pretrained(source, **cache_only), model_id)
-            clip = CLIPModel.from_pretrained(source, **cache_only).eval()
+            family = family_of(AutoConfig.from_pretrained(source, **cache_only), model_id)
+            model_class = getattr(transformers, family.model_class)
+            clip = model_class.from_pretrained(source, **cache_only).eval()
             tokenizer = AutoTokenizer.from_pretrained(source, **cache_only)
-            processor = CLIPImageProcessorPil.from_pretrained(source, **cache_only)
-        except (OSError, ValueError) as exc:
+            # The PIL backend: the same pixels as the authors' processor, without torchvision.
+            processor = AutoImageProcessor.from_pretrained(source, backend="pil", **cache_only)
+        except (OSError, ValueError, ImportError) as exc:
             why = (
                 f"the model hub at {hub.endpoint()} cannot be reached ({unreachable}) and no "
                 "copy of the model is cached here"
@@ -155,14 +162,14 @@ class ClipModel:
                 else str(exc)
             )
             raise ModelLoadError(
-                f"could not load the CLIP model {model_id!r}: {why}\n"
+                f"could not load the model {model_id!r}: {why}\n"
                 "Without internet access, download it on a connected machine "
                 "(`hf download openai/clip-vit-base-patch32 --local-dir ./models/clip`), copy "
                 "the folder here and set EMBED_MODEL to its path."
             ) from exc
         fingerprint = fingerprint_of(clip)
         clip = clip.to(torch_device)
-        max_tokens = int(clip.config.text_config.max_position_embeddings)
+        max_tokens = family.max_text_tokens(clip.config, tokenizer)
         root = cache_dir or onnx_export.default_cache_dir()
         flags = cpu_flags()
         threads_used = threads or torch.get_num_threads()
@@ -178,7 +185,9 @@ class ClipModel:
 
         def build(option: Option) -> Runtime:
             if option.runtime == "torch":
-                return TorchRuntime(clip, torch_device, option.precision, threads_used)
+                return TorchRuntime(
+                    clip, torch_device, option.precision, threads_used, text_mask=family.text_mask
+                )
             towers = onnx_export.exported(
                 clip,
                 cache_dir=root,
@@ -186,6 +195,7 @@ class ClipModel:
                 precision=option.precision,
                 device=torch_device,
                 reduce_range=option.precision == "int8" and not has_vnni(flags),
+                text_mask=family.text_mask,
             )
             return OnnxRuntime(towers.vision, towers.text, precision=option.precision,
                                device=torch_device, threads=threads_used)  # fmt: skip
@@ -205,13 +215,14 @@ class ClipModel:
             build,
             image_size=int(clip.config.vision_config.image_size),
             probe_batch=probe_batch,
-            tokenize=lambda texts: _ids(tokenize(tokenizer, texts, max_tokens)),
+            tokenize=lambda texts: _ids(tokenize(tokenizer, texts, max_tokens, family.padding)),
             verdicts=root / "runtime",
             key=key,
         )
         log.info(
-            "loaded %s on %s: %s %s (fingerprint %s)",
+            "loaded %s (%s) on %s: %s %s (fingerprint %s)",
             model_id,
+            family.name,
             torch_device,
             runtime.name,
             runtime.precision,
@@ -219,6 +230,7 @@ class ClipModel:
         )
         return cls(
             model_id=model_id,
+            family=family,
             config=clip.config,
             tokenizer=tokenizer,
             preprocessing=Preprocessing.from_processor(processor),
@@ -233,7 +245,7 @@ class ClipModel:
         return self.runtime.embed_pixels(pixels)
 
     def tokenize(self, texts: Sequence[str]) -> TokenizedTexts:
-        return tokenize(self._tokenizer, texts, self.max_text_tokens)
+        return tokenize(self._tokenizer, texts, self.max_text_tokens, self.family.padding)
 
     def embed_tokens(self, tokens: TokenizedTexts) -> Vectors:
         return self.runtime.embed_tokens(tokens.input_ids, tokens.attention_mask)
@@ -245,26 +257,9 @@ class ClipModel:
 CHARS_PER_TOKEN = 16
 
 
-# The checkpoints this version embeds exactly as their authors' code does.
-SUPPORTED_FAMILIES = {
-    "clip": "CLIP (OpenAI, LAION/OpenCLIP exports, MetaCLIP) in transformers format",
-}
-
-
-def _check_family(config: Any, model_id: str) -> None:
-    """Refuses a checkpoint of another family before it loads: transformers would load, say,
-    a MetaCLIP 2 checkpoint into CLIPModel with a warning, and its vectors would be wrong."""
-    found = str(getattr(config, "model_type", "") or "unknown")
-    if found not in SUPPORTED_FAMILIES:
-        architectures = ", ".join(getattr(config, "architectures", None) or []) or "none named"
-        raise ModelLoadError(
-            f"EMBED_MODEL={model_id!r} is a {found!r} checkpoint (architectures: "
-            f"{architectures}), and this version of embed_service embeds only "
-            f"{'; '.join(SUPPORTED_FAMILIES.values())}. Point EMBED_MODEL at such a checkpoint."
-        )
-
-
-def tokenize(tokenizer: Any, texts: Sequence[str], max_tokens: int) -> TokenizedTexts:
+def tokenize(
+    tokenizer: Any, texts: Sequence[str], max_tokens: int, padding: str = "longest"
+) -> TokenizedTexts:
     budget = CHARS_PER_TOKEN * max_tokens
     cut = [text[:budget] for text in texts]
     # Untruncated lengths first: that is the only way to tell the caller what was cut.
@@ -275,8 +270,9 @@ def tokenize(tokenizer: Any, texts: Sequence[str], max_tokens: int) -> Tokenized
         for ids, text in zip(lengths, texts, strict=True)
     ]
     encoded = tokenizer(
-        cut, padding=True, truncation=True, max_length=max_tokens, return_tensors="np"
-    )
+        cut, padding=padding, truncation=True, max_length=max_tokens, return_tensors="np",
+        return_attention_mask=True,
+    )  # fmt: skip
     return TokenizedTexts(
         encoded["input_ids"].astype(np.int64, copy=False),
         encoded["attention_mask"].astype(np.int64, copy=False),

@@ -80,6 +80,7 @@ class EmbedServicer(pb_grpc.EmbedServiceServicer):
             max_batch_size=info.max_batch_size,
             max_text_tokens=info.max_text_tokens,
             image_size=info.image_size,
+            family=info.family,
         )
 
 

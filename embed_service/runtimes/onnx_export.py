@@ -32,7 +32,8 @@ from embed_service.runtimes.towers import TextTower, VisionTower
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+# 2: the text tower of a family that reads no mask (SigLIP) takes the ids alone.
+FORMAT = 2
 OPSET = 18
 FILES = ("vision.onnx", "text.onnx")
 MANIFEST = "manifest.json"
@@ -81,6 +82,7 @@ def exported(
     precision: str,
     device: torch.device,
     reduce_range: bool = False,
+    text_mask: bool = True,
 ) -> Exported:
     """The cached ONNX towers of `clip` in `precision`, exporting them if needed."""
     key = export_key(fingerprint=fingerprint, precision=precision, reduce_range=reduce_range)
@@ -101,7 +103,8 @@ def exported(
             shutil.rmtree(entry, ignore_errors=True)
         started = time.perf_counter()
         try:
-            _export_into(entry, clip, key=key, device=device, reduce_range=reduce_range)
+            _export_into(entry, clip, key=key, device=device, reduce_range=reduce_range,
+                         text_mask=text_mask)  # fmt: skip
         except (OSError, RuntimeError, ValueError) as exc:
             raise ModelLoadError(
                 f"could not export the model to ONNX in {entry.parent} ({exc}); free space "
@@ -139,7 +142,7 @@ def verify(entry: Path, key: dict[str, Any]) -> str | None:
 
 
 def _export_into(entry: Path, clip: Any, *, key: dict[str, Any], device: torch.device,
-                 reduce_range: bool) -> None:  # fmt: skip
+                 reduce_range: bool, text_mask: bool) -> None:  # fmt: skip
     work = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
     try:
         precision = key["precision"]
@@ -147,7 +150,8 @@ def _export_into(entry: Path, clip: Any, *, key: dict[str, Any], device: torch.d
             clip = _half_copy(clip, device)
         raw = work / "raw" if precision == "int8" else work
         raw.mkdir(exist_ok=True)
-        _export_towers(clip, raw, device=device if precision == "fp16" else torch.device("cpu"))
+        _export_towers(clip, raw, device=device if precision == "fp16" else torch.device("cpu"),
+                       text_mask=text_mask)  # fmt: skip
         if precision == "int8":
             _quantize(raw, work, reduce_range=reduce_range)
             shutil.rmtree(raw)
@@ -162,7 +166,7 @@ def _export_into(entry: Path, clip: Any, *, key: dict[str, Any], device: torch.d
         raise
 
 
-def _export_towers(clip: Any, folder: Path, *, device: torch.device) -> None:
+def _export_towers(clip: Any, folder: Path, *, device: torch.device, text_mask: bool) -> None:
     size = int(clip.config.vision_config.image_size)
     dtype = next(clip.parameters()).dtype
     pixels = torch.zeros((2, 3, size, size), dtype=dtype, device=device)
@@ -184,13 +188,14 @@ def _export_towers(clip: Any, folder: Path, *, device: torch.device) -> None:
             opset_version=OPSET,
             dynamo=False,
         )
+        names = ["input_ids", "attention_mask"] if text_mask else ["input_ids"]
         torch.onnx.export(
-            TextTower(clip).eval(),
-            (ids, mask),
+            TextTower(clip, mask=text_mask).eval(),
+            (ids, mask) if text_mask else (ids,),
             str(folder / FILES[1]),
-            input_names=["input_ids", "attention_mask"],
+            input_names=names,
             output_names=["embeds"],
-            dynamic_axes={"input_ids": tokens, "attention_mask": tokens, "embeds": batch},
+            dynamic_axes={**{name: tokens for name in names}, "embeds": batch},
             opset_version=OPSET,
             dynamo=False,
         )

@@ -64,7 +64,9 @@ class OnnxRuntime:
 
     def embed_tokens(self, input_ids: Ids, attention_mask: Ids) -> Vectors:
         feed = {"input_ids": input_ids, "attention_mask": attention_mask}
-        return _float32(self._text.run(None, feed)[0])
+        # A tower that reads no mask (SigLIP) was exported without that input.
+        wanted = {node.name for node in self._text.get_inputs()}
+        return _float32(self._text.run(None, {k: v for k, v in feed.items() if k in wanted})[0])
 
 
 def _float32(array: Any) -> Vectors:

@@ -22,7 +22,15 @@ class TorchRuntime:
 
     name: RuntimeName = "torch"
 
-    def __init__(self, clip: Any, device: torch.device, precision: str, threads: int = 0) -> None:
+    def __init__(
+        self,
+        clip: Any,
+        device: torch.device,
+        precision: str,
+        threads: int = 0,
+        *,
+        text_mask: bool = True,
+    ) -> None:
         self.precision = precision
         self.device = device
         self._threads = threads or torch.get_num_threads()
@@ -37,7 +45,7 @@ class TorchRuntime:
         # Whatever runs in half precision without a cast copy: fp16 and bf16 on CUDA.
         self._autocast = precision == "fp16" or (precision == "bf16" and device.type != "cpu")
         self._vision = VisionTower(clip).eval()
-        self._text = TextTower(clip).eval()
+        self._text = TextTower(clip, mask=text_mask).eval()
 
     @contextlib.contextmanager
     def _forward(self) -> Iterator[None]:

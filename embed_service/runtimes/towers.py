@@ -21,14 +21,21 @@ class VisionTower(torch.nn.Module):
 
 
 class TextTower(torch.nn.Module):
-    """Token ids and mask -> unit text vectors (the graph exported to text.onnx)."""
+    """Token ids and mask -> unit text vectors (the graph exported to text.onnx). Without
+    `mask`, the mask is not passed on: SigLIP was trained without one, on padded texts."""
 
-    def __init__(self, clip: Any) -> None:
+    def __init__(self, clip: Any, *, mask: bool = True) -> None:
         super().__init__()
         self.clip = clip
+        self.mask = mask
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        out = self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if self.mask:
+            out = self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
+        else:
+            out = self.clip.get_text_features(input_ids=input_ids)
         return torch.nn.functional.normalize(_pooled(out).float(), dim=-1)
 
 

@@ -43,7 +43,7 @@ from embed_service.config import EmbedSettings
 from embed_service.cpu import cpu_flags, has_native_bf16
 from embed_service.errors import ModelLoadError
 from embed_service.images import prepare
-from embed_service.model import ClipModel
+from embed_service.model import EmbeddingModel
 from embed_service.runtimes.onnx_runtime import onnx_providers
 from embed_service.runtimes.race import options
 from tests.support.tiny_clip import build_clip
@@ -142,7 +142,7 @@ class Result:
         return self.service_texts / self.bare_texts
 
 
-def bare(model: ClipModel, pixels: np.ndarray, batch: int, seconds: float = 1.5) -> float:
+def bare(model: EmbeddingModel, pixels: np.ndarray, batch: int, seconds: float = 1.5) -> float:
     """Images/s of the loaded runtime alone, on pre-decoded pixels in full batches."""
     chunks = [pixels[i : i + batch] for i in range(0, len(pixels) - batch + 1, batch)]
     model.embed_pixels(chunks[0])
@@ -153,7 +153,7 @@ def bare(model: ClipModel, pixels: np.ndarray, batch: int, seconds: float = 1.5)
     return done / (time.perf_counter() - start)
 
 
-def bare_texts(model: ClipModel, batch: int) -> float:
+def bare_texts(model: EmbeddingModel, batch: int) -> float:
     tokens = [model.tokenize(TEXTS[i : i + batch]) for i in range(0, len(TEXTS), batch)]
     model.embed_tokens(tokens[0])
     start = time.perf_counter()

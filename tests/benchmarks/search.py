@@ -49,7 +49,7 @@ from imagesearch_client import Example, ImageSearchClient, VectorRecord
 
 from embed_service import server
 from embed_service.images import prepare
-from embed_service.model import ClipModel
+from embed_service.model import EmbeddingModel
 from search_service.domain import ModelInfo, Record
 from search_service.stores.local.builder import IDLE_BUILD_MIN, IDLE_BUILD_S
 from search_service.stores.local.store import LocalStore
@@ -489,7 +489,7 @@ def one_image(
 ) -> tuple[float, float]:
     """Median ms of one image's bare forward, on the runtime and precision embed_service
     runs, and of its decode and preprocessing, measured in this process."""
-    model = ClipModel.load(str(model_dir), backend=RUNTIMES[info.runtime],  # type: ignore[arg-type]
+    model = EmbeddingModel.load(str(model_dir), backend=RUNTIMES[info.runtime],  # type: ignore[arg-type]
                            precision=PRECISIONS[info.precision])  # type: ignore[arg-type]  # fmt: skip
     decode, forward = [], []
     for data in images * 2:

@@ -20,7 +20,7 @@ from transformers import CLIPModel
 
 from embed_service.errors import ModelLoadError
 from embed_service.images import prepare
-from embed_service.model import ClipModel, fingerprint_of
+from embed_service.model import EmbeddingModel, fingerprint_of
 from embed_service.runtimes import onnx_export, race
 from embed_service.runtimes.base import Runtime
 from embed_service.runtimes.race import Option
@@ -41,7 +41,7 @@ TOLERANCE = {
 }
 
 
-def pixels(model: ClipModel) -> np.ndarray:
+def pixels(model: EmbeddingModel) -> np.ndarray:
     images = [
         encode(picture(colour, shape=shape, size=(96 + 8 * shape, 80)))
         for colour in PALETTE
@@ -50,8 +50,8 @@ def pixels(model: ClipModel) -> np.ndarray:
     return np.stack([prepare(data, model.preprocessing, max_pixels=10**8) for data in images])
 
 
-def load(clip_dir: Path, cache: Path, backend: str, precision: str) -> ClipModel:
-    return ClipModel.load(
+def load(clip_dir: Path, cache: Path, backend: str, precision: str) -> EmbeddingModel:
+    return EmbeddingModel.load(
         str(clip_dir),
         device="cpu",
         backend=backend,  # type: ignore[arg-type]
@@ -62,7 +62,7 @@ def load(clip_dir: Path, cache: Path, backend: str, precision: str) -> ClipModel
     )
 
 
-def embeddings(model: ClipModel) -> tuple[np.ndarray, np.ndarray]:
+def embeddings(model: EmbeddingModel) -> tuple[np.ndarray, np.ndarray]:
     return model.embed_pixels(pixels(model)), model.embed_tokens(model.tokenize(TEXTS))
 
 

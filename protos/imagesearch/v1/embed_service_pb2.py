@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"imagesearch/v1/embed_service.proto\x12\x0eimagesearch.v1\x1a\x17google/rpc/status.proto\"$\n\x12\x45mbedImagesRequest\x12\x0e\n\x06images\x18\x01 \x03(\x0c\"_\n\x13\x45mbedImagesResponse\x12-\n\nembeddings\x18\x01 \x03(\x0b\x32\x19.imagesearch.v1.Embedding\x12\x19\n\x11model_fingerprint\x18\x02 \x01(\t\"\"\n\x11\x45mbedTextsRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"^\n\x12\x45mbedTextsResponse\x12-\n\nembeddings\x18\x01 \x03(\x0b\x32\x19.imagesearch.v1.Embedding\x12\x19\n\x11model_fingerprint\x18\x02 \x01(\t\"Q\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12!\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status\x12\x11\n\ttruncated\x18\x03 \x01(\x08\"\x15\n\x13GetModelInfoRequest\"\xfd\x01\n\x14GetModelInfoResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\x05\x12\x13\n\x0b\x66ingerprint\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12,\n\tprecision\x18\x05 \x01(\x0e\x32\x19.imagesearch.v1.Precision\x12\x16\n\x0emax_batch_size\x18\x06 \x01(\x05\x12\x17\n\x0fmax_text_tokens\x18\x07 \x01(\x05\x12\x12\n\nimage_size\x18\x08 \x01(\x05\x12(\n\x07runtime\x18\t \x01(\x0e\x32\x17.imagesearch.v1.Runtime*\x80\x01\n\tPrecision\x12\x19\n\x15PRECISION_UNSPECIFIED\x10\x00\x12\x15\n\x11PRECISION_FLOAT32\x10\x01\x12\x16\n\x12PRECISION_BFLOAT16\x10\x02\x12\x15\n\x11PRECISION_FLOAT16\x10\x03\x12\x12\n\x0ePRECISION_INT8\x10\x04*G\n\x07Runtime\x12\x17\n\x13RUNTIME_UNSPECIFIED\x10\x00\x12\x11\n\rRUNTIME_TORCH\x10\x01\x12\x10\n\x0cRUNTIME_ONNX\x10\x02\x32\x96\x02\n\x0c\x45mbedService\x12V\n\x0b\x45mbedImages\x12\".imagesearch.v1.EmbedImagesRequest\x1a#.imagesearch.v1.EmbedImagesResponse\x12S\n\nEmbedTexts\x12!.imagesearch.v1.EmbedTextsRequest\x1a\".imagesearch.v1.EmbedTextsResponse\x12Y\n\x0cGetModelInfo\x12#.imagesearch.v1.GetModelInfoRequest\x1a$.imagesearch.v1.GetModelInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"imagesearch/v1/embed_service.proto\x12\x0eimagesearch.v1\x1a\x17google/rpc/status.proto\"$\n\x12\x45mbedImagesRequest\x12\x0e\n\x06images\x18\x01 \x03(\x0c\"_\n\x13\x45mbedImagesResponse\x12-\n\nembeddings\x18\x01 \x03(\x0b\x32\x19.imagesearch.v1.Embedding\x12\x19\n\x11model_fingerprint\x18\x02 \x01(\t\"\"\n\x11\x45mbedTextsRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"^\n\x12\x45mbedTextsResponse\x12-\n\nembeddings\x18\x01 \x03(\x0b\x32\x19.imagesearch.v1.Embedding\x12\x19\n\x11model_fingerprint\x18\x02 \x01(\t\"Q\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12!\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status\x12\x11\n\ttruncated\x18\x03 \x01(\x08\"\x15\n\x13GetModelInfoRequest\"\x8d\x02\n\x14GetModelInfoResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\x05\x12\x13\n\x0b\x66ingerprint\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12,\n\tprecision\x18\x05 \x01(\x0e\x32\x19.imagesearch.v1.Precision\x12\x16\n\x0emax_batch_size\x18\x06 \x01(\x05\x12\x17\n\x0fmax_text_tokens\x18\x07 \x01(\x05\x12\x12\n\nimage_size\x18\x08 \x01(\x05\x12(\n\x07runtime\x18\t \x01(\x0e\x32\x17.imagesearch.v1.Runtime\x12\x0e\n\x06\x66\x61mily\x18\n \x01(\t*\x80\x01\n\tPrecision\x12\x19\n\x15PRECISION_UNSPECIFIED\x10\x00\x12\x15\n\x11PRECISION_FLOAT32\x10\x01\x12\x16\n\x12PRECISION_BFLOAT16\x10\x02\x12\x15\n\x11PRECISION_FLOAT16\x10\x03\x12\x12\n\x0ePRECISION_INT8\x10\x04*G\n\x07Runtime\x12\x17\n\x13RUNTIME_UNSPECIFIED\x10\x00\x12\x11\n\rRUNTIME_TORCH\x10\x01\x12\x10\n\x0cRUNTIME_ONNX\x10\x02\x32\x96\x02\n\x0c\x45mbedService\x12V\n\x0b\x45mbedImages\x12\".imagesearch.v1.EmbedImagesRequest\x1a#.imagesearch.v1.EmbedImagesResponse\x12S\n\nEmbedTexts\x12!.imagesearch.v1.EmbedTextsRequest\x1a\".imagesearch.v1.EmbedTextsResponse\x12Y\n\x0cGetModelInfo\x12#.imagesearch.v1.GetModelInfoRequest\x1a$.imagesearch.v1.GetModelInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'imagesearch.v1.embed_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PRECISION']._serialized_start=709
-  _globals['_PRECISION']._serialized_end=837
-  _globals['_RUNTIME']._serialized_start=839
-  _globals['_RUNTIME']._serialized_end=910
+  _globals['_PRECISION']._serialized_start=725
+  _globals['_PRECISION']._serialized_end=853
+  _globals['_RUNTIME']._serialized_start=855
+  _globals['_RUNTIME']._serialized_end=926
   _globals['_EMBEDIMAGESREQUEST']._serialized_start=79
   _globals['_EMBEDIMAGESREQUEST']._serialized_end=115
   _globals['_EMBEDIMAGESRESPONSE']._serialized_start=117
@@ -49,7 +49,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETMODELINFOREQUEST']._serialized_start=429
   _globals['_GETMODELINFOREQUEST']._serialized_end=450
   _globals['_GETMODELINFORESPONSE']._serialized_start=453
-  _globals['_GETMODELINFORESPONSE']._serialized_end=706
-  _globals['_EMBEDSERVICE']._serialized_start=913
-  _globals['_EMBEDSERVICE']._serialized_end=1191
+  _globals['_GETMODELINFORESPONSE']._serialized_end=722
+  _globals['_EMBEDSERVICE']._serialized_start=929
+  _globals['_EMBEDSERVICE']._serialized_end=1207
 # @@protoc_insertion_point(module_scope)

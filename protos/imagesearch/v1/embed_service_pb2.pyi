@@ -73,7 +73,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetModelInfoResponse(_message.Message):
-    __slots__ = ("model_id", "dimension", "fingerprint", "device", "precision", "max_batch_size", "max_text_tokens", "image_size", "runtime")
+    __slots__ = ("model_id", "dimension", "fingerprint", "device", "precision", "max_batch_size", "max_text_tokens", "image_size", "runtime", "family")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +83,7 @@ class GetModelInfoResponse(_message.Message):
     MAX_TEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     IMAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     dimension: int
     fingerprint: str
@@ -92,4 +93,5 @@ class GetModelInfoResponse(_message.Message):
     max_text_tokens: int
     image_size: int
     runtime: Runtime
-    def __init__(self, model_id: _Optional[str] = ..., dimension: _Optional[int] = ..., fingerprint: _Optional[str] = ..., device: _Optional[str] = ..., precision: _Optional[_Union[Precision, str]] = ..., max_batch_size: _Optional[int] = ..., max_text_tokens: _Optional[int] = ..., image_size: _Optional[int] = ..., runtime: _Optional[_Union[Runtime, str]] = ...) -> None: ...
+    family: str
+    def __init__(self, model_id: _Optional[str] = ..., dimension: _Optional[int] = ..., fingerprint: _Optional[str] = ..., device: _Optional[str] = ..., precision: _Optional[_Union[Precision, str]] = ..., max_batch_size: _Optional[int] = ..., max_text_tokens: _Optional[int] = ..., image_size: _Optional[int] = ..., runtime: _Optional[_Union[Runtime, str]] = ..., family: _Optional[str] = ...) -> None: ...
