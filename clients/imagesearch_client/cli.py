@@ -1,4 +1,5 @@
-"""`imagesearch`: index folders and CIFAR archives, query, and inspect a search_service.
+"""`imagesearch`: index folders and CIFAR archives, query, inspect a search_service, and
+move its store to a new model (reembed).
 
 Results go to stdout (a table, or one JSON document with --json); progress and
 errors go to stderr. Exit status: 0 done; 1 nothing could be stored or the request
@@ -20,6 +21,7 @@ from imagesearch.security import SecurityConfigError
 from tqdm import tqdm
 
 from imagesearch_client.cli_common import json_filter, print_table
+from imagesearch_client.cli_reembed import add_reembed_command
 from imagesearch_client.cli_search import add_search_commands
 from imagesearch_client.client import ImageRecord, ImageSearchClient
 from imagesearch_client.errors import ImageSearchError, Unavailable
@@ -335,6 +337,8 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("file", metavar="IN", help="a file written by `imagesearch export`")
     load.add_argument("--skip", type=int, default=0, help="start at this row (to resume)")
     load.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    add_reembed_command(command)
 
     web = command(
         "web", _web, "serve the web gallery (browse, Index, click for similar images)",

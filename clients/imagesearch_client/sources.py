@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ from imagesearch.ids import content_id
 from PIL import Image
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+# The ids `cifar_images` gives: CIFAR10.123, CIFAR100.test.45.
+CIFAR_ID = re.compile(r"^CIFAR(10|100)\.(test\.)?\d+$")
 # A file a record names is read whole; anything larger is no photo (or is /dev/zero).
 MAX_IMAGE_FILE_BYTES = 64 * 2**20
 

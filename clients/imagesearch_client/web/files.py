@@ -8,19 +8,17 @@ point out are refused alike.
 from __future__ import annotations
 
 import io
-import re
 import threading
 from collections import OrderedDict
 from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from imagesearch_client.sources import cifar_images, inside
+from imagesearch_client.sources import CIFAR_ID, cifar_images, inside
 
 THUMB_PX = 160
 THUMB_QUALITY = 80
 CACHE_ENTRIES = 4096
-CIFAR_ID = re.compile(r"^CIFAR(10|100)\.(test\.)?\d+$")
 
 
 def thumbnail(data: bytes | Path) -> bytes:

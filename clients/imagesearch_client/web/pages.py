@@ -16,7 +16,7 @@ from html import escape
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from imagesearch_client.web.files import CIFAR_ID
+from imagesearch_client.sources import CIFAR_ID
 
 PLACEHOLDER = "/static/placeholder.svg"
 
