@@ -24,7 +24,7 @@ class EmbedSettings(BaseSettings):
         default="openai/clip-vit-base-patch32",
         description=(
             "A Hugging Face hub id or a local directory saved with save_pretrained, of a "
-            "supported family: clip, siglip, metaclip_2, chinese_clip, altclip."
+            "supported family: clip, siglip, siglip2 (NaFlex), metaclip_2, chinese_clip, altclip."
         ),
     )
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")

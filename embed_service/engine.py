@@ -151,15 +151,12 @@ class EmbedEngine:
         await self._texts.start()
 
     def _warm_both_towers(self) -> None:
-        size = self._model.image_size
-        self._model.embed_pixels(np.zeros((1, 3, size, size), dtype=np.float32))
+        self._model.embed_pixels(self._model.preprocessing.probe(1))
         self._model.embed_tokens(self._model.tokenize(["a photo"]))
 
     async def warm_up(self) -> None:
         """Runs each tower once so the first caller does not pay for lazy init."""
-        size = self._model.image_size
-        pixels = np.zeros((3, size, size), dtype=np.float32)
-        await self._images.submit([pixels])
+        await self._images.submit([self._model.preprocessing.probe(1)[0]])
         await self._texts.submit(["a photo"])
 
     async def stop(self) -> None:

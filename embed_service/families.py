@@ -2,9 +2,10 @@
 transformers class that loads it, how its texts are tokenized, and its sizes.
 
 A family is named by the checkpoint's `model_type`. Every one listed here offers
-`get_image_features` and `get_text_features` over a square image of a fixed size and
-token ids; its image processor (read from the checkpoint, PIL backend) says how the image
-is resized, cropped or not, and normalized. Anything else is refused at start.
+`get_image_features` and `get_text_features` over token ids and a square image of a fixed
+size, or (SigLIP 2 NaFlex) a budget of patches at the image's own aspect ratio; its image
+processor (read from the checkpoint, PIL backend) says how the image is resized, cropped
+or not, and normalized. Anything else is refused at start.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class Family:
     text_positions: Callable[[Any], int] = lambda config: int(
         config.text_config.max_position_embeddings
     )
+    # Images as a budget of patches at their own aspect ratio (NaFlex), not a fixed square.
+    naflex: bool = False
 
     def max_text_tokens(self, config: Any, tokenizer: Any) -> int:
         """What the tokenizer may produce and the tower can read, the smaller of the two."""
@@ -68,6 +71,15 @@ FAMILIES: dict[str, Family] = {
             dimension=lambda config: int(config.vision_config.hidden_size),
         ),
         Family(
+            "siglip2",
+            "SigLIP 2 NaFlex (google/siglip2-*-naflex: each image at its own aspect ratio)",
+            "Siglip2Model",
+            padding="max_length",
+            text_mask=False,
+            dimension=lambda config: int(config.vision_config.hidden_size),
+            naflex=True,
+        ),
+        Family(
             "metaclip_2",
             "MetaCLIP 2 (facebook/metaclip-2-worldwide-*, multilingual)",
             "MetaClip2Model",
@@ -97,9 +109,7 @@ FAMILIES: dict[str, Family] = {
 
 # Families transformers knows that this version does not embed, and why.
 REFUSED = {
-    "siglip2": "SigLIP 2 NaFlex checkpoints (variable patch counts) are not supported yet; "
-    "the fixed-resolution SigLIP 2 checkpoints (model_type siglip) are",
-    "align": "ALIGN's EfficientNet processor is not supported",
+    "align": "ALIGN's EfficientNet processor (its own rescale offset) is not supported",
 }
 
 

@@ -25,6 +25,7 @@ anything is decoded, and high-bit-depth pixels are scaled a strip at a time.
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -71,6 +72,8 @@ _STRIP_PIXELS = 1 << 20
 _ICO_MAGIC = b"\x00\x00\x01\x00"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _SRGB = ImageCms.createProfile("sRGB")
+# A draft size no JPEG reaches: decoded at full size.
+FULL_SIZE = 1 << 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +90,10 @@ class Preprocessing:
     resample: Image.Resampling = Image.Resampling.BICUBIC
     resize_height: int = 0
     resize_width: int = 0
+    # NaFlex (SigLIP 2): each image resized to at most max_patches patches of patch_size
+    # at its own aspect ratio, then cut into them (see to_patches).
+    patch_size: int = 0
+    max_patches: int = 0
 
     @classmethod
     def from_processor(cls, processor: Any) -> Preprocessing:
@@ -99,10 +106,18 @@ class Preprocessing:
                 f"the checkpoint's image processor ({name}) does not resize and scale pixels "
                 "by 1/255 as the supported families do"
             )
-        size = processor.size
         mean, std = processor.image_mean, processor.image_std
         if not processor.do_normalize:
             mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+        if getattr(processor, "max_num_patches", None):
+            return cls(
+                shortest_edge=0, crop_height=0, crop_width=0,
+                mean=(float(mean[0]), float(mean[1]), float(mean[2])),
+                std=(float(std[0]), float(std[1]), float(std[2])),
+                resample=Image.Resampling(int(processor.resample)),
+                patch_size=int(processor.patch_size), max_patches=int(processor.max_num_patches),
+            )  # fmt: skip
+        size = processor.size
         shortest = int(size.shortest_edge or 0)
         if shortest:
             height = width = 0
@@ -127,8 +142,31 @@ class Preprocessing:
 
     @property
     def min_side(self) -> int:
-        """The shortest side a decode may reduce an image to and still resize as asked."""
+        """The shortest side a decode may reduce an image to and still resize as asked
+        (NaFlex: the image's own size, which the patch budget's resize starts from)."""
+        if self.max_patches:
+            return FULL_SIZE
         return self.shortest_edge or max(self.resize_height, self.resize_width)
+
+    @property
+    def square_side(self) -> int:
+        """The side of the square image the model sees; for NaFlex, that of a square
+        image's patches at the full budget."""
+        if self.max_patches:
+            return self.patch_size * math.isqrt(self.max_patches)
+        return self.crop_height
+
+    def probe(self, count: int, seed: int = 0) -> npt.NDArray[np.float32]:
+        """`count` inputs of random pixels, shaped as prepare() shapes a real image's."""
+        rng = np.random.default_rng(seed)
+        if not self.max_patches:
+            shape = (count, 3, self.crop_height, self.crop_width)
+            return rng.standard_normal(shape, dtype=np.float32)
+        side = math.isqrt(self.max_patches)
+        out = np.zeros((count, self.max_patches + 1, 3 * self.patch_size**2), np.float32)
+        out[:, 0, :2] = side
+        out[:, 1 : 1 + side * side] = rng.standard_normal(out[:, 1 : 1 + side * side].shape)
+        return out
 
 
 def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
@@ -327,7 +365,36 @@ def to_pixels(image: Image.Image, spec: Preprocessing) -> npt.NDArray[np.float32
 def prepare(data: bytes, spec: Preprocessing, *, max_pixels: int) -> npt.NDArray[np.float32]:
     """Encoded bytes -> model input. Raises an ItemError subclass for a bad image."""
     image = decode(data, max_pixels=max_pixels, min_side=spec.min_side)
+    if spec.max_patches:
+        return to_patches(image, spec)
     return to_pixels(resize_and_crop(image, spec), spec)
+
+
+def to_patches(image: Image.Image, spec: Preprocessing) -> npt.NDArray[np.float32]:
+    """NaFlex: the image resized as Siglip2ImageProcessor resizes it (the largest size of
+    whole patches, at its aspect ratio, within the budget), normalized and cut into patches.
+
+    One array per image, so images of any aspect ratio batch together: row 0 holds the
+    patch grid's height and width, rows 1.. the patches (channels last within a patch, as
+    the processor orders them), zero past the image's own; the vision tower unpacks it."""
+    from transformers.models.siglip2.image_processing_pil_siglip2 import (
+        get_image_size_for_max_num_patches,
+    )
+
+    p = spec.patch_size
+    height, width = get_image_size_for_max_num_patches(
+        image_height=image.height, image_width=image.width, patch_size=p,
+        max_num_patches=spec.max_patches,
+    )  # fmt: skip
+    if (width, height) != image.size:
+        image = image.resize((width, height), resample=spec.resample)
+    pixels = to_pixels(image, spec)
+    rows, columns = height // p, width // p
+    patches = pixels.reshape(3, rows, p, columns, p).transpose(1, 3, 2, 4, 0)
+    out = np.zeros((spec.max_patches + 1, 3 * p * p), np.float32)
+    out[0, :2] = (rows, columns)
+    out[1 : 1 + rows * columns] = patches.reshape(rows * columns, 3 * p * p)
+    return out
 
 
 def _describe(exc: Exception) -> str:

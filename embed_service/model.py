@@ -93,7 +93,7 @@ class EmbeddingModel:
         self.fingerprint = fingerprint
         self.timings = list(timings)
         self.dimension = family.dimension(config)
-        self.image_size = int(config.vision_config.image_size)
+        self.image_size = preprocessing.square_side
         self.max_text_tokens = family.max_text_tokens(config, tokenizer)
 
     @property
@@ -182,12 +182,14 @@ class EmbeddingModel:
             native_bf16=has_native_bf16(flags),
             onnx_providers=providers,
         )
+        if family.naflex:
+            candidates = _torch_only(candidates, model_id)
+        preprocessing = Preprocessing.from_processor(processor)
 
         def build(option: Option) -> Runtime:
             if option.runtime == "torch":
-                return TorchRuntime(
-                    clip, torch_device, option.precision, threads_used, text_mask=family.text_mask
-                )
+                return TorchRuntime(clip, torch_device, option.precision, threads_used,
+                                    text_mask=family.text_mask, naflex=family.naflex)  # fmt: skip
             towers = onnx_export.exported(
                 clip,
                 cache_dir=root,
@@ -213,8 +215,7 @@ class EmbeddingModel:
         runtime, timings = race.choose(
             candidates,
             build,
-            image_size=int(clip.config.vision_config.image_size),
-            probe_batch=probe_batch,
+            pixels=preprocessing.probe(probe_batch),
             tokenize=lambda texts: _ids(tokenize(tokenizer, texts, max_tokens, family.padding)),
             verdicts=root / "runtime",
             key=key,
@@ -233,7 +234,7 @@ class EmbeddingModel:
             family=family,
             config=clip.config,
             tokenizer=tokenizer,
-            preprocessing=Preprocessing.from_processor(processor),
+            preprocessing=preprocessing,
             runtime=runtime,
             device=torch_device,
             fingerprint=fingerprint,
@@ -249,6 +250,21 @@ class EmbeddingModel:
 
     def embed_tokens(self, tokens: TokenizedTexts) -> Vectors:
         return self.runtime.embed_tokens(tokens.input_ids, tokens.attention_mask)
+
+
+def _torch_only(candidates: list[Option], model_id: str) -> list[Option]:
+    """A NaFlex vision tower resizes its position embeddings to each image's patch grid: an
+    exported (traced) graph would keep the grid it was traced with, so only torch runs it."""
+    kept = [c for c in candidates if c.runtime == "torch"]
+    if not kept:
+        raise ModelLoadError(
+            f"EMBED_MODEL={model_id!r} is a SigLIP 2 NaFlex checkpoint, which only torch runs "
+            "(an ONNX export would fix every image to one patch grid); set EMBED_BACKEND=torch "
+            "or auto"
+        )
+    if len(kept) < len(candidates):
+        log.info("ONNX Runtime left out of the race: a NaFlex tower runs on torch only")
+    return kept
 
 
 # A token spans at least one character, and ordinary text's about four: the first

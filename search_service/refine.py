@@ -49,19 +49,21 @@ def collapse(pool: Sequence[ScoredRecord], threshold: float, keep: int | None) -
     `threshold`; a dropped record goes to the best-scoring kept record it is that close to.
     With `keep`, stops once that many are kept (later records are not examined)."""
     picks: list[Pick] = []
-    kept: list[Vector] = []
+    kept: npt.NDArray[np.float32] | None = None  # the kept vectors, a row each, filled in turn
     for record in pool:
         if keep is not None and len(picks) >= keep:
             break
         vector = _values(record)
-        if kept:
-            cosines = np.stack(kept) @ vector
+        if kept is None:
+            kept = np.empty((min(len(pool), keep or len(pool)), len(vector)), np.float32)
+        else:
+            cosines = kept[: len(picks)] @ vector
             close = np.flatnonzero(cosines >= threshold - COSINE_TOLERANCE)
             if close.size:
                 picks[int(close[0])].collapsed.append(record.id)  # picks are in score order
                 continue
+        kept[len(picks)] = vector
         picks.append(Pick(record))
-        kept.append(vector)
     return picks
 
 

@@ -117,8 +117,7 @@ def choose(
     candidates: list[Option],
     build: Callable[[Option], Runtime],
     *,
-    image_size: int,
-    probe_batch: int,
+    pixels: np.ndarray,
     tokenize: Callable[[list[str]], tuple[Ids, Ids]],
     verdicts: Path | None,
     key: dict[str, Any],
@@ -127,7 +126,7 @@ def choose(
     if len(candidates) == 1:
         return build(candidates[0]), []
     if verdicts is None:
-        return _race(candidates, build, image_size, probe_batch, tokenize)
+        return _race(candidates, build, pixels, tokenize)
     try:
         verdicts.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -142,7 +141,7 @@ def choose(
             option, timings = cached
             log.info("runtime: %s (measured on an earlier start, %s)", option, path)
             return build(option), timings
-        runtime, timings = _race(candidates, build, image_size, probe_batch, tokenize)
+        runtime, timings = _race(candidates, build, pixels, tokenize)
         if len(timings) < len(candidates):
             # A runtime was left out (a failed export): race again on the next start
             # rather than keep a verdict that never saw it.
@@ -162,12 +161,9 @@ def choose(
 def _race(
     candidates: list[Option],
     build: Callable[[Option], Runtime],
-    image_size: int,
-    probe_batch: int,
+    pixels: np.ndarray,
     tokenize: Callable[[list[str]], tuple[Ids, Ids]],
 ) -> tuple[Runtime, list[Timing]]:
-    rng = np.random.default_rng(0)
-    pixels = rng.standard_normal((probe_batch, 3, image_size, image_size), dtype=np.float32)
     ids, mask = tokenize(list(PROBE_TEXTS))
     reference: tuple[np.ndarray, np.ndarray] | None = None
     best: tuple[float, Runtime] | None = None
@@ -193,7 +189,7 @@ def _race(
         while runs < 3 and (runs == 0 or time.perf_counter() - started < RACE_SECONDS):
             runtime.embed_pixels(pixels)
             runs += 1
-        rate = runs * probe_batch / (time.perf_counter() - started)
+        rate = runs * len(pixels) / (time.perf_counter() - started)
         timings.append(Timing(str(option), round(rate, 2), round(cosine, 6)))
         floor = MIN_COSINE_INT8 if option.precision == "int8" else MIN_COSINE
         if cosine >= floor and (best is None or rate > best[0]):

@@ -30,6 +30,7 @@ class TorchRuntime:
         threads: int = 0,
         *,
         text_mask: bool = True,
+        naflex: bool = False,
     ) -> None:
         self.precision = precision
         self.device = device
@@ -44,7 +45,7 @@ class TorchRuntime:
             self._pixels_dtype = torch.bfloat16
         # Whatever runs in half precision without a cast copy: fp16 and bf16 on CUDA.
         self._autocast = precision == "fp16" or (precision == "bf16" and device.type != "cpu")
-        self._vision = VisionTower(clip).eval()
+        self._vision = VisionTower(clip, naflex=naflex).eval()
         self._text = TextTower(clip, mask=text_mask).eval()
 
     @contextlib.contextmanager

@@ -9,14 +9,25 @@ import torch
 
 
 class VisionTower(torch.nn.Module):
-    """Pixels -> unit image vectors (the graph exported to vision.onnx)."""
+    """Pixels -> unit image vectors (the graph exported to vision.onnx). With `naflex`, each
+    input is images.to_patches' packing: row 0 the patch grid, then the patches."""
 
-    def __init__(self, clip: Any) -> None:
+    def __init__(self, clip: Any, *, naflex: bool = False) -> None:
         super().__init__()
         self.clip = clip
+        self.naflex = naflex
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        out = self.clip.get_image_features(pixel_values=pixel_values)
+        if self.naflex:
+            grid = pixel_values[:, 0, :2].round().long()
+            patches = pixel_values[:, 1:]
+            used = torch.arange(patches.shape[1], device=patches.device)[None, :]
+            mask = (used < (grid[:, 0] * grid[:, 1])[:, None]).long()
+            out = self.clip.get_image_features(
+                pixel_values=patches, pixel_attention_mask=mask, spatial_shapes=grid
+            )
+        else:
+            out = self.clip.get_image_features(pixel_values=pixel_values)
         return torch.nn.functional.normalize(_pooled(out).float(), dim=-1)
 
 

@@ -1,11 +1,12 @@
 """`make bench`: embed_service throughput, the machine's limits, and the tutorial way.
 
-Everything uses a ViT-B/32-sized CLIP with random weights (as costly as the real one)
-and the same 640x480 JPEGs, in one process, one run:
+Everything uses one model, EMBED_MODEL or a `--model` of random weights built here at a
+real checkpoint's size (as costly as the real one), and the same 640x480 JPEGs, in one
+process, one run:
 - the machine: GEMM GFLOP/s (fp32; bf16 where native) and the vision tower's GFLOP per
   image, hence each precision's ceiling in images/s;
 - the baseline, the Node.js seed's loop: one image at a time through the processor and
-  the full CLIP forward with an empty text;
+  the full model forward with an empty text;
 - for each runtime x precision this machine has: its bare forward (pre-decoded pixels,
   batches of EMBED_MODEL_BATCH_SIZE, straight into the loaded runtime, one pass per lane
   at once as the service runs a backlog; one pass on every thread beside it) and the
@@ -13,7 +14,8 @@ and the same 640x480 JPEGs, in one process, one run:
   service / bare.
 Ratios are what carry across machines; the absolute numbers are this machine's.
 
-    python -m tests.benchmarks.embed [--images 192] [--clients 8] [--only torch:fp32 onnx:int8]
+    python -m tests.benchmarks.embed [--model siglip-b16-224] [--images 192] [--clients 8]
+                                     [--only torch:fp32 onnx:int8]
 """
 
 from __future__ import annotations
@@ -33,20 +35,22 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 import torch
+import transformers
 from imagesearch.v1 import embed_service_pb2 as pb
 from imagesearch.v1 import embed_service_pb2_grpc as pb_grpc
 from PIL import Image
-from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPModel
+from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 
 from embed_service.app import EmbedApp
 from embed_service.config import EmbedSettings
 from embed_service.cpu import cpu_flags, has_native_bf16
 from embed_service.errors import ModelLoadError
+from embed_service.families import FAMILIES
 from embed_service.images import prepare
 from embed_service.model import EmbeddingModel
 from embed_service.runtimes.onnx_runtime import onnx_providers
 from embed_service.runtimes.race import options
-from tests.support.tiny_clip import build_clip
+from tests.support.tiny_families import build_family
 
 CACHE = Path(os.environ.get("BENCH_DIR", ".bench"))
 
@@ -66,12 +70,29 @@ def photos(count: int, seed: int = 0) -> list[bytes]:
     return out
 
 
-def tutorial_loop(model_dir: Path, images: list[bytes]) -> float:
-    """Images/s of the seed's way: one image per full CLIP forward with an empty text."""
-    model = CLIPModel.from_pretrained(model_dir).eval()
+# What --model builds: random weights at the size of the checkpoint named.
+MODELS = {
+    "clip-b32": ("clip", "openai/clip-vit-base-patch32"),
+    "siglip-b16-224": ("siglip", "google/siglip-base-patch16-224"),
+}
+
+
+def loaded(model: str | Path) -> tuple[Any, Any]:
+    """The model (by its family's class) and its config, as transformers loads them."""
+    config = AutoConfig.from_pretrained(model)
+    family = FAMILIES[config.model_type]
+    return getattr(transformers, family.model_class).from_pretrained(model).eval(), config
+
+
+def tutorial_loop(model_dir: str | Path, images: list[bytes]) -> float:
+    """Images/s of the seed's way: one image per full forward with an empty text."""
+    model, config = loaded(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    processor = CLIPImageProcessorPil.from_pretrained(model_dir)
-    text = tokenizer([""], padding=True, truncation=True, return_tensors="pt")
+    processor = AutoImageProcessor.from_pretrained(model_dir, backend="pil")
+    padding = FAMILIES[config.model_type].padding
+    text = tokenizer([""], padding=padding, truncation=True, return_tensors="pt")
+    if not FAMILIES[config.model_type].text_mask:
+        del text["attention_mask"]
 
     def one(data: bytes) -> None:
         image = Image.open(io.BytesIO(data)).convert("RGB")
@@ -112,11 +133,11 @@ def gemm_gflops(dtype: torch.dtype, size: int = 2048, seconds: float = 1.0) -> f
     return 2 * size**3 * runs / (time.perf_counter() - start) / 1e9
 
 
-def vision_gflop(model_dir: Path) -> float:
+def vision_gflop(model_dir: str | Path) -> float:
     """FLOPs of one image through the vision tower and projection, counted by torch."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = CLIPModel.from_pretrained(model_dir).eval()
+    model, _ = loaded(model_dir)
     size = model.config.vision_config.image_size
     counter = FlopCounterMode(display=False)
     with counter, torch.inference_mode():
@@ -186,7 +207,7 @@ async def service_texts(stub: pb_grpc.EmbedServiceStub) -> float:
 
 
 async def measure(
-    model_dir: Path, images: list[bytes], *, runtime: str, precision: str, clients: int,
+    model_dir: str | Path, images: list[bytes], *, runtime: str, precision: str, clients: int,
     per_request: int, cache: Path, extra: dict[str, str],
 ) -> Result:  # fmt: skip
     """The service's images/s and texts/s, then the same loaded runtime's bare forward."""
@@ -273,6 +294,18 @@ def available(only: list[str] | None) -> list[tuple[str, str]]:
     return found
 
 
+def bench_model(name: str | None) -> str | Path:
+    """What the bench runs: EMBED_MODEL as the service would load it, or a built model."""
+    if name is None and os.environ.get("EMBED_MODEL"):
+        return os.environ["EMBED_MODEL"]
+    family, like = MODELS[name or "clip-b32"]
+    folder = CACHE / f"{name or 'clip-b32'}-random"
+    if not (folder / "config.json").exists():
+        print(f"building a {like}-sized {family} with random weights in {folder} ...")
+        build_family(folder, family, size="base")
+    return folder
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=192, help="per round")
@@ -280,20 +313,23 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--per-request", type=int, default=8)
     parser.add_argument("--only", nargs="+", help="runtime:precision pairs, e.g. onnx:int8")
+    parser.add_argument(
+        "--model", choices=sorted(MODELS),
+        help="build a model of random weights at this size (default: $EMBED_MODEL if set, "
+        "else clip-b32)",
+    )  # fmt: skip
     parser.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE",
                         help="service settings, e.g. decode_workers=1")  # fmt: skip
     args = parser.parse_args()
     started = time.perf_counter()
 
-    model_dir = CACHE / "clip-vit-b32-random"
-    if not (model_dir / "config.json").exists():
-        print(f"building a ViT-B/32-sized CLIP with random weights in {model_dir} ...")
-        build_clip(model_dir, size="base")
+    model_dir = bench_model(args.model)
     cache = CACHE / "runtime-cache"
     images = photos(args.images)
     flags = cpu_flags()
     import onnxruntime
 
+    print(f"model: {model_dir} ({AutoConfig.from_pretrained(model_dir).model_type})")
     print(
         f"machine: {os.cpu_count()} cores, flags {' '.join(f for f in FLAGS_SHOWN if f in flags)}; "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads, "
@@ -311,9 +347,7 @@ def main() -> None:
     )
 
     baseline = apart(tutorial_loop, model_dir, images[: args.baseline_images])
-    print(
-        f"tutorial loop (1 image per full CLIP forward, empty text, fp32): {baseline:.2f} images/s"
-    )
+    print(f"tutorial loop (1 image per full forward, empty text, fp32): {baseline:.2f} images/s")
     results = []
     print(f"{'runtime':14s} {'bare img/s':>10s} {'service':>8s} {'effic.':>7s} {'vs tut.':>7s}"
           f" {'bare txt/s':>10s} {'service':>8s} {'effic.':>7s}")  # fmt: skip

@@ -224,16 +224,16 @@ def test_the_race_never_picks_a_runtime_whose_vectors_drift(clip_dir: Path) -> N
         return t.input_ids, t.attention_mask
 
     options = [Option("torch", "fp32"), Option("torch", "bf16")]
-    runtime, timings = race.choose(options, build, image_size=model.image_size,
-        probe_batch=4, tokenize=tokens, verdicts=None, key={})  # fmt: skip
+    runtime, timings = race.choose(options, build, pixels=model.preprocessing.probe(4),
+        tokenize=tokens, verdicts=None, key={})  # fmt: skip
     assert (runtime.name, runtime.precision) == ("torch", "fp32")
     assert [t.option for t in timings] == ["torch fp32", "torch bf16"]
     assert timings[0].cosine == pytest.approx(1.0, abs=1e-6)
     assert timings[1].cosine < 0.9
 
     with pytest.raises(ModelLoadError, match="EMBED_BACKEND"):
-        race.choose(options[1:] * 2, build, image_size=model.image_size,
-            probe_batch=4, tokenize=tokens, verdicts=None, key={})  # fmt: skip
+        race.choose(options[1:] * 2, build, pixels=model.preprocessing.probe(4),
+            tokenize=tokens, verdicts=None, key={})  # fmt: skip
 
 
 @pytest.mark.parametrize(

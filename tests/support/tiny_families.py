@@ -15,7 +15,7 @@ import transformers
 
 from tests.support.tiny_clip import build_clip
 
-FAMILIES = ("clip", "siglip", "metaclip_2", "chinese_clip", "altclip")
+FAMILIES = ("clip", "siglip", "siglip2", "metaclip_2", "chinese_clip", "altclip")
 IMAGE_SIZE = 64
 LINES = [
     "a photo of a cat on a sofa",
@@ -43,30 +43,54 @@ def sentencepiece_model(vocab_size: int = 400) -> tuple[bytes, spm.SentencePiece
     return model.getvalue(), spm.SentencePieceProcessor(model_proto=model.getvalue())
 
 
-def build_family(folder: Path, family: str, *, seed: int = 0) -> Path:
-    """Writes a tiny model of `family` to folder and returns it."""
+def build_family(folder: Path, family: str, *, seed: int = 0, size: str = "tiny") -> Path:
+    """Writes a model of `family` to folder and returns it: "tiny" for tests, "base" at a
+    base checkpoint's size for benchmarks (CLIP ViT-B/32, SigLIP B/16 at 224)."""
     if family == "clip":
-        return build_clip(folder, seed=seed)
+        return build_clip(folder, seed=seed, size=size)
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    builders = {"siglip": _siglip, "metaclip_2": _metaclip_2, "chinese_clip": _chinese_clip,
-                "altclip": _altclip}  # fmt: skip
+    if size == "base":
+        if family != "siglip":
+            raise ValueError(f"no base size of {family} is built here")
+        _siglip(folder, base=True)
+        return folder
+    builders = {"siglip": _siglip, "siglip2": _siglip2, "metaclip_2": _metaclip_2,
+                "chinese_clip": _chinese_clip, "altclip": _altclip}  # fmt: skip
     builders[family](folder)
     return folder
 
 
-def _siglip(folder: Path) -> None:
+def _siglip(folder: Path, *, base: bool = False) -> None:
     proto, processor = sentencepiece_model()
-    text = {**SMALL, "vocab_size": processor.get_piece_size(), "max_position_embeddings": 64}
-    config = transformers.SiglipConfig(text_config=text, vision_config=VISION)
+    if base:  # google/siglip-base-patch16-224: transformers' defaults, its 32k vocabulary
+        config = transformers.SiglipConfig(text_config={"vocab_size": 32_000})
+    else:
+        text = {**SMALL, "vocab_size": processor.get_piece_size(), "max_position_embeddings": 64}
+        config = transformers.SiglipConfig(text_config=text, vision_config=VISION)
+    image_size = config.vision_config.image_size
     transformers.SiglipModel(config).eval().save_pretrained(folder)
     (folder / "spiece.model").write_bytes(proto)
     transformers.SiglipTokenizer(
         vocab_file=str(folder / "spiece.model"), model_max_length=64
     ).save_pretrained(folder)
     transformers.SiglipImageProcessorPil(
-        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+        size={"height": image_size, "width": image_size}
     ).save_pretrained(folder)
+
+
+def _siglip2(folder: Path) -> None:
+    """NaFlex: a budget of 16 patches (real checkpoints: 256) at each image's aspect ratio."""
+    proto, processor = sentencepiece_model()
+    text = {**SMALL, "vocab_size": processor.get_piece_size(), "max_position_embeddings": 64}
+    vision = {**SMALL, "num_patches": 16, "patch_size": 8}
+    config = transformers.Siglip2Config(text_config=text, vision_config=vision)
+    transformers.Siglip2Model(config).eval().save_pretrained(folder)
+    (folder / "spiece.model").write_bytes(proto)
+    transformers.SiglipTokenizer(
+        vocab_file=str(folder / "spiece.model"), model_max_length=64
+    ).save_pretrained(folder)
+    transformers.Siglip2ImageProcessorPil(patch_size=8, max_num_patches=16).save_pretrained(folder)
 
 
 def _xlm_roberta(max_length: int) -> transformers.XLMRobertaTokenizer:
