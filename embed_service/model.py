@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,9 @@ class EmbeddingModel:
         self.model_id = model_id
         self.family = family
         self._tokenizer = tokenizer
+        # A fast tokenizer keeps its padding and truncation settings on itself between
+        # calls: two lanes tokenizing at once can get each other's (ragged ids).
+        self._tokenizing = threading.Lock()
         self.preprocessing = preprocessing
         self.runtime = runtime
         self.device = device
@@ -246,7 +250,8 @@ class EmbeddingModel:
         return self.runtime.embed_pixels(pixels)
 
     def tokenize(self, texts: Sequence[str]) -> TokenizedTexts:
-        return tokenize(self._tokenizer, texts, self.max_text_tokens, self.family.padding)
+        with self._tokenizing:
+            return tokenize(self._tokenizer, texts, self.max_text_tokens, self.family.padding)
 
     def embed_tokens(self, tokens: TokenizedTexts) -> Vectors:
         return self.runtime.embed_tokens(tokens.input_ids, tokens.attention_mask)

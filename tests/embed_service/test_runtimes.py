@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from pathlib import Path
 
 import grpc
@@ -318,3 +319,28 @@ def test_auto_leaves_out_a_runtime_that_cannot_be_prepared(
     assert (model.runtime_name, model.precision) == ("torch", "fp32")
     assert [t.option for t in model.timings] == ["torch fp32"]
     assert not list((tmp_path / "runtime").glob("*.json"))  # no verdict that never saw onnx
+
+
+def test_lanes_tokenizing_at_once_each_get_their_own_padding(
+    clip_dir: Path, tmp_path: Path
+) -> None:
+    """A fast tokenizer keeps its padding settings on itself between calls: unguarded, two
+    threads tokenizing texts of different lengths got ragged ids from each other's calls."""
+    model = load(clip_dir, tmp_path, "torch", "fp32")
+    failures: list[str] = []
+
+    def tokenize_often(words: int) -> None:
+        texts = ["word " * (words + i % 30) for i in range(16)]
+        expected = model.tokenize(texts).input_ids.shape
+        for _ in range(150):
+            try:
+                assert model.tokenize(texts).input_ids.shape == expected
+            except (AssertionError, ValueError) as exc:
+                failures.append(repr(exc))
+
+    threads = [threading.Thread(target=tokenize_often, args=(n * 9,)) for n in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
