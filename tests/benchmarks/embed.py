@@ -74,6 +74,7 @@ def photos(count: int, seed: int = 0) -> list[bytes]:
 MODELS = {
     "clip-b32": ("clip", "openai/clip-vit-base-patch32"),
     "siglip-b16-224": ("siglip", "google/siglip-base-patch16-224"),
+    "siglip2-b16-naflex": ("siglip2", "google/siglip2-base-patch16-naflex"),
 }
 
 
@@ -134,14 +135,16 @@ def gemm_gflops(dtype: torch.dtype, size: int = 2048, seconds: float = 1.0) -> f
 
 
 def vision_gflop(model_dir: str | Path) -> float:
-    """FLOPs of one image through the vision tower and projection, counted by torch."""
+    """FLOPs of one 640x480 image through the vision tower and projection, as the model's
+    own processor prepares it, counted by torch."""
     from torch.utils.flop_counter import FlopCounterMode
 
     model, _ = loaded(model_dir)
-    size = model.config.vision_config.image_size
+    processor = AutoImageProcessor.from_pretrained(model_dir, backend="pil")
+    inputs = processor(Image.new("RGB", (640, 480)), return_tensors="pt")
     counter = FlopCounterMode(display=False)
     with counter, torch.inference_mode():
-        model.get_image_features(pixel_values=torch.zeros(1, 3, size, size))
+        model.get_image_features(**dict(inputs))
     return counter.get_total_flops() / 1e9
 
 

@@ -51,9 +51,9 @@ def build_family(folder: Path, family: str, *, seed: int = 0, size: str = "tiny"
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     if size == "base":
-        if family != "siglip":
+        if family not in ("siglip", "siglip2"):
             raise ValueError(f"no base size of {family} is built here")
-        _siglip(folder, base=True)
+        (_siglip if family == "siglip" else _siglip2)(folder, base=True)
         return folder
     builders = {"siglip": _siglip, "siglip2": _siglip2, "metaclip_2": _metaclip_2,
                 "chinese_clip": _chinese_clip, "altclip": _altclip}  # fmt: skip
@@ -79,18 +79,25 @@ def _siglip(folder: Path, *, base: bool = False) -> None:
     ).save_pretrained(folder)
 
 
-def _siglip2(folder: Path) -> None:
-    """NaFlex: a budget of 16 patches (real checkpoints: 256) at each image's aspect ratio."""
+def _siglip2(folder: Path, *, base: bool = False) -> None:
+    """NaFlex: a budget of 16 patches of 8 px at each image's aspect ratio; base: 256 of
+    16 px, as google/siglip2-base-patch16-naflex (transformers' defaults)."""
     proto, processor = sentencepiece_model()
-    text = {**SMALL, "vocab_size": processor.get_piece_size(), "max_position_embeddings": 64}
-    vision = {**SMALL, "num_patches": 16, "patch_size": 8}
-    config = transformers.Siglip2Config(text_config=text, vision_config=vision)
+    if base:
+        config = transformers.Siglip2Config(text_config={"vocab_size": 32_000})
+    else:
+        text = {**SMALL, "vocab_size": processor.get_piece_size(), "max_position_embeddings": 64}
+        vision = {**SMALL, "num_patches": 16, "patch_size": 8}
+        config = transformers.Siglip2Config(text_config=text, vision_config=vision)
+    patch, budget = config.vision_config.patch_size, config.vision_config.num_patches
     transformers.Siglip2Model(config).eval().save_pretrained(folder)
     (folder / "spiece.model").write_bytes(proto)
     transformers.SiglipTokenizer(
         vocab_file=str(folder / "spiece.model"), model_max_length=64
     ).save_pretrained(folder)
-    transformers.Siglip2ImageProcessorPil(patch_size=8, max_num_patches=16).save_pretrained(folder)
+    transformers.Siglip2ImageProcessorPil(patch_size=patch, max_num_patches=budget).save_pretrained(
+        folder
+    )
 
 
 def _xlm_roberta(max_length: int) -> transformers.XLMRobertaTokenizer:
