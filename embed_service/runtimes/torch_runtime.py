@@ -83,10 +83,18 @@ def _numpy(vectors: torch.Tensor) -> Vectors:
 
 
 def quantize_int8(clip: Any) -> Any:
-    """A copy of the model with int8 dynamic-quantized linear layers."""
+    """A copy of the model with int8 dynamic-quantized linear layers, but for a patch
+    embedding that is a linear layer (SigLIP 2 NaFlex): the model reads its weight's dtype,
+    which a quantized layer no longer has."""
+    layers = {
+        name: torch.ao.quantization.default_dynamic_qconfig
+        for name, module in clip.named_modules()
+        # Exactly Linear, as {nn.Linear} would pick: not MultiheadAttention's out_proj.
+        if type(module) is torch.nn.Linear and not name.endswith("patch_embedding")
+    }
     with warnings.catch_warnings():
         # torch points users of eager dynamic quantization at torchao; it still works and
         # needs no extra package, which torchao would.
         warnings.simplefilter("ignore")
         quantize = cast(Any, torch.ao.quantization.quantize_dynamic)
-        return quantize(clip, {torch.nn.Linear}, dtype=torch.qint8)
+        return quantize(clip, layers, dtype=torch.qint8)

@@ -27,6 +27,7 @@ from embed_service.images import prepare
 from embed_service.model import EmbeddingModel
 from tests.support.imagegen import encode
 from tests.support.stack import serving_embed
+from tests.support.tiny_families import FAMILIES as FAMILY_NAMES
 from tests.support.tiny_families import LINES, build_family
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,7 +40,7 @@ SIZES = [(64, 64), (200, 48), (40, 180), (97, 131), (400, 12)]
 # Cosines to transformers' fp32 reference: fp32 exactly as its authors' code; the lower
 # precisions within what tests/embed_service/test_runtimes.py holds CLIP to.
 MIN_COSINE = {("torch", "fp32"): 0.9999, ("onnx", "fp32"): 0.9999, ("torch", "bf16"): 0.995,
-              ("onnx", "int8"): 0.99}  # fmt: skip
+              ("torch", "int8"): 0.99, ("onnx", "int8"): 0.99}  # fmt: skip
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
@@ -132,7 +133,7 @@ def test_siglip_texts_are_padded_to_the_full_context(tmp_path: Path) -> None:
     assert clip.tokenize(["x"]).input_ids.shape[1] < 10  # CLIP: to the longest in the batch
 
 
-@pytest.mark.parametrize("family", ["siglip", "siglip2", "metaclip_2"])
+@pytest.mark.parametrize("family", FAMILY_NAMES)
 async def test_the_service_reports_the_family_and_embeds_as_transformers(
     tmp_path: Path, family: str
 ) -> None:
@@ -148,7 +149,8 @@ async def test_the_service_reports_the_family_and_embeds_as_transformers(
         assert info.family == family
         side = 32 if family == "siglip2" else 64  # NaFlex: a square's side at full budget
         assert (info.image_size, info.dimension) == (side, expected_images.shape[1])
-        assert info.max_text_tokens == (77 if family == "metaclip_2" else 64)
+        assert info.max_text_tokens == {"clip": 77, "metaclip_2": 77, "chinese_clip": 52,
+                                        "altclip": 77}.get(family, 64)  # fmt: skip
         reply = await stub.EmbedImages(pb.EmbedImagesRequest(images=images()))
         got = np.asarray([e.values for e in reply.embeddings], dtype=np.float32)
         assert np.sum(got * expected_images, axis=1).min() >= 0.9999
