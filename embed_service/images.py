@@ -27,7 +27,7 @@ from __future__ import annotations
 import io
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -109,14 +109,18 @@ class Preprocessing:
         mean, std = processor.image_mean, processor.image_std
         if not processor.do_normalize:
             mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+        normalized = cls(
+            shortest_edge=0, crop_height=0, crop_width=0,
+            mean=(float(mean[0]), float(mean[1]), float(mean[2])),
+            std=(float(std[0]), float(std[1]), float(std[2])),
+            resample=Image.Resampling(int(processor.resample)),
+        )  # fmt: skip
         if getattr(processor, "max_num_patches", None):
-            return cls(
-                shortest_edge=0, crop_height=0, crop_width=0,
-                mean=(float(mean[0]), float(mean[1]), float(mean[2])),
-                std=(float(std[0]), float(std[1]), float(std[2])),
-                resample=Image.Resampling(int(processor.resample)),
-                patch_size=int(processor.patch_size), max_patches=int(processor.max_num_patches),
-            )  # fmt: skip
+            return replace(
+                normalized,
+                patch_size=int(processor.patch_size),
+                max_patches=int(processor.max_num_patches),
+            )
         size = processor.size
         shortest = int(size.shortest_edge or 0)
         if shortest:
@@ -129,13 +133,11 @@ class Preprocessing:
         if getattr(processor, "do_center_crop", False):
             crop = processor.crop_size
             crop_height, crop_width = int(crop.height), int(crop.width)
-        return cls(
+        return replace(
+            normalized,
             shortest_edge=shortest,
             crop_height=crop_height,
             crop_width=crop_width,
-            mean=(float(mean[0]), float(mean[1]), float(mean[2])),
-            std=(float(std[0]), float(std[1]), float(std[2])),
-            resample=Image.Resampling(int(processor.resample)),
             resize_height=height,
             resize_width=width,
         )

@@ -52,7 +52,7 @@ def _reembed(client: ImageSearchClient, args: argparse.Namespace) -> int:
     ) as new:  # fmt: skip
         new.wait_ready(timeout_s=args.timeout)
         was, now = client.stats(), new.stats()
-        progress = tqdm(total=total(client, args.namespaces), unit="rec", file=sys.stderr,
+        progress = tqdm(total=total(was, args.namespaces), unit="rec", file=sys.stderr,
                         desc=f"re-embedding into {args.to}", disable=args.quiet)  # fmt: skip
         report = reembed(client, new, namespaces=args.namespaces, sources=sources,
                          progress=progress.update)  # fmt: skip

@@ -14,7 +14,6 @@ images at a time, and the ids of the CIFAR records that wait for the archive pas
 
 from __future__ import annotations
 
-import itertools
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,8 +23,8 @@ from imagesearch.ids import content_id
 
 from imagesearch_client.client import ImageSearchClient
 from imagesearch_client.indexing import BATCH, records, under
-from imagesearch_client.messages import FetchedRecord, ImageRecord, listed_name
-from imagesearch_client.sources import CIFAR_ID, SourceImage, cifar_images, inside
+from imagesearch_client.messages import FetchedRecord, ImageRecord, Stats, listed_name
+from imagesearch_client.sources import CIFAR_ID, SourceImage, every_cifar_image, inside
 
 PAGE = 64
 CONTENT_ID = re.compile(r"^[0-9a-f]{64}$")
@@ -81,14 +80,12 @@ def reembed(
     return report
 
 
-def total(old: ImageSearchClient, namespaces: Sequence[str] | None) -> int:
-    """The records a run over `namespaces` (None: all) lists."""
-    counts = {listed_name(n): count for n, count in old.stats().namespaces.items()}
-    return (
-        sum(counts.get(n, 0) for n in namespaces)
-        if namespaces is not None
-        else sum(counts.values())
-    )
+def total(stats: Stats, namespaces: Sequence[str] | None) -> int:
+    """The records a run over `namespaces` (None: all) lists, by the old store's stats."""
+    counts = {listed_name(n): count for n, count in stats.namespaces.items()}
+    if namespaces is None:
+        return sum(counts.values())
+    return sum(counts.get(n, 0) for n in namespaces)
 
 
 def _file_batches(
@@ -149,7 +146,7 @@ def _cifar_batches(
     """The waiting CIFAR records, read from the archives in one pass, with the metadata
     the old store holds for them (read batch by batch, as they are found)."""
     found: dict[str, list[SourceImage]] = {}
-    for image in _every_cifar_image(archives):
+    for image in every_cifar_image(archives):
         for namespace, ids in waiting.items():
             if image.id in ids:
                 ids.discard(image.id)
@@ -161,14 +158,6 @@ def _cifar_batches(
             break
     for namespace, batch in found.items():
         yield namespace, _with_old_metadata(old, namespace, batch)
-
-
-def _every_cifar_image(archives: Sequence[Path]) -> Iterator[SourceImage]:
-    for archive, split in itertools.product(archives, ("train", "test")):
-        try:
-            yield from cifar_images(archive, split=split)
-        except (OSError, ValueError, KeyError):
-            continue  # an archive without this split
 
 
 def _with_old_metadata(

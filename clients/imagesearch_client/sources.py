@@ -6,7 +6,7 @@ import io
 import pickle
 import re
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,6 +160,17 @@ def cifar_images(path: Path, *, split: str = "train") -> Iterator[SourceImage]:
                 metadata = {"label": names[label], "dataset": layout.prefix, "split": split}
                 yield SourceImage(record_id, buffer.getvalue(), record_id, metadata)
                 index += 1
+
+
+def every_cifar_image(archives: Sequence[Path]) -> Iterator[SourceImage]:
+    """Every image of the archives, train then test split of each; an archive without a
+    split (or unreadable) gives what it has."""
+    for archive in archives:
+        for split in ("train", "test"):
+            try:
+                yield from cifar_images(archive, split=split)
+            except (OSError, ValueError, KeyError):
+                continue  # an archive without this split
 
 
 def _members(layout: CifarLayout, split: str) -> tuple[str, ...]:

@@ -32,6 +32,8 @@ class OnnxRuntime:
         self._opening = threading.Lock()  # every lane's thread calls set_lanes at once
         self._vision, self._text = self._open(threads)
         self._input_type = np.float16 if precision == "fp16" else np.float32
+        # A tower that reads no mask (SigLIP) was exported without that input.
+        self._text_reads_mask = "attention_mask" in {i.name for i in self._text.get_inputs()}
 
     def _open(self, threads: int) -> tuple[Any, Any]:
         import onnxruntime as ort
@@ -63,10 +65,10 @@ class OnnxRuntime:
         return _float32(self._vision.run(None, feed)[0])
 
     def embed_tokens(self, input_ids: Ids, attention_mask: Ids) -> Vectors:
-        feed = {"input_ids": input_ids, "attention_mask": attention_mask}
-        # A tower that reads no mask (SigLIP) was exported without that input.
-        wanted = {node.name for node in self._text.get_inputs()}
-        return _float32(self._text.run(None, {k: v for k, v in feed.items() if k in wanted})[0])
+        feed = {"input_ids": input_ids}
+        if self._text_reads_mask:
+            feed["attention_mask"] = attention_mask
+        return _float32(self._text.run(None, feed)[0])
 
 
 def _float32(array: Any) -> Vectors:

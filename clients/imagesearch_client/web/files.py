@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from imagesearch_client.sources import CIFAR_ID, cifar_images, inside
+from imagesearch_client.sources import CIFAR_ID, every_cifar_image, inside
 
 THUMB_PX = 160
 THUMB_QUALITY = 80
@@ -87,12 +87,8 @@ class CifarImages:
             return None
         with self._lock:
             if self._thumbs is None:
-                self._thumbs = {}
-                for archive in self._archives:
-                    for split in ("train", "test"):
-                        try:
-                            for source in cifar_images(archive, split=split):
-                                self._thumbs[source.id] = thumbnail(source.image)
-                        except (OSError, ValueError, KeyError):
-                            continue  # an archive without this split
+                self._thumbs = {
+                    source.id: thumbnail(source.image)
+                    for source in every_cifar_image(self._archives)
+                }
         return self._thumbs.get(record_id)
