@@ -42,6 +42,10 @@ def open_files(pid: int) -> int:
     return len(list(Path(f"/proc/{pid}/fd").iterdir()))
 
 
+def thread_names(pid: int) -> list[str]:
+    return sorted(p.read_text().strip() for p in Path(f"/proc/{pid}/task").glob("*/comm"))
+
+
 def threads(pid: int) -> int:
     found = re.search(r"Threads:\s+(\d+)", Path(f"/proc/{pid}/status").read_text())
     assert found
@@ -251,11 +255,13 @@ async def test_32_clients_mixing_every_call_during_index_builds_lose_nothing_and
             # Warm up every pool (decode threads, executors, channels) before the baseline.
             await asyncio.gather(*(c.run(time.monotonic() + 1.0) for c in clients))
             before = open_files(process.pid), threads(process.pid)
+            names_before = thread_names(process.pid)
 
             await asyncio.gather(*(c.run(time.monotonic() + SOAK_S) for c in clients))
 
             await check_everything_stored(clients)
             after = open_files(process.pid), threads(process.pid)
+            names_after = thread_names(process.pid)
             for channel in channels:
                 await channel.close()
         finally:
@@ -268,4 +274,4 @@ async def test_32_clients_mixing_every_call_during_index_builds_lose_nothing_and
     assert sum(c.cancelled for c in clients) > 20
     # A build in progress holds a child's pipes and a waiter thread; allow one build's worth.
     assert after[0] <= before[0] + 6, (before, after)
-    assert after[1] <= before[1] + 4, (before, after)
+    assert after[1] <= before[1] + 4, (before, after, names_before, names_after)
