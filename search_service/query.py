@@ -26,7 +26,7 @@ from search_service.filters import (
     validate_namespace,
 )
 from search_service.model_guard import ModelGuard
-from search_service.refine import Pick, autocut, collapse, combine, diversify
+from search_service.refine import COSINE_TOLERANCE, Pick, autocut, collapse, combine, diversify
 from search_service.stores.base import Diversifies, VectorStore
 
 MAX_TOP_K = 10_000
@@ -122,13 +122,21 @@ class Querying:
     ) -> list[ScoredRecord]:
         if not spec.diversity:
             return await self._collapsed(spec, namespace, vector, condition, top_k, excluded)
-        if not spec.collapse_above and isinstance(self._store, Diversifies):
-            return await self._store.query_diverse(
-                namespace, vector, top_k=top_k, pool=POOL_FACTOR * top_k,
-                lam=1.0 - spec.diversity, condition=condition, min_score=spec.min_score,
-                leave_out=sorted(excluded), include_values=spec.include_values,
-                include_metadata=spec.include_metadata, max_bytes=self._max_reply_bytes,
+        lam = 1.0 - spec.diversity
+        # At lambda 0.5, once the first pick is the query's own vector (a query by id, or a
+        # best match of cosine 1), every candidate nearer to the query than to the later
+        # picks scores exactly 0; the store's MMR breaks those ties toward the lower score,
+        # not the higher, so such a query takes the shared path below.
+        tied = lam == 0.5 and spec.query.id is not None
+        if not spec.collapse_above and not tied and isinstance(self._store, Diversifies):
+            found = await self._store.query_diverse(
+                namespace, vector, top_k=top_k, pool=POOL_FACTOR * top_k, lam=lam,
+                condition=condition, min_score=spec.min_score, leave_out=sorted(excluded),
+                include_values=spec.include_values, include_metadata=spec.include_metadata,
+                max_bytes=self._max_reply_bytes,
             )  # fmt: skip
+            if lam != 0.5 or not found or found[0].score < 1.0 - COSINE_TOLERANCE:
+                return found
         # MMR weighs every candidate against every pick: the whole pool with its vectors
         # (not its metadata, which only the few kept need).
         pool = await self._store.query(
@@ -141,7 +149,7 @@ class Querying:
             if spec.collapse_above
             else [Pick(record) for record in ranked]
         )
-        picks = diversify(vector, picks, 1.0 - spec.diversity, top_k)
+        picks = diversify(vector, picks, lam, top_k)
         return _answer(spec, picks, await self._metadata(spec, namespace, picks))
 
     async def _collapsed(

@@ -120,6 +120,23 @@ async def test_diversity_picks_by_maximal_marginal_relevance_over_the_pool(
         assert match.score == pytest.approx(float(vectors[match.id] @ query), abs=1e-4)
 
 
+async def test_diversity_one_half_by_a_stored_record_breaks_its_ties_to_the_higher_score(
+    client: AnyClient,
+) -> None:
+    """By a stored record's own vector at diversity 0.5 the record is the first pick, and
+    every candidate nearer to the query than to the later picks then scores exactly 0: each
+    such tie goes to the higher score (the gallery's diversify toggle on a clicked image)."""
+    vectors = await store_clusters(client, clusters=4, size=8, spread=0.3, seed=11)
+    query = vectors["c01-3"]
+    expected = mmr(vectors, query, by_score(vectors, query), 0.5, 8)
+    by_id = await client.query(id="c01-3", top_k=8, diversity=0.5)
+    by_vector = await client.query(vector=query.tolist(), top_k=8, diversity=0.5)
+    assert [m.id for m in by_id] == expected
+    assert [m.id for m in by_vector] == expected
+    plain = await client.query(id="c01-3", top_k=2)
+    assert expected[:2] == [m.id for m in plain]  # the second pick: a tie of all, the best
+
+
 @pytest.mark.parametrize("diversity", [0.3, 0.7, 1.0])
 async def test_diversity_pools_after_filter_min_score_and_id_examples(
     client: AnyClient, diversity: float
