@@ -149,20 +149,21 @@ def count_groups(client: ImageSearchClient) -> int:
 def refinements(client: ImageSearchClient, ids: list[str], pid: int) -> None:
     """Several examples, diversity and collapse against a plain query by id in the same run;
     then FindDuplicates over the whole store, with search_service's peak RSS meanwhile."""
-    pairs = list(zip(ids, ids[1:] + ids[:1], ids[2:] + ids[:2], strict=True))
-    plain = latencies(client, ids)
-    three = []
-    for a, b, c in pairs:
-        t = time.perf_counter()
-        client.query(examples=[Example(id=a), Example(id=b, weight=0.5),
-                               Example(id=c, weight=-0.3)], top_k=10)  # fmt: skip
-        three.append((time.perf_counter() - t) * 1000)
+
+    def by_id(top_k: int, **options: Any) -> Callable[[int], object]:
+        return lambda k: client.query(id=ids[k], top_k=top_k, **options)
+
+    def by_three(k: int) -> object:
+        a, b, c = ids[k], ids[(k + 1) % len(ids)], ids[(k + 2) % len(ids)]
+        return client.query(examples=[Example(id=a), Example(id=b, weight=0.5),
+                                      Example(id=c, weight=-0.3)], top_k=10)  # fmt: skip
+
+    plain, three = interleaved([by_id(10), by_three], len(ids))
     twelve, varied, folded, tied = interleaved(
-        client,
-        ids,
-        [{}, {"diversity": 0.4}, {"collapse_above": 0.95}, {"diversity": 0.5}],
-        top_k=12,
-    )
+        [by_id(12), by_id(12, diversity=0.4), by_id(12, collapse_above=0.95),
+         by_id(12, diversity=0.5)],
+        len(ids),
+    )  # fmt: skip
     p50 = statistics.median
     print(f"query by 3 examples (ids), top 10:    {percentiles(three)}; "
           f"{p50(three) / p50(plain):.2f}x a query by one id ({percentiles(plain)})")  # fmt: skip
@@ -452,19 +453,16 @@ def latencies(
     return out
 
 
-def interleaved(
-    client: ImageSearchClient, ids: list[str], variants: list[dict[str, object]], top_k: int
-) -> list[list[float]]:
-    """Latencies of each variant of a query by id, the variants taken in turn for each id:
-    whatever slows the machine for a while slows them all alike. Each id starts at another
-    variant, so the first to touch its neighbourhood (cold caches) is not always the same."""
-    out: list[list[float]] = [[] for _ in variants]
-    for k, record_id in enumerate(ids):
-        for v in range(k, k + len(variants)):
-            options = variants[v % len(variants)]
+def interleaved(calls: list[Callable[[int], object]], n: int) -> list[list[float]]:
+    """Latencies of each of `calls` over arguments 0..n-1, the calls taken in turn for each
+    argument: whatever slows the machine for a while slows them all alike. Each argument
+    starts at another call, so the first to touch a neighbourhood (cold caches) varies."""
+    out: list[list[float]] = [[] for _ in calls]
+    for k in range(n):
+        for v in range(k, k + len(calls)):
             t = time.perf_counter()
-            client.query(id=record_id, top_k=top_k, **options)  # type: ignore[arg-type]
-            out[v % len(variants)].append((time.perf_counter() - t) * 1000)
+            calls[v % len(calls)](k)
+            out[v % len(calls)].append((time.perf_counter() - t) * 1000)
     return out
 
 

@@ -11,6 +11,9 @@ HNSW_EF = 64
 HNSW_EF_LARGE = 128
 LARGE_STORE = 250_000
 OVERSAMPLING = 2.0
+# A refinement's pool (10 x top_k) is rescored from fewer: its last records matter less
+# than a top 10's, and the wider beam is most of its search (docs/performance.md).
+POOL_OVERSAMPLING = 1.2
 # Payload fields every store has indexed: namespace and key filters, id prefixes.
 BASE_INDEXES = ("ns", "keys", "id")
 

@@ -46,6 +46,7 @@ from search_service.stores.local.root_lock import RootLock
 from search_service.stores.local.shard_config import (
     BASE_INDEXES,
     OVERSAMPLING,
+    POOL_OVERSAMPLING,
     index_base_fields,
     memory_of,
     search_ef,
@@ -375,6 +376,7 @@ class LocalStore:
             top_k=top_k, candidates=pool, include_values=include_values,
             include_metadata=include_metadata, max_bytes=max_bytes,
             min_score=min_score,  # on the candidates: under it, none enters the pool
+            oversampling=POOL_OVERSAMPLING,
         )  # fmt: skip
 
     async def _search(
@@ -388,6 +390,7 @@ class LocalStore:
         include_metadata: bool,
         max_bytes: int | None,
         min_score: float | None = None,
+        oversampling: float = OVERSAMPLING,
     ) -> list[ScoredRecord]:
         """The `top_k` records `query` finds among `candidates` searched for. Everything
         comes with the query while all they can take fits the reply; past that, ids first,
@@ -406,7 +409,7 @@ class LocalStore:
             with_vector=include_values and whole,
             params=qe.SearchParams(
                 hnsw_ef=max(self._ef(), candidates),
-                quantization=qe.QuantizationSearchParams(rescore=True, oversampling=OVERSAMPLING),
+                quantization=qe.QuantizationSearchParams(rescore=True, oversampling=oversampling),
             ),
         )
         points = await self._read(lambda shard: shard.query(request))
