@@ -127,15 +127,16 @@ class Querying:
         # best match of cosine 1), every candidate nearer to the query than to the later
         # picks scores exactly 0; the store's MMR breaks those ties toward the lower score,
         # not the higher, so such a query takes the shared path below.
-        tied = lam == 0.5 and spec.query.id is not None
-        if not spec.collapse_above and not tied and isinstance(self._store, Diversifies):
+        ties = lam == 0.5
+        own_vector = ties and spec.query.id is not None
+        if not spec.collapse_above and not own_vector and isinstance(self._store, Diversifies):
             found = await self._store.query_diverse(
                 namespace, vector, top_k=top_k, pool=POOL_FACTOR * top_k, lam=lam,
                 condition=condition, min_score=spec.min_score, leave_out=sorted(excluded),
                 include_values=spec.include_values, include_metadata=spec.include_metadata,
                 max_bytes=self._max_reply_bytes,
             )  # fmt: skip
-            if lam != 0.5 or not found or found[0].score < 1.0 - COSINE_TOLERANCE:
+            if not ties or not found or found[0].score < 1.0 - COSINE_TOLERANCE:
                 return found
         # MMR weighs every candidate against every pick: the whole pool with its vectors
         # (not its metadata, which only the few kept need).

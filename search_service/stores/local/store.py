@@ -368,8 +368,8 @@ class LocalStore:
         max_bytes: int | None = None,
     ) -> list[ScoredRecord]:
         # Qdrant's MMR is refine.diversify's (its first pick the best by score, each match
-        # scored by its cosine), run where the pool's vectors are: reading them into Python
-        # costs more than the search. Not over a Prefetch, whose scores are not rescored.
+        # scored by its cosine) but for exact ties, which query.py keeps from it; it runs
+        # where the pool's vectors are: reading them into Python costs more than the search.
         return await self._search(
             qe.Mmr(vector.astype(np.float32).tolist(), lam, pool),
             filters.namespace_filter(namespace, condition, leave_out),
